@@ -21,7 +21,7 @@ pub mod web;
 
 pub use codec::{ClientCodec, FrameCodec, ServerCodec};
 pub use encoding::Encoding;
-pub use error::{EncodeError, FrameError, WebError};
+pub use error::{BusError, EncodeError, FrameError, WebError};
 pub use frame::Frame;
 pub use message::{Down, MessageType, Register, Up};
 pub use term::{TermMask, TermType};

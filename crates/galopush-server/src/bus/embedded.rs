@@ -1,0 +1,364 @@
+//! The embedded bus of `galopush standalone` (SPEC §7).
+//!
+//! Inbound: `/pub` and `/mpub` append messages to the inbox in the store and answer once that
+//! is durable; one task applies them in the order they were accepted, and each is deleted from
+//! the inbox when the router retires it. After a restart the inbox is replayed.
+//!
+//! Outbound: messages for the business side go to the outbox in the store and are POSTed to
+//! `bus.webhook_url` (raw JSON, `?topic=T`), retried with back-off until a 2xx answer, then
+//! deleted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::Shared;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::{AcceptError, Intake, PublishError, Publisher, Retire, Ticket, Topic};
+use crate::config::TopicsConfig;
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::store::{Durable, QueuedMessage, Store, StoreError};
+
+/// Longest wait between two attempts at a failing message.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(9));
+    let capped = base.min(MAX_BACKOFF);
+    capped + capped.mul_f64(fastrand::f64() * 0.2)
+}
+
+/// Where an inbound message's inbox sequence number comes from.
+enum Seq {
+    /// Being made durable together with the rest of its `/pub` or `/mpub`.
+    Pending(Shared<Durable<Vec<u64>>>, usize),
+    /// Already in the inbox.
+    Known(u64),
+    /// Not kept (`bus.durable = false`).
+    Volatile,
+}
+
+struct Accepted {
+    topic: Topic,
+    body: Bytes,
+    seq: Seq,
+    attempt: u32,
+}
+
+/// The inbound side: `/pub` into the inbox, applied in order.
+pub struct EmbeddedInbox {
+    store: Arc<dyn Store>,
+    router: Arc<Router>,
+    topics: TopicsConfig,
+    durable: bool,
+    queue: mpsc::UnboundedSender<Accepted>,
+    /// Puts a request's messages in the apply queue in the order the store took them.
+    order: parking_lot::Mutex<()>,
+}
+
+impl EmbeddedInbox {
+    /// Replays the inbox, then starts applying. `max_in_flight` bounds the messages applied but
+    /// not yet retired.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        router: Arc<Router>,
+        durable: bool,
+        max_in_flight: usize,
+    ) -> Result<Arc<EmbeddedInbox>, StoreError> {
+        let (queue, accepted) = mpsc::unbounded_channel();
+        let (retired, retirements) = mpsc::unbounded_channel();
+        let topics = router.topics().clone();
+        let replay = store.inbox_load().await?;
+        if !replay.is_empty() {
+            tracing::info!(messages = replay.len(), "replaying the inbox");
+        }
+        for m in replay {
+            match Topic::from_name(&m.topic, &topics) {
+                Some(topic) => {
+                    let _ = queue.send(Accepted {
+                        topic,
+                        body: m.body,
+                        seq: Seq::Known(m.seq),
+                        attempt: 0,
+                    });
+                }
+                None => {
+                    tracing::warn!(topic = %m.topic, "inbox message for a topic no longer configured; dropped");
+                    let _ = retired.send(m.seq);
+                }
+            }
+        }
+        let inbox = Arc::new(EmbeddedInbox {
+            store: store.clone(),
+            router: router.clone(),
+            topics,
+            durable,
+            queue: queue.clone(),
+            order: parking_lot::Mutex::new(()),
+        });
+        tokio::spawn(apply_loop(
+            router,
+            accepted,
+            queue,
+            retired,
+            Arc::new(Semaphore::new(max_in_flight)),
+        ));
+        tokio::spawn(retire_loop(store, retirements));
+        Ok(inbox)
+    }
+}
+
+#[async_trait]
+impl Intake for EmbeddedInbox {
+    async fn accept(&self, topic_name: &str, bodies: Vec<Bytes>) -> Result<(), AcceptError> {
+        let topic = Topic::from_name(topic_name, &self.topics).ok_or_else(|| {
+            AcceptError::Malformed(format!(
+                "unknown topic {topic_name:?}; inbound topics are {}",
+                Topic::ALL
+                    .map(|t| t.name(&self.topics).to_owned())
+                    .join(", ")
+            ))
+        })?;
+        if bodies.is_empty() {
+            return Err(AcceptError::Malformed("no message in the body".into()));
+        }
+        for (i, body) in bodies.iter().enumerate() {
+            self.router.validate(topic, body).map_err(|why| {
+                if bodies.len() == 1 {
+                    AcceptError::Malformed(why)
+                } else {
+                    AcceptError::Malformed(format!("line {}: {why}", i + 1))
+                }
+            })?;
+        }
+        if !self.durable {
+            for body in bodies {
+                let _ = self.queue.send(Accepted {
+                    topic,
+                    body,
+                    seq: Seq::Volatile,
+                    attempt: 0,
+                });
+            }
+            return Ok(());
+        }
+        let durable = {
+            let _in_order = self.order.lock();
+            let entries = bodies
+                .iter()
+                .map(|b| (topic_name.to_owned(), b.clone()))
+                .collect();
+            let durable = self.store.inbox_append(entries).shared();
+            for (i, body) in bodies.into_iter().enumerate() {
+                let _ = self.queue.send(Accepted {
+                    topic,
+                    body,
+                    seq: Seq::Pending(durable.clone(), i),
+                    attempt: 0,
+                });
+            }
+            durable
+        };
+        durable
+            .await
+            .map(drop)
+            .map_err(|e| AcceptError::Unavailable(format!("message not stored: {e}")))
+    }
+}
+
+async fn apply_loop(
+    router: Arc<Router>,
+    mut accepted: mpsc::UnboundedReceiver<Accepted>,
+    requeue: mpsc::UnboundedSender<Accepted>,
+    retired: mpsc::UnboundedSender<u64>,
+    in_flight: Arc<Semaphore>,
+) {
+    while let Some(m) = accepted.recv().await {
+        let seq = match m.seq {
+            Seq::Pending(durable, i) => match durable.await {
+                Ok(seqs) => seqs.get(i).copied(),
+                // The request was answered 503: the message was never accepted.
+                Err(_) => continue,
+            },
+            Seq::Known(seq) => Some(seq),
+            Seq::Volatile => None,
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let ticket = Ticket::new(InboxEntry {
+            topic: m.topic,
+            body: m.body.clone(),
+            seq,
+            attempt: m.attempt,
+            requeue: requeue.clone(),
+            retired: retired.clone(),
+            metrics: router.metrics().clone(),
+            _permit: permit,
+        });
+        router.apply(m.topic, &m.body, ticket).await;
+    }
+}
+
+async fn retire_loop(store: Arc<dyn Store>, mut retirements: mpsc::UnboundedReceiver<u64>) {
+    let mut batch = Vec::new();
+    while retirements.recv_many(&mut batch, 4096).await > 0 {
+        if let Err(e) = store.inbox_remove(std::mem::take(&mut batch)).await {
+            // The messages stay in the inbox and are applied again after a restart.
+            tracing::warn!(error = %e, "cannot delete retired messages from the inbox");
+        }
+    }
+}
+
+/// An applied inbox message waiting to be retired.
+struct InboxEntry {
+    topic: Topic,
+    body: Bytes,
+    seq: Option<u64>,
+    attempt: u32,
+    requeue: mpsc::UnboundedSender<Accepted>,
+    retired: mpsc::UnboundedSender<u64>,
+    metrics: Arc<Metrics>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Retire for InboxEntry {
+    fn retire(self: Box<Self>) {
+        self.metrics.topic(self.topic).retired.inc();
+        if let Some(seq) = self.seq {
+            let _ = self.retired.send(seq);
+        }
+    }
+
+    fn requeue(self: Box<Self>) {
+        self.metrics.topic(self.topic).requeued.inc();
+        let again = Accepted {
+            topic: self.topic,
+            body: self.body,
+            seq: self.seq.map_or(Seq::Volatile, Seq::Known),
+            attempt: self.attempt + 1,
+        };
+        let delay = backoff(self.attempt);
+        let queue = self.requeue;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = queue.send(again);
+        });
+    }
+}
+
+/// The outbound side: the outbox and its webhook.
+pub struct EmbeddedOutbox {
+    store: Arc<dyn Store>,
+    webhook: Option<mpsc::UnboundedSender<QueuedMessage>>,
+    metrics: Arc<Metrics>,
+}
+
+impl EmbeddedOutbox {
+    /// Loads what the outbox still holds and starts POSTing to `webhook_url` (if set).
+    pub async fn start(
+        store: Arc<dyn Store>,
+        webhook_url: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<EmbeddedOutbox>, StoreError> {
+        let pending = store.outbox_load().await?;
+        metrics.outbox_pending.set(pending.len() as i64);
+        let webhook = if webhook_url.is_empty() {
+            tracing::warn!(
+                pending = pending.len(),
+                "bus.webhook_url is not set: outbound messages (msgUpward, sessionTimeout answers) are kept in the store"
+            );
+            None
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for m in pending {
+                let _ = tx.send(m);
+            }
+            tokio::spawn(webhook_loop(
+                store.clone(),
+                webhook_url.to_owned(),
+                rx,
+                metrics.clone(),
+            ));
+            Some(tx)
+        };
+        Ok(Arc::new(EmbeddedOutbox {
+            store,
+            webhook,
+            metrics,
+        }))
+    }
+}
+
+#[async_trait]
+impl Publisher for EmbeddedOutbox {
+    async fn publish(&self, topic: &str, json: Bytes) -> Result<(), PublishError> {
+        let seq = self
+            .store
+            .outbox_append(topic.to_owned(), json.clone())
+            .await
+            .map_err(|e| PublishError(e.to_string()))?;
+        self.metrics.outbox_pending.inc();
+        if let Some(webhook) = &self.webhook {
+            let _ = webhook.send(QueuedMessage {
+                seq,
+                topic: topic.to_owned(),
+                body: json,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// POSTs outbox messages one at a time, in order, each until it gets a 2xx answer.
+async fn webhook_loop(
+    store: Arc<dyn Store>,
+    url: String,
+    mut queue: mpsc::UnboundedReceiver<QueuedMessage>,
+    metrics: Arc<Metrics>,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client; outbound messages stay in the store");
+            return;
+        }
+    };
+    while let Some(m) = queue.recv().await {
+        let mut attempt = 0;
+        loop {
+            let sent = client
+                .post(&url)
+                .query(&[("topic", m.topic.as_str())])
+                .header("content-type", "application/json")
+                .body(m.body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) => {
+                    tracing::warn!(topic = %m.topic, status = %r.status(), attempt, "webhook refused an outbound message; retrying")
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %m.topic, error = %e, attempt, "webhook unreachable; retrying")
+                }
+            }
+            metrics.webhook_failures.inc();
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+        metrics.webhook_delivered.inc();
+        metrics.outbox_pending.dec();
+        if let Err(e) = store.outbox_remove(m.seq).await {
+            // It is sent again after a restart: a duplicate, not a loss.
+            tracing::warn!(error = %e, "cannot delete a delivered message from the outbox");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The business message bus (SPEC §7): inbound topics the router applies, outbound topics it
+//! publishes. Two kinds: [`embedded`] (HTTP `/pub` into a durable inbox, outbound topics POSTed
+//! to a webhook) and NSQ.
+
+pub mod embedded;
+pub mod ticket;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::config::TopicsConfig;
+pub use ticket::{Retire, Ticket};
+
+/// The inbound topics, by meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    UserOnlineState,
+    Push,
+    Callback,
+    MsgDownward,
+    SessionTimeout,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 5] = [
+        Topic::UserOnlineState,
+        Topic::Push,
+        Topic::Callback,
+        Topic::MsgDownward,
+        Topic::SessionTimeout,
+    ];
+
+    /// A short name for logs and metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Topic::UserOnlineState => "userOnlineState",
+            Topic::Push => "push",
+            Topic::Callback => "callback",
+            Topic::MsgDownward => "msgDownward",
+            Topic::SessionTimeout => "sessionTimeout",
+        }
+    }
+
+    /// The configured topic name.
+    pub fn name(self, topics: &TopicsConfig) -> &str {
+        match self {
+            Topic::UserOnlineState => &topics.user_online_state,
+            Topic::Push => &topics.push,
+            Topic::Callback => &topics.callback,
+            Topic::MsgDownward => &topics.msg_downward,
+            Topic::SessionTimeout => &topics.session_timeout,
+        }
+    }
+
+    /// The inbound topic with this configured name.
+    pub fn from_name(name: &str, topics: &TopicsConfig) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|t| t.name(topics) == name)
+    }
+}
+
+/// Why an outbound message was not taken.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("bus did not take the message: {0}")]
+pub struct PublishError(pub String);
+
+/// Where the router sends outbound messages (msgUpward, sessionTimeout answers).
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes raw JSON to `topic`; returns once the bus has it durably. The bus applies its
+    /// own body encoding (base64 on NSQ when configured).
+    async fn publish(&self, topic: &str, json: Bytes) -> Result<(), PublishError>;
+}
+
+/// Why `/pub` or `/mpub` refused a message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AcceptError {
+    /// Malformed input (HTTP 400).
+    #[error("{0}")]
+    Malformed(String),
+    /// Could not be made durable (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What `/pub` and `/mpub` hand messages to.
+#[async_trait]
+pub trait Intake: Send + Sync + 'static {
+    /// Takes messages for `topic`; returns once all are durable, or takes none.
+    async fn accept(&self, topic: &str, bodies: Vec<Bytes>) -> Result<(), AcceptError>;
+}

@@ -1,0 +1,395 @@
+//! The comet: terminal connections (SPEC §1).
+//!
+//! It listens for binary TCP and WebSocket terminals, runs one task per connection
+//! ([`session`]), keeps the table of its connections, asks a router to authenticate each
+//! REGISTER and tells every router about the sessions it holds, writes the deliveries and kicks
+//! routers send, and settles each delivery back to the router that sent it.
+
+pub mod conn;
+pub mod session;
+pub mod transport;
+
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::{Config, host_port};
+use crate::link::{
+    CometCommand, CometInfo, CometLink, ImUp, LinkError, Outcome, Registration, RouterLink,
+    SessionId, SessionInfo, Settle,
+};
+use crate::metrics::Metrics;
+use crate::sharded::ShardedMap;
+use conn::{Conn, Outbound, RouterIdx};
+use transport::{TcpTransport, WsTransport};
+
+/// What a comet needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct CometSettings {
+    pub id: String,
+    pub tcp_addr: SocketAddr,
+    pub ws_addr: SocketAddr,
+    pub advertise_tcp: String,
+    pub advertise_ws: String,
+    pub register_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub ack_timeout: Duration,
+    pub callback_ack_timeout: Duration,
+    pub write_queue: usize,
+    pub write_timeout: Duration,
+    pub max_body: u32,
+    pub max_connections: usize,
+}
+
+impl CometSettings {
+    pub fn from_config(config: &Config) -> CometSettings {
+        CometSettings {
+            id: config.comet.id.clone(),
+            tcp_addr: config.comet.tcp_addr,
+            ws_addr: config.comet.ws_addr,
+            advertise_tcp: config.comet.advertise_tcp.clone(),
+            advertise_ws: config.comet.advertise_ws.clone(),
+            register_timeout: config.comet.register_timeout.get(),
+            idle_timeout: config.comet.idle_timeout.get(),
+            ack_timeout: config.delivery.ack_timeout.get(),
+            callback_ack_timeout: config.delivery.callback_ack_timeout.get(),
+            write_queue: config.comet.write_queue,
+            write_timeout: config.comet.write_timeout.get(),
+            max_body: config.limits.max_body,
+            max_connections: config.limits.max_connections,
+        }
+    }
+}
+
+/// A listener that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub what: &'static str,
+    pub source: std::io::Error,
+}
+
+/// What the connection tasks share.
+pub struct CometShared {
+    pub settings: CometSettings,
+    pub metrics: Arc<Metrics>,
+    routers: Vec<Arc<dyn RouterLink>>,
+    hasher: RandomState,
+    conns: ShardedMap<SessionId, Arc<Conn>>,
+    next_session: AtomicU64,
+    open: AtomicUsize,
+}
+
+/// A comet with its listeners bound.
+pub struct Comet {
+    shared: Arc<CometShared>,
+    tcp: TcpListener,
+    ws: TcpListener,
+    info: CometInfo,
+}
+
+/// Replaces port 0 in an advertised `host:port` with the port actually bound.
+fn advertised(configured: &str, bound: SocketAddr) -> String {
+    match host_port(configured) {
+        Some((host, 0)) => format!("{host}:{}", bound.port()),
+        _ => configured.to_owned(),
+    }
+}
+
+impl Comet {
+    /// Binds the terminal listeners.
+    pub async fn bind(
+        settings: CometSettings,
+        routers: Vec<Arc<dyn RouterLink>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Comet, BindError> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { addr, what, source })
+        };
+        let tcp = bind(settings.tcp_addr, "comet.tcp_addr").await?;
+        let ws = bind(settings.ws_addr, "comet.ws_addr").await?;
+        let local = |l: &TcpListener, addr, what| {
+            l.local_addr()
+                .map_err(|source| BindError { addr, what, source })
+        };
+        let tcp_bound = local(&tcp, settings.tcp_addr, "comet.tcp_addr")?;
+        let ws_bound = local(&ws, settings.ws_addr, "comet.ws_addr")?;
+        let info = CometInfo {
+            id: settings.id.clone(),
+            tcp: advertised(&settings.advertise_tcp, tcp_bound),
+            ws: advertised(&settings.advertise_ws, ws_bound),
+        };
+        let next_session = AtomicU64::new(fastrand::u64(1..u64::MAX / 2));
+        let shared = Arc::new(CometShared {
+            settings,
+            metrics,
+            routers,
+            hasher: RandomState::new(),
+            conns: ShardedMap::default(),
+            next_session,
+            open: AtomicUsize::new(0),
+        });
+        Ok(Comet {
+            shared,
+            tcp,
+            ws,
+            info,
+        })
+    }
+
+    /// The bound TCP and WebSocket addresses.
+    pub fn local_addrs(&self) -> (SocketAddr, SocketAddr) {
+        let addr = |l: &TcpListener| {
+            l.local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        };
+        (addr(&self.tcp), addr(&self.ws))
+    }
+
+    pub fn info(&self) -> &CometInfo {
+        &self.info
+    }
+
+    /// Joins the routers and starts accepting terminals.
+    pub async fn start(self) -> Arc<CometShared> {
+        let shared = self.shared;
+        for (i, router) in shared.routers.iter().enumerate() {
+            let link: Arc<dyn CometLink> = Arc::new(RouterBound {
+                comet: shared.clone(),
+                router: i,
+            });
+            if let Err(e) = router.join(self.info.clone(), link).await {
+                tracing::warn!(error = %e, "cannot join router yet");
+            }
+        }
+        tokio::spawn(accept_tcp(shared.clone(), self.tcp));
+        tokio::spawn(accept_ws(shared.clone(), self.ws));
+        tracing::info!(comet = %self.info.id, tcp = %self.info.tcp, ws = %self.info.ws, "comet accepting terminals");
+        shared
+    }
+}
+
+async fn accept_tcp(shared: Arc<CometShared>, listener: TcpListener) {
+    loop {
+        let Some(stream) = accept(&shared, &listener).await else {
+            continue;
+        };
+        let comet = shared.clone();
+        tokio::spawn(async move {
+            let transport = TcpTransport::new(stream, comet.settings.max_body);
+            session::serve(comet, transport).await;
+        });
+    }
+}
+
+async fn accept_ws(shared: Arc<CometShared>, listener: TcpListener) {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(shared.settings.max_body as usize))
+        .max_frame_size(Some(shared.settings.max_body as usize));
+    loop {
+        let Some(stream) = accept(&shared, &listener).await else {
+            continue;
+        };
+        let comet = shared.clone();
+        tokio::spawn(async move {
+            let handshake =
+                tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config));
+            match tokio::time::timeout(comet.settings.register_timeout, handshake).await {
+                Ok(Ok(ws)) => session::serve(comet, WsTransport::new(ws)).await,
+                Ok(Err(e)) => {
+                    comet.open.fetch_sub(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "websocket handshake failed");
+                }
+                Err(_) => {
+                    comet.open.fetch_sub(1, Ordering::Relaxed);
+                    tracing::debug!("websocket handshake timed out");
+                }
+            }
+        });
+    }
+}
+
+/// Accepts the WebSocket upgrade on `/ws` and `/` only.
+#[allow(clippy::result_large_err)]
+fn check_path(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+    match request.uri().path() {
+        "/ws" | "/" => Ok(response),
+        other => {
+            tracing::debug!(path = other, "websocket upgrade on an unknown path");
+            let mut refusal = ErrorResponse::new(Some("not found".into()));
+            *refusal.status_mut() = StatusCode::NOT_FOUND;
+            Err(refusal)
+        }
+    }
+}
+
+/// Takes one connection, within `limits.max_connections`.
+async fn accept(shared: &CometShared, listener: &TcpListener) -> Option<TcpStream> {
+    match listener.accept().await {
+        Ok((stream, _)) => {
+            if shared.open.fetch_add(1, Ordering::Relaxed) >= shared.settings.max_connections {
+                shared.open.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!("limits.max_connections reached; connection refused");
+                return None;
+            }
+            let _ = stream.set_nodelay(true);
+            Some(stream)
+        }
+        Err(e) => {
+            // Out of file descriptors and the like: back off instead of spinning.
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
+impl CometShared {
+    /// A new connection's handle, in the table.
+    pub fn open_conn(&self) -> Arc<Conn> {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn::new(id));
+        self.conns.lock(&id).insert(id, conn.clone());
+        conn
+    }
+
+    /// Removes a connection from the table (its task is ending).
+    pub fn close_conn(&self, id: SessionId) {
+        self.conns.lock(&id).remove(&id);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn conn(&self, id: SessionId) -> Option<Arc<Conn>> {
+        self.conns.lock(&id).get(&id).cloned()
+    }
+
+    /// The router that authenticates a uid: spread by uid, so one user's registrations go to
+    /// the same router while it is reachable.
+    fn first_router(&self, uid: &str) -> usize {
+        self.hasher.hash_one(uid) as usize % self.routers.len().max(1)
+    }
+
+    /// Has a router authenticate a terminal, then tells the other routers it is live.
+    pub async fn register(&self, info: &SessionInfo) -> Result<Registration, LinkError> {
+        let n = self.routers.len();
+        let start = self.first_router(&info.uid);
+        let mut last = LinkError::Unavailable("no router configured".into());
+        for i in 0..n {
+            let at = (start + i) % n;
+            match self.routers[at].register(info.clone()).await {
+                Ok(reg) => {
+                    if matches!(reg, Registration::Accepted { .. }) {
+                        let others = self
+                            .routers
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != at)
+                            .map(|(_, r)| r.opened(info.clone()));
+                        for result in join_all(others).await {
+                            if let Err(e) = result {
+                                tracing::debug!(error = %e, "router did not record the session");
+                            }
+                        }
+                    }
+                    return Ok(reg);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Hands an IM to the business side through the first router that takes it.
+    pub async fn im_up(&self, im: ImUp) -> bool {
+        let n = self.routers.len();
+        let start = self.first_router(&im.uid);
+        for i in 0..n {
+            match self.routers[(start + i) % n].im_up(im.clone()).await {
+                Ok(accepted) => return accepted,
+                Err(e) => tracing::debug!(error = %e, "router unavailable for IM"),
+            }
+        }
+        false
+    }
+
+    /// Reports a closed session to every router.
+    pub fn closed(&self, info: &SessionInfo) {
+        for r in &self.routers {
+            r.closed(info.clone());
+        }
+    }
+
+    /// Settles a delivery with the router that sent it.
+    pub fn settle(&self, router: RouterIdx, settle: Settle) {
+        if let Some(r) = self.routers.get(router) {
+            r.settled(settle);
+        }
+    }
+
+    fn live_sessions(&self) -> Vec<SessionInfo> {
+        let mut out = Vec::new();
+        self.conns
+            .each_shard(|shard| out.extend(shard.values().filter_map(|c| c.session().cloned())));
+        out
+    }
+}
+
+/// The comet as one router sees it: commands from that router land here.
+struct RouterBound {
+    comet: Arc<CometShared>,
+    router: RouterIdx,
+}
+
+impl CometLink for RouterBound {
+    fn send(&self, commands: Vec<CometCommand>) {
+        let comet = &self.comet;
+        for command in commands {
+            match command {
+                CometCommand::Deliver(delivery) => {
+                    let id = delivery.id;
+                    let taken = match comet.conn(delivery.session) {
+                        Some(conn) => {
+                            let item = Outbound::Deliver {
+                                router: self.router,
+                                delivery,
+                            };
+                            conn.push(item, comet.settings.write_queue).is_ok()
+                        }
+                        None => false,
+                    };
+                    if !taken {
+                        comet.settle(
+                            self.router,
+                            Settle {
+                                id,
+                                outcome: Outcome::Failed,
+                            },
+                        );
+                    }
+                }
+                CometCommand::Kick { session, reason } => {
+                    if let Some(conn) = comet.conn(session) {
+                        let _ = conn.push(Outbound::Kick(reason), comet.settings.write_queue);
+                    }
+                }
+            }
+        }
+    }
+
+    fn live_sessions(&self) -> Vec<SessionInfo> {
+        self.comet.live_sessions()
+    }
+}

@@ -1,0 +1,444 @@
+//! One task per connection: it owns the socket, waits for REGISTER, then writes what routers
+//! queue for the terminal, runs a transaction per down-message (ack or time-out), answers PING
+//! and hands IMs to the business side (SPEC §5, §6).
+//!
+//! Time-outs use one timer per connection, set to the earliest of the idle deadline and the
+//! oldest open transaction; transactions live in a small map keyed by TID, with their deadlines
+//! in two queues (push/IM and callback), each in deadline order because each has one fixed
+//! time-out.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use galopush_protocol::message::{
+    Down, IMRESP_ACCEPTED, IMRESP_FAILED, PONG_NOT_REGISTERED, PONG_OK, REGRESP_AUTH_FAILED,
+    REGRESP_OK, Up,
+};
+use galopush_protocol::{Encoding, TermType};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::CometShared;
+use super::conn::{Conn, Outbound, RouterIdx};
+use super::transport::{Transport, TransportError};
+use crate::link::{
+    Delivery, DeliveryId, DeliveryKind, ImUp, Outcome, Registration, SessionInfo, Settle,
+};
+
+/// Serves one connection from accept to close.
+pub async fn serve<T: Transport>(comet: Arc<CometShared>, mut transport: T) {
+    let conn = comet.open_conn();
+    comet.metrics.connections_unregistered.inc();
+    let registered = await_register(&comet, &conn, &mut transport).await;
+    comet.metrics.connections_unregistered.dec();
+    let mut txns = Transactions::default();
+    if let Some((info, encoding, stored)) = registered {
+        let gauge = comet.metrics.connections(info.term).clone();
+        gauge.inc();
+        let mut session = Session {
+            comet: &comet,
+            conn: &conn,
+            info: &info,
+            encoding,
+            next_tid: fastrand::u32(..),
+            txns: &mut txns,
+        };
+        session.run(&mut transport, stored).await;
+        gauge.dec();
+        comet.close_conn(conn.id);
+        settle_leftovers(&comet, &conn, &mut txns);
+        comet.closed(&info);
+    } else {
+        comet.close_conn(conn.id);
+        settle_leftovers(&comet, &conn, &mut txns);
+    }
+    if transport.has_pending() {
+        let _ = timeout(comet.settings.write_timeout, transport.flush()).await;
+    }
+    let _ = timeout(comet.settings.write_timeout, transport.close()).await;
+}
+
+/// Everything still open when a connection ends fails: queued deliveries and transactions.
+fn settle_leftovers(comet: &CometShared, conn: &Conn, txns: &mut Transactions) {
+    for item in conn.close() {
+        if let Outbound::Deliver { router, delivery } = item {
+            fail(comet, router, delivery.id);
+        }
+    }
+    for (_, txn) in txns.open.drain() {
+        fail(comet, txn.router, txn.delivery);
+    }
+}
+
+fn fail(comet: &CometShared, router: RouterIdx, id: DeliveryId) {
+    comet.settle(
+        router,
+        Settle {
+            id,
+            outcome: Outcome::Failed,
+        },
+    );
+}
+
+fn log_error(comet: &CometShared, conn: &Conn, e: &TransportError) {
+    if e.is_protocol() {
+        comet.metrics.protocol_errors.inc();
+        tracing::info!(session = conn.id, error = %e, "closing connection: protocol error");
+    } else {
+        tracing::debug!(session = conn.id, error = %e, "connection failed");
+    }
+}
+
+/// Waits for a REGISTER (SPEC §5) and has it authenticated; returns the session, the encoding
+/// it registered with and its stored messages, or `None` if the connection is to be closed.
+async fn await_register<T: Transport>(
+    comet: &CometShared,
+    conn: &Arc<Conn>,
+    transport: &mut T,
+) -> Option<(SessionInfo, Encoding, Vec<Delivery>)> {
+    let deadline = Instant::now() + comet.settings.register_timeout;
+    loop {
+        let frame = tokio::select! {
+            r = transport.recv() => r,
+            _ = sleep_until(deadline) => {
+                tracing::debug!(session = conn.id, "no REGISTER in time; closing");
+                return None;
+            }
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => return None,
+            Err(e) => {
+                log_error(comet, conn, &e);
+                return None;
+            }
+        };
+        let (encoding, tid) = (frame.encoding, frame.tid);
+        match frame.message {
+            Up::Register(r) => {
+                let refuse = |transport: &mut T| {
+                    transport.write(
+                        encoding,
+                        tid,
+                        Down::RegResp {
+                            code: REGRESP_AUTH_FAILED,
+                        },
+                    )
+                };
+                let Some(term) = TermType::from_bit(r.term_type).filter(|_| !r.id.is_empty())
+                else {
+                    tracing::debug!(
+                        session = conn.id,
+                        term_type = r.term_type,
+                        "bad REGISTER refused"
+                    );
+                    comet.metrics.registrations_refused.inc();
+                    refuse(transport);
+                    return None;
+                };
+                let info = SessionInfo {
+                    session: conn.id,
+                    uid: r.id.into(),
+                    term,
+                    token: r.token.into(),
+                };
+                match comet.register(&info).await {
+                    Ok(Registration::Accepted { stored }) => {
+                        transport.write(encoding, tid, Down::RegResp { code: REGRESP_OK });
+                        conn.set_registered(info.clone());
+                        return Some((info, encoding, stored));
+                    }
+                    Ok(Registration::Refused) => {
+                        refuse(transport);
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(session = conn.id, error = %e, "cannot register now; closing");
+                        return None;
+                    }
+                }
+            }
+            Up::Ping => {
+                transport.write(
+                    encoding,
+                    tid,
+                    Down::Pong {
+                        code: PONG_NOT_REGISTERED,
+                    },
+                );
+                if let Err(e) = flush(comet, transport).await {
+                    log_error(comet, conn, &e);
+                    return None;
+                }
+            }
+            Up::Im { .. } => {
+                comet.metrics.protocol_errors.inc();
+                tracing::info!(session = conn.id, "IM before REGISTER; closing");
+                return None;
+            }
+            Up::PushResp { .. } | Up::CbResp { .. } | Up::ImResp { .. } | Up::KickResp { .. } => {}
+        }
+    }
+}
+
+async fn flush<T: Transport>(comet: &CometShared, transport: &mut T) -> Result<(), TransportError> {
+    match timeout(comet.settings.write_timeout, transport.flush()).await {
+        Ok(r) => r,
+        Err(_) => Err(TransportError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "terminal did not read within comet.write_timeout",
+        ))),
+    }
+}
+
+/// An open transaction: the delivery a TID carries.
+struct Txn {
+    router: RouterIdx,
+    delivery: DeliveryId,
+}
+
+/// A connection's open transactions.
+#[derive(Default)]
+struct Transactions {
+    open: HashMap<u32, Txn>,
+    /// Deadlines of pushes and IMs (`delivery.ack_timeout`), oldest first.
+    short: VecDeque<(Instant, u32)>,
+    /// Deadlines of callbacks (`delivery.callback_ack_timeout`), oldest first.
+    long: VecDeque<(Instant, u32)>,
+}
+
+impl Transactions {
+    fn next_deadline(&self) -> Option<Instant> {
+        let a = self.short.front().map(|(d, _)| *d);
+        let b = self.long.front().map(|(d, _)| *d);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Removes the transactions whose deadline has passed.
+    fn expire(&mut self, now: Instant) -> Vec<Txn> {
+        let mut out = Vec::new();
+        for queue in [&mut self.short, &mut self.long] {
+            while let Some((deadline, tid)) = queue.front().copied() {
+                if deadline > now {
+                    break;
+                }
+                queue.pop_front();
+                if let Some(txn) = self.open.remove(&tid) {
+                    out.push(txn);
+                }
+            }
+        }
+        self.shrink();
+        out
+    }
+
+    /// Ends the transaction a terminal acked.
+    fn ack(&mut self, tid: u32) -> Option<Txn> {
+        let txn = self.open.remove(&tid);
+        if self.open.is_empty() {
+            self.short.clear();
+            self.long.clear();
+            self.shrink();
+        }
+        txn
+    }
+
+    /// Gives memory back once a burst is over.
+    fn shrink(&mut self) {
+        if self.open.is_empty() && self.open.capacity() > 0 {
+            self.open = HashMap::new();
+            self.short = VecDeque::new();
+            self.long = VecDeque::new();
+        }
+    }
+}
+
+/// A registered connection.
+struct Session<'a> {
+    comet: &'a Arc<CometShared>,
+    conn: &'a Arc<Conn>,
+    info: &'a SessionInfo,
+    /// The encoding the terminal registered with, used for down-messages.
+    encoding: Encoding,
+    next_tid: u32,
+    txns: &'a mut Transactions,
+}
+
+impl Session<'_> {
+    async fn run<T: Transport>(&mut self, transport: &mut T, stored: Vec<Delivery>) {
+        // Stored messages go first, each as a transaction with the router that made it (the
+        // one that authenticated the terminal).
+        let auth_router = self.comet.first_router(&self.info.uid);
+        for delivery in stored {
+            self.deliver(transport, auth_router, delivery);
+        }
+        if let Err(e) = flush(self.comet, transport).await {
+            log_error(self.comet, self.conn, &e);
+            return;
+        }
+        let idle = self.comet.settings.idle_timeout;
+        let mut last_seen = Instant::now();
+        loop {
+            let idle_deadline = last_seen + idle;
+            let deadline = self
+                .txns
+                .next_deadline()
+                .map_or(idle_deadline, |d| d.min(idle_deadline));
+            tokio::select! {
+                biased;
+                _ = self.conn.queued() => {
+                    let (items, slow) = self.conn.take();
+                    let mut kicked = false;
+                    for item in items {
+                        match item {
+                            Outbound::Deliver { router, delivery } => {
+                                self.deliver(transport, router, delivery)
+                            }
+                            Outbound::Kick(reason) => {
+                                let tid = self.tid();
+                                transport.write(self.encoding, tid, Down::Kick { reason: reason as u8 });
+                                kicked = true;
+                                tracing::debug!(session = self.conn.id, uid = %self.info.uid, ?reason, "kicked");
+                                break;
+                            }
+                            Outbound::ImResult { tid, encoding, code } => {
+                                transport.write(encoding, tid, Down::ImResp { code })
+                            }
+                        }
+                    }
+                    if slow {
+                        self.comet.metrics.slow_terminals.inc();
+                        tracing::info!(session = self.conn.id, uid = %self.info.uid, "terminal does not read its messages; closing");
+                        return;
+                    }
+                    if kicked {
+                        let _ = flush(self.comet, transport).await;
+                        return;
+                    }
+                }
+                r = transport.recv() => {
+                    let frame = match r {
+                        Ok(Some(f)) => f,
+                        Ok(None) => return,
+                        Err(e) => {
+                            log_error(self.comet, self.conn, &e);
+                            return;
+                        }
+                    };
+                    last_seen = Instant::now();
+                    self.on_frame(transport, frame.encoding, frame.tid, frame.message);
+                }
+                _ = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    for txn in self.txns.expire(now) {
+                        fail(self.comet, txn.router, txn.delivery);
+                    }
+                    if now >= last_seen + idle {
+                        tracing::debug!(session = self.conn.id, "idle timeout; closing");
+                        return;
+                    }
+                }
+            }
+            if transport.has_pending()
+                && let Err(e) = flush(self.comet, transport).await
+            {
+                log_error(self.comet, self.conn, &e);
+                return;
+            }
+        }
+    }
+
+    fn tid(&mut self) -> u32 {
+        self.next_tid = self.next_tid.wrapping_add(1);
+        self.next_tid
+    }
+
+    /// Writes a delivery and opens its transaction.
+    fn deliver<T: Transport>(&mut self, transport: &mut T, router: RouterIdx, d: Delivery) {
+        let tid = self.tid();
+        let (message, ack_timeout, queue) = match d.kind {
+            DeliveryKind::Push { offline } => (
+                Down::Push {
+                    offline,
+                    flag: d.flag,
+                    msg: d.body,
+                },
+                self.comet.settings.ack_timeout,
+                &mut self.txns.short,
+            ),
+            DeliveryKind::Callback => (
+                Down::Callback { msg: d.body },
+                self.comet.settings.callback_ack_timeout,
+                &mut self.txns.long,
+            ),
+            DeliveryKind::Im => (
+                Down::Im {
+                    flag: d.flag,
+                    msg: d.body,
+                },
+                self.comet.settings.ack_timeout,
+                &mut self.txns.short,
+            ),
+        };
+        queue.push_back((Instant::now() + ack_timeout, tid));
+        if let Some(stale) = self.txns.open.insert(
+            tid,
+            Txn {
+                router,
+                delivery: d.id,
+            },
+        ) {
+            // The TID counter wrapped onto a transaction still open: it cannot be acked now.
+            fail(self.comet, stale.router, stale.delivery);
+        }
+        transport.write(self.encoding, tid, message);
+    }
+
+    fn on_frame<T: Transport>(&mut self, transport: &mut T, encoding: Encoding, tid: u32, up: Up) {
+        match up {
+            Up::Ping => transport.write(encoding, tid, Down::Pong { code: PONG_OK }),
+            Up::PushResp { .. } | Up::CbResp { .. } | Up::ImResp { .. } => {
+                if let Some(txn) = self.txns.ack(tid) {
+                    self.comet.settle(
+                        txn.router,
+                        Settle {
+                            id: txn.delivery,
+                            outcome: Outcome::Acked,
+                        },
+                    );
+                }
+            }
+            Up::Im { msg } => {
+                let im = ImUp {
+                    uid: self.info.uid.clone(),
+                    term: self.info.term,
+                    body: msg,
+                };
+                let conn = self.conn.clone();
+                let limit = self.comet.settings.write_queue;
+                let comet = self.comet.clone();
+                // The answer comes back through the queue, so reading goes on meanwhile.
+                let task = async move {
+                    let code = if comet.im_up(im).await {
+                        IMRESP_ACCEPTED
+                    } else {
+                        IMRESP_FAILED
+                    };
+                    let _ = conn.push(
+                        Outbound::ImResult {
+                            tid,
+                            encoding,
+                            code,
+                        },
+                        limit,
+                    );
+                };
+                tokio::spawn(task);
+            }
+            Up::Register(_) => transport.write(encoding, tid, Down::RegResp { code: REGRESP_OK }),
+            Up::KickResp { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! How a connection's frames cross the wire: binary frames on TCP, or JSON in WebSocket text
+//! frames. The session logic is the same for both; this is the seam where a transport can be
+//! swapped after measuring.
+//!
+//! Both keep buffers only while data is in flight: an idle connection holds no read or write
+//! buffer of its own.
+
+use std::future::Future;
+use std::io;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use galopush_protocol::frame::{self, Frame};
+use galopush_protocol::message::{Down, Up};
+use galopush_protocol::web::{self, WebFraming};
+use galopush_protocol::{Encoding, FrameError, WebError};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// Why a connection cannot be read on.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("bad web message: {0}")]
+    Web(#[from] WebError),
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("binary websocket frame that is not UTF-8 text")]
+    NotText,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl TransportError {
+    /// Whether the peer sent something it must not (as opposed to the connection failing).
+    pub fn is_protocol(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Frame(_) | TransportError::Web(_) | TransportError::NotText
+        ) || matches!(
+            self,
+            TransportError::WebSocket(tungstenite::Error::Protocol(_))
+        ) || matches!(
+            self,
+            TransportError::WebSocket(tungstenite::Error::Capacity(_))
+        )
+    }
+}
+
+/// A terminal connection's framing.
+pub trait Transport: Send {
+    /// The next frame from the terminal; `None` when it closed cleanly. Cancel-safe.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame<Up>>, TransportError>> + Send;
+
+    /// Queues a frame; `encoding` is ignored by transports without body encodings.
+    fn write(&mut self, encoding: Encoding, tid: u32, message: Down);
+
+    /// Whether frames are queued.
+    fn has_pending(&self) -> bool;
+
+    /// Writes the queued frames.
+    fn flush(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Closes the connection politely.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 2048;
+
+/// Binary frames over TCP.
+pub struct TcpTransport {
+    stream: TcpStream,
+    read: BytesMut,
+    write: BytesMut,
+    max_body: u32,
+}
+
+impl TcpTransport {
+    pub fn new(stream: TcpStream, max_body: u32) -> TcpTransport {
+        TcpTransport {
+            stream,
+            read: BytesMut::new(),
+            write: BytesMut::new(),
+            max_body,
+        }
+    }
+}
+
+impl Transport for TcpTransport {
+    async fn recv(&mut self) -> Result<Option<Frame<Up>>, TransportError> {
+        loop {
+            if let Some(f) = frame::decode::<Up>(&mut self.read, self.max_body)? {
+                if self.read.is_empty() {
+                    self.read = BytesMut::new();
+                }
+                return Ok(Some(f));
+            }
+            self.stream.readable().await?;
+            let mut chunk = [0u8; READ_CHUNK];
+            match self.stream.try_read(&mut chunk) {
+                Ok(0) if self.read.is_empty() => return Ok(None),
+                Ok(0) => return Err(TransportError::Truncated),
+                Ok(n) => self.read.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn write(&mut self, encoding: Encoding, tid: u32, message: Down) {
+        // Down frames have no field that can fail to encode.
+        let _ = Frame::new(encoding, tid, message).encode(&mut self.write);
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.write.is_empty()
+    }
+
+    async fn flush(&mut self) -> Result<(), TransportError> {
+        self.stream.write_all(&self.write).await?;
+        self.write = BytesMut::new();
+        Ok(())
+    }
+
+    async fn close(mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// JSON messages in WebSocket text frames, in the framing the terminal chose with its first
+/// frame.
+pub struct WsTransport {
+    ws: WebSocketStream<TcpStream>,
+    framing: Option<WebFraming>,
+    pending: Vec<String>,
+}
+
+impl WsTransport {
+    pub fn new(ws: WebSocketStream<TcpStream>) -> WsTransport {
+        WsTransport {
+            ws,
+            framing: None,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl Transport for WsTransport {
+    async fn recv(&mut self) -> Result<Option<Frame<Up>>, TransportError> {
+        loop {
+            let message = match self.ws.next().await {
+                None => return Ok(None),
+                Some(Err(
+                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+                )) => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(m)) => m,
+            };
+            let text = match &message {
+                Message::Text(t) => t.as_str(),
+                Message::Binary(b) => {
+                    std::str::from_utf8(b).map_err(|_| TransportError::NotText)?
+                }
+                Message::Close(_) => return Ok(None),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            };
+            let framing = *self.framing.get_or_insert_with(|| WebFraming::detect(text));
+            let (tid, up) = web::decode_up(text, framing)?;
+            return Ok(Some(Frame::new(Encoding::None, tid, up)));
+        }
+    }
+
+    fn write(&mut self, _encoding: Encoding, tid: u32, message: Down) {
+        let framing = self.framing.unwrap_or_default();
+        self.pending.push(web::encode_down(tid, &message, framing));
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    async fn flush(&mut self) -> Result<(), TransportError> {
+        for text in std::mem::take(&mut self.pending) {
+            self.ws.feed(Message::text(text)).await?;
+        }
+        self.ws.flush().await?;
+        Ok(())
+    }
+
+    async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

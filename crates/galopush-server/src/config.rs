@@ -1,0 +1,684 @@
+//! The one typed configuration of SPEC §9: a TOML file, overridden key by key by
+//! `GALOPUSH_<SECTION>__<KEY>` environment variables, with defaults that let
+//! `galopush standalone` run with no file at all.
+//!
+//! Bad configuration stops the program at start with a message naming the key: an unknown key in
+//! the file or an unknown `GALOPUSH_` variable, an unparsable address, duration or number.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Prefix of the environment variables that override settings.
+pub const ENV_PREFIX: &str = "GALOPUSH_";
+
+/// Every setting of the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub router: RouterConfig,
+    pub comet: CometConfig,
+    pub delivery: DeliveryConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub bus: BusConfig,
+    pub store: StoreConfig,
+    pub topics: TopicsConfig,
+    pub log: LogConfig,
+}
+
+/// The router's listeners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// HTTP of SPEC §8.
+    pub http_addr: SocketAddr,
+    /// The router's RPC listener that comets join (cluster).
+    pub rpc_addr: SocketAddr,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            http_addr: addr("0.0.0.0:5150"),
+            rpc_addr: addr("0.0.0.0:5151"),
+        }
+    }
+}
+
+/// A comet: its terminal listeners, what it advertises, the routers it joins, its timeouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CometConfig {
+    /// Unique comet name.
+    pub id: String,
+    pub tcp_addr: SocketAddr,
+    pub ws_addr: SocketAddr,
+    /// `host:port` the dispatcher hands out for TCP terminals; port 0 means the bound port.
+    pub advertise_tcp: String,
+    /// `host:port` the dispatcher hands out for Web terminals; port 0 means the bound port.
+    pub advertise_ws: String,
+    /// The comet's RPC listener (cluster).
+    pub rpc_addr: SocketAddr,
+    /// Routers the comet joins (cluster).
+    pub router_rpc: Vec<String>,
+    pub register_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// [ext] Frames queued for one terminal before it counts as not reading and is disconnected.
+    pub write_queue: usize,
+    /// [ext] How long a write to a terminal may block before the terminal is disconnected.
+    pub write_timeout: Duration,
+}
+
+impl Default for CometConfig {
+    fn default() -> Self {
+        CometConfig {
+            id: "comet-1".into(),
+            tcp_addr: addr("0.0.0.0:5161"),
+            ws_addr: addr("0.0.0.0:5162"),
+            advertise_tcp: "127.0.0.1:5161".into(),
+            advertise_ws: "127.0.0.1:5162".into(),
+            rpc_addr: addr("0.0.0.0:5160"),
+            router_rpc: vec!["127.0.0.1:5151".into()],
+            register_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(660),
+            write_queue: 1024,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Ack timeouts and offline limits (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub ack_timeout: Duration,
+    pub callback_ack_timeout: Duration,
+    pub max_offline_callbacks: usize,
+    pub max_offline_im: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            ack_timeout: Duration::from_secs(5),
+            callback_ack_timeout: Duration::from_secs(60),
+            max_offline_callbacks: 100,
+            max_offline_im: 50,
+        }
+    }
+}
+
+/// Per-comet limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest frame body accepted from a terminal, in bytes.
+    pub max_body: u32,
+    /// Terminal connections one comet accepts at once.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body: galopush_protocol::DEFAULT_MAX_BODY,
+            max_connections: 1_000_000,
+        }
+    }
+}
+
+/// How REGISTER is authenticated (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A login record from the business side must match.
+    #[default]
+    Business,
+    /// [ext] Every REGISTER succeeds and creates its login record (demos, tests).
+    Open,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+}
+
+/// Which bus carries business messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    #[default]
+    Embedded,
+    Nsq,
+}
+
+/// The business message bus (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    pub kind: BusKind,
+    /// nsqd TCP address to publish to.
+    pub nsqd_tcp: String,
+    /// nsqlookupd HTTP addresses to discover the inbound topics' producers.
+    pub nsqlookupd_http: Vec<String>,
+    pub channel: String,
+    /// Write bodies to NSQ as base64 JSON (as the original) instead of raw JSON.
+    pub base64: bool,
+    /// Where the embedded bus POSTs outbound topics; empty = unset (they stay in the store).
+    pub webhook_url: String,
+    /// [ext] Messages the router may hold un-retired at once (NSQ: the total RDY).
+    pub max_in_flight: usize,
+    /// [ext] Embedded bus: make each accepted message durable before answering `/pub`.
+    /// Off trades the at-least-once promise across a crash for throughput.
+    pub durable: bool,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            kind: BusKind::Embedded,
+            nsqd_tcp: "127.0.0.1:4150".into(),
+            nsqlookupd_http: vec!["127.0.0.1:4161".into()],
+            channel: "galopush".into(),
+            base64: true,
+            webhook_url: String::new(),
+            max_in_flight: 10_000,
+            durable: true,
+        }
+    }
+}
+
+/// Which store keeps login records and offline messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Embedded,
+    Redis,
+    Memory,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// Directory of the embedded store.
+    pub path: PathBuf,
+    pub redis_url: String,
+    /// [ext] Prefix of every Redis key, so several deployments can share one Redis.
+    pub redis_prefix: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Embedded,
+            path: PathBuf::from("./data"),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_prefix: "galopush:".into(),
+        }
+    }
+}
+
+/// Topic names of SPEC §7.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    pub user_online_state: String,
+    pub push: String,
+    pub callback: String,
+    pub msg_downward: String,
+    pub session_timeout: String,
+    pub msg_upward: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            user_online_state: "userOnlineState".into(),
+            push: "push".into(),
+            callback: "callback".into(),
+            msg_downward: "msgDownward".into(),
+            session_timeout: "sessionTimeout".into(),
+            msg_upward: "msgUpward".into(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `galopush_server=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    SocketAddr::from_str(s).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// A duration written as a string: `"500ms"`, `"5s"`, `"11m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn from_secs(s: u64) -> Duration {
+        Duration(std::time::Duration::from_secs(s))
+    }
+
+    pub const fn from_millis(ms: u64) -> Duration {
+        Duration(std::time::Duration::from_millis(ms))
+    }
+
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration {s:?} needs a unit: ms, s, m or h (e.g. \"5s\")"))?;
+        let (number, unit) = s.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("duration {s:?} does not start with a whole number"))?;
+        let ms = match unit {
+            "ms" => Some(n),
+            "s" => n.checked_mul(1000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            _ => {
+                return Err(format!(
+                    "duration {s:?} has unit {unit:?}; use ms, s, m or h"
+                ));
+            }
+        };
+        ms.map(Duration::from_millis)
+            .ok_or_else(|| format!("duration {s:?} is too long"))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why the configuration cannot be used; the message names the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the file (if any), then applies `GALOPUSH_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                // Parsing the file on its own first gives errors with the file's line numbers.
+                toml::from_str::<Config>(&text).map_err(|e| ConfigError::File {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = defaults_table();
+        let mut overrides = Vec::new();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let (section, key) = split_env_key(&var, rest)?;
+            let default = defaults
+                .get(&section)
+                .and_then(|s| s.as_table())
+                .and_then(|s| s.get(&key))
+                .ok_or_else(|| ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("there is no setting {section}.{key}"),
+                })?;
+            let parsed = env_value(default, &value).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+            let section_table = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(section_table) = section_table.as_table_mut() else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("the file's {section} is not a section"),
+                });
+            };
+            section_table.insert(key.clone(), parsed);
+            overrides.push((var, section, key));
+        }
+        let config: Config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            // Name the variable when the bad value came from the environment.
+            let message = e.to_string();
+            let culprit = overrides
+                .iter()
+                .find(|(_, section, key)| message.contains(&format!("{section}.{key}")));
+            match culprit {
+                Some((var, _, _)) => ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                },
+                None => ConfigError::Invalid(message),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads from the file and the process environment.
+    pub fn from_env(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load(file, std::env::vars())
+    }
+
+    /// Checks what types alone cannot.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        for (key, value) in [
+            ("comet.advertise_tcp", &self.comet.advertise_tcp),
+            ("comet.advertise_ws", &self.comet.advertise_ws),
+        ] {
+            if host_port(value).is_none() {
+                return invalid(key, &format!("{value:?} is not host:port"));
+            }
+        }
+        if self.comet.id.is_empty() {
+            return invalid("comet.id", "must not be empty");
+        }
+        if self.comet.write_queue == 0 {
+            return invalid("comet.write_queue", "must be at least 1");
+        }
+        if self.delivery.max_offline_callbacks == 0 || self.delivery.max_offline_im == 0 {
+            return invalid("delivery.max_offline_*", "must be at least 1");
+        }
+        if self.bus.max_in_flight == 0 {
+            return invalid("bus.max_in_flight", "must be at least 1");
+        }
+        let url = &self.bus.webhook_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return invalid("bus.webhook_url", "must be an http:// or https:// URL");
+        }
+        if let Err(e) = tracing_filter_ok(&self.log.level) {
+            return invalid("log.level", &e);
+        }
+        Ok(())
+    }
+}
+
+/// Splits `host:port`, the port a number.
+pub fn host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+fn tracing_filter_ok(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(drop)
+        .map_err(|e| format!("{level:?} is not a log filter: {e}"))
+}
+
+fn split_env_key(var: &str, rest: &str) -> Result<(String, String), ConfigError> {
+    match rest.split_once("__") {
+        Some((section, key)) if !section.is_empty() && !key.is_empty() => {
+            Ok((section.to_ascii_lowercase(), key.to_ascii_lowercase()))
+        }
+        _ => Err(ConfigError::Env {
+            var: var.to_owned(),
+            message: "expected GALOPUSH_<SECTION>__<KEY>, e.g. GALOPUSH_COMET__TCP_ADDR".into(),
+        }),
+    }
+}
+
+fn defaults_table() -> toml::Table {
+    toml::Table::try_from(Config::default()).unwrap_or_default()
+}
+
+/// Reads an environment value as the type of the setting's default.
+fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    Ok(match default {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("{raw:?} is not a whole number"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => return Err(format!("{raw:?} is not true or false")),
+        }),
+        toml::Value::Array(_) => {
+            let trimmed = raw.trim();
+            if trimmed.starts_with('[') {
+                let doc: toml::Table = toml::from_str(&format!("list = {trimmed}"))
+                    .map_err(|e| format!("{raw:?} is not a list: {}", e.message()))?;
+                doc.get("list")
+                    .cloned()
+                    .unwrap_or(toml::Value::Array(Vec::new()))
+            } else {
+                toml::Value::Array(
+                    trimmed
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect(),
+                )
+            }
+        }
+        _ => toml::Value::String(raw.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::load(None, Vec::new()).expect("defaults load");
+        assert_eq!(c.router.http_addr.to_string(), "0.0.0.0:5150");
+        assert_eq!(c.router.rpc_addr.to_string(), "0.0.0.0:5151");
+        assert_eq!(c.comet.id, "comet-1");
+        assert_eq!(c.comet.tcp_addr.to_string(), "0.0.0.0:5161");
+        assert_eq!(c.comet.ws_addr.to_string(), "0.0.0.0:5162");
+        assert_eq!(c.comet.advertise_tcp, "127.0.0.1:5161");
+        assert_eq!(c.comet.advertise_ws, "127.0.0.1:5162");
+        assert_eq!(c.comet.rpc_addr.to_string(), "0.0.0.0:5160");
+        assert_eq!(c.comet.router_rpc, vec!["127.0.0.1:5151"]);
+        assert_eq!(c.comet.register_timeout, Duration::from_secs(10));
+        assert_eq!(c.comet.idle_timeout, Duration::from_secs(660));
+        assert_eq!(c.delivery.ack_timeout, Duration::from_secs(5));
+        assert_eq!(c.delivery.callback_ack_timeout, Duration::from_secs(60));
+        assert_eq!(c.delivery.max_offline_callbacks, 100);
+        assert_eq!(c.delivery.max_offline_im, 50);
+        assert_eq!(c.limits.max_body, 1_048_576);
+        assert_eq!(c.limits.max_connections, 1_000_000);
+        assert_eq!(c.auth.mode, AuthMode::Business);
+        assert_eq!(c.bus.kind, BusKind::Embedded);
+        assert_eq!(c.bus.nsqd_tcp, "127.0.0.1:4150");
+        assert_eq!(c.bus.nsqlookupd_http, vec!["127.0.0.1:4161"]);
+        assert_eq!(c.bus.channel, "galopush");
+        assert!(c.bus.base64);
+        assert_eq!(c.bus.webhook_url, "");
+        assert_eq!(c.store.kind, StoreKind::Embedded);
+        assert_eq!(c.store.path, PathBuf::from("./data"));
+        assert_eq!(c.store.redis_url, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.topics.user_online_state, "userOnlineState");
+        assert_eq!(c.topics.msg_downward, "msgDownward");
+        assert_eq!(c.topics.session_timeout, "sessionTimeout");
+        assert_eq!(c.topics.msg_upward, "msgUpward");
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("g.toml");
+        std::fs::write(
+            &path,
+            "[comet]\nid = \"c7\"\nidle_timeout = \"300s\"\n[auth]\nmode = \"open\"\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("GALOPUSH_COMET__TCP_ADDR", "127.0.0.1:15161"),
+                (
+                    "GALOPUSH_COMET__ROUTER_RPC",
+                    "127.0.0.1:5151, 10.0.0.2:5151",
+                ),
+                ("GALOPUSH_BUS__NSQLOOKUPD_HTTP", r#"["a:1","b:2"]"#),
+                ("GALOPUSH_DELIVERY__MAX_OFFLINE_IM", "7"),
+                ("GALOPUSH_BUS__BASE64", "false"),
+                ("GALOPUSH_DELIVERY__ACK_TIMEOUT", "250ms"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.comet.id, "c7");
+        assert_eq!(c.comet.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.auth.mode, AuthMode::Open);
+        assert_eq!(c.comet.tcp_addr.to_string(), "127.0.0.1:15161");
+        assert_eq!(c.comet.router_rpc, vec!["127.0.0.1:5151", "10.0.0.2:5151"]);
+        assert_eq!(c.bus.nsqlookupd_http, vec!["a:1", "b:2"]);
+        assert_eq!(c.delivery.max_offline_im, 7);
+        assert!(!c.bus.base64);
+        assert_eq!(c.delivery.ack_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn bad_settings_name_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "[comet]\nbogus = 1\n").expect("write");
+        let e = Config::load(Some(&path), Vec::new()).expect_err("unknown key");
+        assert!(e.to_string().contains("bogus"), "{e}");
+
+        std::fs::write(&path, "[comet]\ntcp_addr = \"nowhere\"\n").expect("write");
+        let e = Config::load(Some(&path), Vec::new()).expect_err("bad address");
+        assert!(e.to_string().contains("tcp_addr"), "{e}");
+
+        let e = Config::load(None, env(&[("GALOPUSH_COMET__NOPE", "1")])).expect_err("unknown var");
+        assert!(e.to_string().contains("GALOPUSH_COMET__NOPE"), "{e}");
+
+        let e = Config::load(None, env(&[("GALOPUSH_NOPE", "1")])).expect_err("no section");
+        assert!(e.to_string().contains("GALOPUSH_NOPE"), "{e}");
+
+        let e = Config::load(None, env(&[("GALOPUSH_COMET__TCP_ADDR", "x:y")])).expect_err("addr");
+        assert!(e.to_string().contains("GALOPUSH_COMET__TCP_ADDR"), "{e}");
+
+        let e = Config::load(
+            None,
+            env(&[("GALOPUSH_DELIVERY__ACK_TIMEOUT", "5 parsecs")]),
+        )
+        .expect_err("duration");
+        assert!(
+            e.to_string().contains("GALOPUSH_DELIVERY__ACK_TIMEOUT"),
+            "{e}"
+        );
+
+        let e = Config::load(None, env(&[("GALOPUSH_LIMITS__MAX_BODY", "big")])).expect_err("int");
+        assert!(e.to_string().contains("GALOPUSH_LIMITS__MAX_BODY"), "{e}");
+
+        let e = Config::load(None, env(&[("GALOPUSH_AUTH__MODE", "closed")])).expect_err("enum");
+        assert!(e.to_string().contains("GALOPUSH_AUTH__MODE"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!("5s".parse::<Duration>(), Ok(Duration::from_secs(5)));
+        assert_eq!("660s".parse::<Duration>(), Ok(Duration::from_secs(660)));
+        assert_eq!("150ms".parse::<Duration>(), Ok(Duration::from_millis(150)));
+        assert_eq!("2m".parse::<Duration>(), Ok(Duration::from_secs(120)));
+        assert_eq!("1h".parse::<Duration>(), Ok(Duration::from_secs(3600)));
+        assert!("5".parse::<Duration>().is_err());
+        assert!("s".parse::<Duration>().is_err());
+        assert!("5d".parse::<Duration>().is_err());
+    }
+}

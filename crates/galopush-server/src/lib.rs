@@ -1,0 +1,16 @@
+//! The galopush server parts (ARCHITECTURE.md): the comet (terminal connections), the router
+//! (login records, routing, kicks, offline rules, dispatch), the bus (embedded and NSQ), the
+//! store (embedded, memory, Redis), the link between router and comet, and the HTTP surface.
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod comet;
+pub mod config;
+pub mod http;
+pub mod link;
+pub mod logging;
+pub mod metrics;
+pub mod router;
+pub mod sharded;
+pub mod standalone;
+pub mod store;

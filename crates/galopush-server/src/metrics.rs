@@ -1,0 +1,319 @@
+//! Prometheus metrics (SPEC §8 `/metrics`). Every label combination is created at start and
+//! kept as a handle, so counting on the hot path is one atomic add, never a map lookup.
+
+use galopush_protocol::TermType;
+use galopush_protocol::message::KickReason;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::bus::Topic;
+use crate::link::{DeliveryKind, Outcome};
+
+type Labels = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+
+/// Counters of one inbound topic.
+#[derive(Clone, Default)]
+pub struct TopicCounters {
+    pub received: Counter,
+    pub retired: Counter,
+    pub requeued: Counter,
+    pub malformed: Counter,
+}
+
+/// Why a message reached no terminal and no store.
+#[derive(Debug, Clone, Copy)]
+pub enum Dropped {
+    /// The uid has no login record and no live connection for any type in the mask.
+    NoLogin,
+    /// A Web terminal was not live (nothing is stored for Web).
+    WebOffline,
+}
+
+/// All metrics of a process.
+pub struct Metrics {
+    registry: Registry,
+    connections: [Gauge; 5],
+    pub connections_unregistered: Gauge,
+    deliveries: [[Counter; 2]; 3],
+    offline_stored: [Counter; 3],
+    offline_delivered: [Counter; 3],
+    dropped: [Counter; 2],
+    topics: [TopicCounters; 5],
+    kicks: [Counter; 4],
+    pub registrations_accepted: Counter,
+    pub registrations_refused: Counter,
+    pub im_up_accepted: Counter,
+    pub im_up_failed: Counter,
+    pub protocol_errors: Counter,
+    pub slow_terminals: Counter,
+    pub webhook_delivered: Counter,
+    pub webhook_failures: Counter,
+    pub outbox_pending: Gauge,
+    pub store_errors: Counter,
+}
+
+fn kind_index(kind: DeliveryKind) -> usize {
+    match kind {
+        DeliveryKind::Push { .. } => 0,
+        DeliveryKind::Callback => 1,
+        DeliveryKind::Im => 2,
+    }
+}
+
+const KINDS: [&str; 3] = ["push", "callback", "im"];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("galopush");
+
+        let connections_family = Family::<Labels, Gauge>::default();
+        registry.register(
+            "connections",
+            "Live registered terminal connections by terminal type",
+            connections_family.clone(),
+        );
+        let connections = TermType::ALL.map(|t| {
+            connections_family
+                .get_or_create(&[("termtype", t.name())])
+                .clone()
+        });
+        let connections_unregistered = Gauge::default();
+        registry.register(
+            "connections_unregistered",
+            "Open connections that have not registered yet",
+            connections_unregistered.clone(),
+        );
+
+        let deliveries_family = Family::<Labels2, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Live deliveries by kind and outcome (failed ones go to the offline rule)",
+            deliveries_family.clone(),
+        );
+        let deliveries = KINDS.map(|k| {
+            ["acked", "failed"].map(|o| {
+                deliveries_family
+                    .get_or_create(&[("kind", k), ("outcome", o)])
+                    .clone()
+            })
+        });
+
+        let kind_family = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<Labels, Counter>::default();
+            registry.register(name, help, family.clone());
+            KINDS.map(|k| family.get_or_create(&[("kind", k)]).clone())
+        };
+        let offline_stored = kind_family(
+            &mut registry,
+            "offline_stored",
+            "Messages written to the offline store by kind",
+        );
+        let offline_delivered = kind_family(
+            &mut registry,
+            "offline_delivered",
+            "Stored messages delivered and acked by kind",
+        );
+
+        let dropped_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "dropped",
+            "Messages that reached neither a terminal nor the store, by reason",
+            dropped_family.clone(),
+        );
+        let dropped = ["no_login", "web_offline"]
+            .map(|r| dropped_family.get_or_create(&[("reason", r)]).clone());
+
+        let topic_family = Family::<Labels2, Counter>::default();
+        registry.register(
+            "bus_messages",
+            "Inbound bus messages by topic and event (received, retired, requeued, malformed)",
+            topic_family.clone(),
+        );
+        let topics = Topic::ALL.map(|t| {
+            let c = |event| {
+                topic_family
+                    .get_or_create(&[("topic", t.label()), ("event", event)])
+                    .clone()
+            };
+            TopicCounters {
+                received: c("received"),
+                retired: c("retired"),
+                requeued: c("requeued"),
+                malformed: c("malformed"),
+            }
+        });
+
+        let kicks_family = Family::<Labels, Counter>::default();
+        registry.register("kicks", "KICKs sent by reason", kicks_family.clone());
+        let kicks = [
+            "repeat_login",
+            "mutual_exclusion",
+            "session_timeout",
+            "logged_out",
+        ]
+        .map(|r| kicks_family.get_or_create(&[("reason", r)]).clone());
+
+        let registrations = Family::<Labels, Counter>::default();
+        registry.register(
+            "registrations",
+            "REGISTERs by result",
+            registrations.clone(),
+        );
+        let im_up = Family::<Labels, Counter>::default();
+        registry.register("im_up", "IMs from terminals by result", im_up.clone());
+        let webhook = Family::<Labels, Counter>::default();
+        registry.register(
+            "webhook",
+            "Outbound webhook POSTs by result",
+            webhook.clone(),
+        );
+
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let protocol_errors = counter(
+            &mut registry,
+            "protocol_errors",
+            "Connections closed for a malformed, oversized or misplaced frame",
+        );
+        let slow_terminals = counter(
+            &mut registry,
+            "slow_terminals",
+            "Connections closed because the terminal did not read its messages",
+        );
+        let store_errors = counter(
+            &mut registry,
+            "store_errors",
+            "Store operations that failed (the message is requeued)",
+        );
+        let outbox_pending = Gauge::default();
+        registry.register(
+            "outbox_pending",
+            "Outbound messages waiting for the webhook",
+            outbox_pending.clone(),
+        );
+
+        // Each handle is taken in its own statement: a family's lookup guard lives until the end
+        // of the statement, and two in one would deadlock.
+        let label = |family: &Family<Labels, Counter>, value: &'static str| -> Counter {
+            family.get_or_create(&[("result", value)]).clone()
+        };
+        let registrations_accepted = label(&registrations, "accepted");
+        let registrations_refused = label(&registrations, "refused");
+        let im_up_accepted = label(&im_up, "accepted");
+        let im_up_failed = label(&im_up, "failed");
+        let webhook_delivered = label(&webhook, "delivered");
+        let webhook_failures = label(&webhook, "failed");
+        Metrics {
+            connections,
+            connections_unregistered,
+            deliveries,
+            offline_stored,
+            offline_delivered,
+            dropped,
+            topics,
+            kicks,
+            registrations_accepted,
+            registrations_refused,
+            im_up_accepted,
+            im_up_failed,
+            protocol_errors,
+            slow_terminals,
+            webhook_delivered,
+            webhook_failures,
+            outbox_pending,
+            store_errors,
+            registry,
+        }
+    }
+
+    pub fn connections(&self, term: TermType) -> &Gauge {
+        &self.connections[term.index()]
+    }
+
+    pub fn delivery(&self, kind: DeliveryKind, outcome: Outcome) -> &Counter {
+        let o = match outcome {
+            Outcome::Acked => 0,
+            Outcome::Failed => 1,
+        };
+        &self.deliveries[kind_index(kind)][o]
+    }
+
+    pub fn offline_stored(&self, kind: DeliveryKind) -> &Counter {
+        &self.offline_stored[kind_index(kind)]
+    }
+
+    pub fn offline_delivered(&self, kind: DeliveryKind) -> &Counter {
+        &self.offline_delivered[kind_index(kind)]
+    }
+
+    pub fn dropped(&self, why: Dropped) -> &Counter {
+        &self.dropped[why as usize]
+    }
+
+    pub fn topic(&self, topic: Topic) -> &TopicCounters {
+        &self.topics[topic as usize]
+    }
+
+    pub fn kick(&self, reason: KickReason) -> &Counter {
+        &self.kicks[reason as usize - 1]
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        m.connections(TermType::Web).inc();
+        m.delivery(DeliveryKind::Callback, Outcome::Failed).inc();
+        m.kick(KickReason::LoggedOut).inc();
+        m.topic(Topic::SessionTimeout).malformed.inc();
+        let text = m.render();
+        assert!(
+            text.contains("galopush_connections{termtype=\"Web\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("galopush_deliveries_total{kind=\"callback\",outcome=\"failed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("galopush_kicks_total{reason=\"logged_out\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "galopush_bus_messages_total{topic=\"sessionTimeout\",event=\"malformed\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("galopush_registrations_total{result=\"refused\"} 0"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! The comets a router knows: their addresses, their links, how many live sessions each holds,
+//! and the dispatcher's choice among them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+
+use galopush_protocol::TermType;
+use parking_lot::RwLock;
+use serde::Serialize;
+
+use super::CometIdx;
+use crate::link::{CometInfo, CometLink};
+
+/// A joined comet.
+pub struct JoinedComet {
+    pub info: CometInfo,
+    pub link: Arc<dyn CometLink>,
+    /// Live sessions on it, as this router sees them.
+    sessions: AtomicI64,
+    /// Terminals sent here by the dispatcher that have not registered yet.
+    reserved: AtomicI64,
+}
+
+impl JoinedComet {
+    fn load(&self) -> i64 {
+        self.sessions.load(Ordering::Relaxed) + self.reserved.load(Ordering::Relaxed)
+    }
+}
+
+/// One row of `GET /v1/comets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CometSummary {
+    pub id: String,
+    pub tcp: String,
+    pub ws: String,
+    pub sessions: i64,
+}
+
+/// The comet registry.
+#[derive(Default)]
+pub struct Comets {
+    joined: RwLock<HashMap<CometIdx, Arc<JoinedComet>>>,
+    next: AtomicU32,
+    rotation: AtomicUsize,
+}
+
+impl Comets {
+    /// Adds a comet; returns its number and that of an earlier link of the same comet id.
+    pub fn join(&self, info: CometInfo, link: Arc<dyn CometLink>) -> (CometIdx, Option<CometIdx>) {
+        let idx = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut joined = self.joined.write();
+        let replaced = joined
+            .iter()
+            .find(|(_, c)| c.info.id == info.id)
+            .map(|(i, _)| *i);
+        joined.insert(
+            idx,
+            Arc::new(JoinedComet {
+                info,
+                link,
+                sessions: AtomicI64::new(0),
+                reserved: AtomicI64::new(0),
+            }),
+        );
+        (idx, replaced)
+    }
+
+    pub fn leave(&self, idx: CometIdx) -> Option<Arc<JoinedComet>> {
+        self.joined.write().remove(&idx)
+    }
+
+    pub fn link(&self, idx: CometIdx) -> Option<Arc<dyn CometLink>> {
+        self.joined.read().get(&idx).map(|c| c.link.clone())
+    }
+
+    /// Counts a session opened (+1) or closed (-1) on a comet.
+    pub fn track(&self, idx: CometIdx, delta: i64) {
+        if let Some(c) = self.joined.read().get(&idx) {
+            c.sessions.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// A terminal registered on a comet: one dispatcher reservation is used up.
+    pub fn registered(&self, idx: CometIdx) {
+        if let Some(c) = self.joined.read().get(&idx) {
+            let _ = c
+                .reserved
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                    (r > 0).then_some(r - 1)
+                });
+        }
+    }
+
+    /// Halves the reservations, so terminals that never registered stop counting.
+    pub fn decay_reservations(&self) {
+        for c in self.joined.read().values() {
+            let r = c.reserved.load(Ordering::Relaxed);
+            c.reserved.store(r / 2, Ordering::Relaxed);
+        }
+    }
+
+    /// The address for a terminal: the comet already holding the user, else the least loaded
+    /// one (ties taken in turn).
+    pub fn dispatch(&self, current: Option<CometIdx>, term: TermType) -> Option<String> {
+        let joined = self.joined.read();
+        let chosen = match current.and_then(|idx| joined.get(&idx)) {
+            Some(c) => c.clone(),
+            None => {
+                let mut all: Vec<&Arc<JoinedComet>> = joined.values().collect();
+                if all.is_empty() {
+                    return None;
+                }
+                all.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+                let start = self.rotation.fetch_add(1, Ordering::Relaxed) % all.len();
+                let mut best = all[start];
+                for i in 1..all.len() {
+                    let c = all[(start + i) % all.len()];
+                    if c.load() < best.load() {
+                        best = c;
+                    }
+                }
+                best.reserved.fetch_add(1, Ordering::Relaxed);
+                best.clone()
+            }
+        };
+        Some(if term == TermType::Web {
+            chosen.info.ws.clone()
+        } else {
+            chosen.info.tcp.clone()
+        })
+    }
+
+    pub fn summaries(&self) -> Vec<CometSummary> {
+        let mut out: Vec<CometSummary> = self
+            .joined
+            .read()
+            .values()
+            .map(|c| CometSummary {
+                id: c.info.id.clone(),
+                tcp: c.info.tcp.clone(),
+                ws: c.info.ws.clone(),
+                sessions: c.sessions.load(Ordering::Relaxed).max(0),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}

@@ -1,0 +1,229 @@
+//! Applying inbound bus messages (SPEC §5–§7): login records and their kicks, down-messages
+//! planned into deliveries and offline writes, and session-timeout questions answered on their
+//! back topic.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use galopush_protocol::bus::{self, Downward, SessionTimeout, UserOnlineState};
+use galopush_protocol::message::KickReason;
+use galopush_protocol::{TermMask, TermType};
+
+use super::deliveries::{Origin, PendingDelivery, offline_message};
+use super::{CometIdx, Router};
+use crate::bus::{Ticket, Topic};
+use crate::link::{CometCommand, Delivery, DeliveryKind};
+use crate::metrics::Dropped;
+use crate::store::{LoginRecord, OfflineWrite};
+
+/// A bus message, read and checked.
+enum Inbound {
+    Login(UserOnlineState, TermType),
+    Down(DeliveryKind, Downward),
+    Timeout(SessionTimeout, TermType),
+}
+
+fn term_of(bits: u8, field: &str) -> Result<TermType, String> {
+    TermType::from_bit(bits)
+        .ok_or_else(|| format!("{field} {bits} is not one terminal type (1, 2, 4, 8 or 16)"))
+}
+
+fn parse(topic: Topic, body: &[u8]) -> Result<Inbound, String> {
+    let json_error = |e: galopush_protocol::BusError| e.to_string();
+    match topic {
+        Topic::UserOnlineState => {
+            let s: UserOnlineState = bus::decode(body).map_err(json_error)?;
+            if s.uid.is_empty() {
+                return Err("uid is empty".into());
+            }
+            let term = term_of(s.termtype, "termtype")?;
+            if s.online && s.code.is_empty() {
+                return Err("code is empty for online = true".into());
+            }
+            Ok(Inbound::Login(s, term))
+        }
+        Topic::Push | Topic::Callback | Topic::MsgDownward => {
+            let d: Downward = bus::decode(body).map_err(json_error)?;
+            if let Some(r) = d.receivers.iter().find(|r| r.uid.is_empty()) {
+                return Err(format!(
+                    "a receiver has an empty uid (termtype {})",
+                    r.termtype
+                ));
+            }
+            let kind = match topic {
+                Topic::Push => DeliveryKind::Push { offline: 0 },
+                Topic::Callback => DeliveryKind::Callback,
+                _ => DeliveryKind::Im,
+            };
+            Ok(Inbound::Down(kind, d))
+        }
+        Topic::SessionTimeout => {
+            let t: SessionTimeout = bus::decode(body).map_err(json_error)?;
+            if t.back_topic.is_empty() {
+                return Err("backTopic is empty".into());
+            }
+            if t.msg.uid.is_empty() {
+                return Err("msg.uid is empty".into());
+            }
+            let term = term_of(t.msg.ctype, "msg.ctype")?;
+            Ok(Inbound::Timeout(t, term))
+        }
+    }
+}
+
+impl Router {
+    /// Checks a message without applying it; the reason names what is wrong.
+    pub fn validate(&self, topic: Topic, body: &[u8]) -> Result<(), String> {
+        parse(topic, body).map(drop)
+    }
+
+    /// Applies one inbound message. `ticket` retires it once every effect is durable; a
+    /// malformed message is logged, counted and retired.
+    pub async fn apply(&self, topic: Topic, body: &[u8], ticket: Ticket) {
+        let counters = self.metrics.topic(topic);
+        counters.received.inc();
+        match parse(topic, body) {
+            Err(why) => {
+                counters.malformed.inc();
+                tracing::warn!(topic = topic.label(), reason = %why, "malformed bus message dropped");
+            }
+            Ok(Inbound::Login(state, term)) => self.apply_login(state, term, ticket).await,
+            Ok(Inbound::Down(kind, msg)) => self.apply_down(kind, msg, ticket).await,
+            Ok(Inbound::Timeout(question, term)) => self.answer_timeout(question, term, ticket),
+        }
+    }
+
+    async fn apply_login(&self, state: UserOnlineState, term: TermType, ticket: Ticket) {
+        let uid = state.uid.as_str();
+        if state.online {
+            let record = LoginRecord {
+                code: state.code,
+                device_token: state.device_token,
+                login: true,
+            };
+            self.hold_until_durable(
+                self.store.set_login(uid, term, Some(record)),
+                Some(ticket.clone()),
+            );
+            self.kick_live(uid, term, KickReason::RepeatLogin);
+            if let Some(other) = term.excluded_by_login() {
+                self.kick_live(uid, other, KickReason::MutualExclusion);
+                self.hold_until_durable(self.store.set_login(uid, other, None), Some(ticket));
+            }
+            return;
+        }
+        let record = match self.store.login(uid, term).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::warn!(%uid, error = %e, "cannot read login record; logout will be retried");
+                ticket.fail();
+                return;
+            }
+        };
+        let code = if state.code.is_empty() {
+            record.as_ref().map(|r| r.code.clone()).unwrap_or_default()
+        } else {
+            state.code
+        };
+        if let Some(mut r) = record
+            && r.code == code
+            && r.login
+        {
+            r.login = false;
+            self.hold_until_durable(self.store.set_login(uid, term, Some(r)), Some(ticket));
+        }
+        if let Some(at) = self.sessions.remove_with_token(uid, term, &code) {
+            self.comets.track(at.comet, -1);
+            self.kick(&at, KickReason::LoggedOut);
+        }
+    }
+
+    async fn apply_down(&self, kind: DeliveryKind, msg: Downward, ticket: Ticket) {
+        let uids: Vec<&str> = msg.receivers.iter().map(|r| r.uid.as_str()).collect();
+        let logins = match self.store.logins(&uids).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::warn!(error = %e, "cannot read login records; message will be retried");
+                ticket.fail();
+                return;
+            }
+        };
+        let body = Bytes::from(msg.body);
+        let mut batches: Vec<(CometIdx, Vec<CometCommand>)> = Vec::new();
+        let mut writes = Vec::new();
+        for (receiver, logins) in msg.receivers.iter().zip(logins) {
+            let live = self.sessions.live(&receiver.uid);
+            let flag = u8::from(live.web_online());
+            let uid: Arc<str> = Arc::from(receiver.uid.as_str());
+            let mut reached = false;
+            for term in TermMask(receiver.termtype).types() {
+                if let Some((comet, session)) = live.get(term) {
+                    reached = true;
+                    let id = self.pending.insert(PendingDelivery {
+                        comet,
+                        uid: uid.clone(),
+                        term,
+                        kind,
+                        body: body.clone(),
+                        origin: Origin::Live(ticket.clone()),
+                    });
+                    let command = CometCommand::Deliver(Delivery {
+                        id,
+                        session,
+                        kind,
+                        flag,
+                        body: body.clone(),
+                    });
+                    match batches.iter_mut().find(|(c, _)| *c == comet) {
+                        Some((_, commands)) => commands.push(command),
+                        None => batches.push((comet, vec![command])),
+                    }
+                } else if logins.get(term).is_some() {
+                    reached = true;
+                    if term == TermType::Web {
+                        self.metrics.dropped(Dropped::WebOffline).inc();
+                    } else {
+                        self.metrics.offline_stored(kind).inc();
+                        writes.push(OfflineWrite {
+                            uid: uid.clone(),
+                            term,
+                            message: offline_message(kind, flag, body.clone()),
+                        });
+                    }
+                }
+            }
+            if !reached {
+                self.metrics.dropped(Dropped::NoLogin).inc();
+                tracing::debug!(uid = %receiver.uid, "no login record and no live terminal; dropped");
+            }
+        }
+        for (comet, commands) in batches {
+            self.send(comet, commands);
+        }
+        if !writes.is_empty() {
+            self.hold_until_durable(self.store.store_offline(writes), Some(ticket));
+        }
+    }
+
+    fn answer_timeout(&self, mut question: SessionTimeout, term: TermType, ticket: Ticket) {
+        if self.sessions.live(&question.msg.uid).get(term).is_some() {
+            question.msg.flag = 1;
+        }
+        let json = Bytes::from(bus::encode(&question, false));
+        let publisher = self.publisher.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = publisher.publish(&question.back_topic, json).await {
+                metrics.store_errors.inc();
+                tracing::warn!(
+                    topic = %question.back_topic,
+                    error = %e,
+                    "sessionTimeout answer not taken by the bus; will be retried"
+                );
+                ticket.fail();
+            }
+        });
+    }
+}

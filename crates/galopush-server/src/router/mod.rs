@@ -1,0 +1,368 @@
+//! The router: the brain of the gateway (SPEC §1).
+//!
+//! It applies inbound bus messages (login records, down-messages, session timeouts), keeps where
+//! every live terminal is, authenticates REGISTERs, decides kicks, plans each down-message into
+//! deliveries (one per live terminal, batched per comet) or offline writes, stores what failed,
+//! and retires the inbound message once all of that is durable. It answers the dispatcher and
+//! publishes terminals' IMs to the business side.
+
+pub mod comets;
+pub mod deliveries;
+pub mod inbound;
+pub mod sessions;
+
+use std::sync::Arc;
+
+use galopush_protocol::TermType;
+use galopush_protocol::bus::MsgUpward;
+use galopush_protocol::message::KickReason;
+use subtle::ConstantTimeEq;
+
+use crate::bus::{Publisher, Ticket};
+use crate::config::{AuthMode, Config, TopicsConfig};
+use crate::link::{
+    CometCommand, CometInfo, CometLink, Delivery, DeliveryKind, ImUp, LinkError, Registration,
+    SessionInfo, Settle,
+};
+use crate::metrics::Metrics;
+use crate::store::{LoginRecord, OfflineKey, Store, StoreError};
+use comets::{CometSummary, Comets};
+use deliveries::{Origin, Pending, PendingDelivery};
+pub use sessions::CometIdx;
+use sessions::{Location, Sessions};
+
+/// What the router needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    pub auth_mode: AuthMode,
+    pub topics: TopicsConfig,
+}
+
+impl RouterSettings {
+    pub fn from_config(config: &Config) -> RouterSettings {
+        RouterSettings {
+            auth_mode: config.auth.mode,
+            topics: config.topics.clone(),
+        }
+    }
+}
+
+/// The router.
+pub struct Router {
+    settings: RouterSettings,
+    store: Arc<dyn Store>,
+    publisher: Arc<dyn Publisher>,
+    metrics: Arc<Metrics>,
+    sessions: Sessions,
+    comets: Comets,
+    pending: Pending,
+}
+
+impl Router {
+    pub fn new(
+        settings: RouterSettings,
+        store: Arc<dyn Store>,
+        publisher: Arc<dyn Publisher>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Router> {
+        Arc::new(Router {
+            settings,
+            store,
+            publisher,
+            metrics,
+            sessions: Sessions::default(),
+            comets: Comets::default(),
+            pending: Pending::default(),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn topics(&self) -> &TopicsConfig {
+        &self.settings.topics
+    }
+
+    /// A comet joined: remember it and take its live sessions as they are.
+    pub fn join(&self, info: CometInfo, link: Arc<dyn CometLink>) -> CometIdx {
+        let (idx, replaced) = self.comets.join(info.clone(), link.clone());
+        if let Some(old) = replaced {
+            tracing::info!(comet = %info.id, "comet rejoined; dropping its previous link");
+            self.leave(old);
+        }
+        let live = link.live_sessions();
+        tracing::info!(comet = %info.id, sessions = live.len(), "comet joined");
+        for s in &live {
+            self.record(idx, s);
+        }
+        idx
+    }
+
+    /// A comet is gone: its sessions are no longer live and what it had not settled goes to
+    /// the offline rule.
+    pub fn leave(&self, comet: CometIdx) {
+        let Some(gone) = self.comets.leave(comet) else {
+            return;
+        };
+        let sessions = self.sessions.remove_comet(comet);
+        let unsettled = self.pending.take_comet(comet);
+        tracing::warn!(
+            comet = %gone.info.id,
+            sessions,
+            unsettled = unsettled.len(),
+            "comet left"
+        );
+        for p in unsettled {
+            self.finish(p, crate::link::Outcome::Failed);
+        }
+    }
+
+    /// Records a live session; kicks whatever session held the same (uid, type) before.
+    fn record(&self, comet: CometIdx, s: &SessionInfo) {
+        let location = Location {
+            comet,
+            session: s.session,
+            token: s.token.clone(),
+        };
+        self.comets.track(comet, 1);
+        if let Some(older) = self.sessions.insert(&s.uid, s.term, location) {
+            self.comets.track(older.comet, -1);
+            self.kick(&older, KickReason::RepeatLogin);
+        }
+    }
+
+    /// Sends KICK to a session that is no longer in the location table.
+    fn kick(&self, at: &Location, reason: KickReason) {
+        self.metrics.kick(reason).inc();
+        self.send(
+            at.comet,
+            vec![CometCommand::Kick {
+                session: at.session,
+                reason,
+            }],
+        );
+    }
+
+    /// Removes a live terminal and kicks it.
+    fn kick_live(&self, uid: &str, term: TermType, reason: KickReason) {
+        if let Some(at) = self.sessions.remove(uid, term) {
+            self.comets.track(at.comet, -1);
+            self.kick(&at, reason);
+        }
+    }
+
+    /// Hands commands to a comet; deliveries for a comet that is gone fail at once.
+    fn send(&self, comet: CometIdx, commands: Vec<CometCommand>) {
+        match self.comets.link(comet) {
+            Some(link) => link.send(commands),
+            None => {
+                for c in commands {
+                    if let CometCommand::Deliver(d) = c
+                        && let Some(p) = self.pending.take(d.id)
+                    {
+                        self.finish(p, crate::link::Outcome::Failed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Authenticates a REGISTER, takes the session as live, and returns the stored messages to
+    /// send after REGRESP 0.
+    pub async fn register(
+        &self,
+        comet: CometIdx,
+        s: SessionInfo,
+    ) -> Result<Registration, LinkError> {
+        let unavailable = |e: StoreError| {
+            self.metrics.store_errors.inc();
+            LinkError::Unavailable(e.to_string())
+        };
+        let accepted = match self.settings.auth_mode {
+            AuthMode::Business => match self.store.login(&s.uid, s.term).await {
+                Ok(Some(record)) => {
+                    record.login && bool::from(record.code.as_bytes().ct_eq(s.token.as_bytes()))
+                }
+                Ok(None) => false,
+                Err(e) => return Err(unavailable(e)),
+            },
+            AuthMode::Open => {
+                let device_token = match self.store.login(&s.uid, s.term).await {
+                    Ok(r) => r.map(|r| r.device_token).unwrap_or_default(),
+                    Err(e) => return Err(unavailable(e)),
+                };
+                let record = LoginRecord {
+                    code: s.token.to_string(),
+                    device_token,
+                    login: true,
+                };
+                self.store
+                    .set_login(&s.uid, s.term, Some(record))
+                    .await
+                    .map_err(unavailable)?;
+                true
+            }
+        };
+        if !accepted {
+            self.metrics.registrations_refused.inc();
+            tracing::debug!(uid = %s.uid, term = %s.term, "registration refused");
+            return Ok(Registration::Refused);
+        }
+        self.metrics.registrations_accepted.inc();
+        self.comets.registered(comet);
+        self.record(comet, &s);
+        let stored = if s.term == TermType::Web {
+            Vec::new()
+        } else {
+            match self.store.offline(&s.uid, s.term).await {
+                Ok(offline) => self.stored_deliveries(comet, &s, offline),
+                Err(e) => {
+                    // The terminal is registered; its stored messages wait for the next time.
+                    self.metrics.store_errors.inc();
+                    tracing::warn!(uid = %s.uid, error = %e, "cannot read stored messages");
+                    Vec::new()
+                }
+            }
+        };
+        Ok(Registration::Accepted { stored })
+    }
+
+    /// The deliveries of a terminal's stored messages, in the order of SPEC §6.
+    fn stored_deliveries(
+        &self,
+        comet: CometIdx,
+        s: &SessionInfo,
+        offline: crate::store::Offline,
+    ) -> Vec<Delivery> {
+        let web = u8::from(self.sessions.live(&s.uid).web_online());
+        let mut out = Vec::new();
+        let mut add = |kind: DeliveryKind, flag: u8, body: bytes::Bytes, key: OfflineKey| {
+            let id = self.pending.insert(PendingDelivery {
+                comet,
+                uid: s.uid.clone(),
+                term: s.term,
+                kind,
+                body: body.clone(),
+                origin: Origin::Stored(key),
+            });
+            out.push(Delivery {
+                id,
+                session: s.session,
+                kind,
+                flag,
+                body,
+            });
+        };
+        if let Some(p) = offline.push {
+            let offline = u16::try_from(p.count).unwrap_or(u16::MAX);
+            add(
+                DeliveryKind::Push { offline },
+                web,
+                p.body,
+                OfflineKey::Push {
+                    version: p.version,
+                    count: p.count,
+                },
+            );
+        }
+        for c in offline.callbacks {
+            add(
+                DeliveryKind::Callback,
+                0,
+                c.body,
+                OfflineKey::Callback { id: c.id },
+            );
+        }
+        for i in offline.ims {
+            add(
+                DeliveryKind::Im,
+                i.flag,
+                i.body,
+                OfflineKey::Im { id: i.id },
+            );
+        }
+        out
+    }
+
+    /// Another router authenticated a session on this comet: take it as live.
+    pub fn opened(&self, comet: CometIdx, s: &SessionInfo) {
+        self.record(comet, s);
+    }
+
+    /// A session closed: it is no longer live.
+    pub fn closed(&self, comet: CometIdx, s: &SessionInfo) {
+        if self
+            .sessions
+            .remove_session(&s.uid, s.term, comet, s.session)
+        {
+            self.comets.track(comet, -1);
+        }
+    }
+
+    /// A delivery ended.
+    pub fn settled(&self, settle: Settle) {
+        if let Some(p) = self.pending.take(settle.id) {
+            self.finish(p, settle.outcome);
+        }
+    }
+
+    /// Publishes an IM from a terminal as `msgUpward`; true once the bus has it durably.
+    pub async fn im_up(&self, im: ImUp) -> bool {
+        let msg = MsgUpward {
+            uid: im.uid.to_string(),
+            termtype: im.term.bit(),
+            body: String::from_utf8_lossy(&im.body).into_owned(),
+        };
+        let json = galopush_protocol::bus::encode(&msg, false);
+        let ok = match self
+            .publisher
+            .publish(&self.settings.topics.msg_upward, json.into())
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(uid = %im.uid, error = %e, "IM from terminal not taken by the bus");
+                false
+            }
+        };
+        if ok {
+            self.metrics.im_up_accepted.inc();
+        } else {
+            self.metrics.im_up_failed.inc();
+        }
+        ok
+    }
+
+    /// The `host:port` of the comet a terminal should connect to (SPEC §8).
+    pub fn dispatch(&self, uid: &str, term: TermType) -> Option<String> {
+        let comet = self.sessions.comet_of(uid);
+        self.comets.dispatch(comet, term)
+    }
+
+    /// The joined comets, for `/v1/comets`.
+    pub fn comets(&self) -> Vec<CometSummary> {
+        self.comets.summaries()
+    }
+
+    /// Periodic upkeep: lets the dispatcher forget terminals it sent to a comet that never
+    /// registered.
+    pub fn housekeeping(&self) {
+        self.comets.decay_reservations();
+    }
+
+    /// Waits until `ticket`'s write is durable, marking the ticket failed if it is not.
+    fn hold_until_durable(&self, durable: crate::store::Durable, ticket: Option<Ticket>) {
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = durable.await {
+                metrics.store_errors.inc();
+                tracing::warn!(error = %e, "store write failed; the bus message will be retried");
+                if let Some(t) = &ticket {
+                    t.fail();
+                }
+            }
+            drop(ticket);
+        });
+    }
+}

@@ -1,0 +1,211 @@
+//! The store: login records, offline messages, and the embedded bus's inbox and outbox.
+//!
+//! One trait, [`Store`], with three implementations: [`memory`] (tests), [`embedded`] (redb on
+//! disk, standalone) and Redis (cluster). Only what must outlive a process lives here; where
+//! terminals are is soft state kept by the router.
+
+#[cfg(test)]
+mod conformance;
+pub mod embedded;
+pub mod memory;
+pub mod offline;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use galopush_protocol::TermType;
+
+pub use offline::{Offline, OfflineKey, OfflineLimits, OfflineWrite, StoredItem, StoredPush};
+
+/// What the business side said about one terminal of a user (SPEC §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRecord {
+    /// The token the terminal must REGISTER with.
+    pub code: String,
+    /// Push token for the platform's notification service (APNs for iOS).
+    pub device_token: String,
+    /// False once the business side logged the terminal out.
+    pub login: bool,
+}
+
+/// A user's login records, one slot per terminal type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserLogins(pub [Option<LoginRecord>; 5]);
+
+impl UserLogins {
+    pub fn get(&self, term: TermType) -> Option<&LoginRecord> {
+        self.0[term.index()].as_ref()
+    }
+
+    pub fn set(&mut self, term: TermType, record: Option<LoginRecord>) {
+        self.0[term.index()] = record;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+}
+
+/// A stored message named for removal: whose it is and which item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub uid: Arc<str>,
+    pub term: TermType,
+    pub item: OfflineKey,
+}
+
+/// A message kept in the inbox or outbox until it is retired or delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub seq: u64,
+    pub topic: String,
+    pub body: Bytes,
+}
+
+/// Why the store could not do what was asked. Callers treat every error as "not durable":
+/// the bus message is requeued, nothing is acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A write that has been put in order: ordered at the call, durable when the future resolves.
+/// The future may be dropped (fire and forget) without cancelling the write.
+pub type Durable<T = ()> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+/// A [`Durable`] that is already resolved.
+pub fn resolved<T: Send + 'static>(result: Result<T, StoreError>) -> Durable<T> {
+    Box::pin(std::future::ready(result))
+}
+
+/// Everything the router and the embedded bus keep durably.
+///
+/// Writes return a [`Durable`]: an implementation must put the write in order before it returns
+/// (a later read or write sees it), so callers can go on without awaiting durability and await
+/// it elsewhere; reads are async.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// One login record.
+    async fn login(&self, uid: &str, term: TermType) -> Result<Option<LoginRecord>, StoreError>;
+
+    /// The login records of several users, in the order asked (one round trip where possible).
+    async fn logins(&self, uids: &[&str]) -> Result<Vec<UserLogins>, StoreError>;
+
+    /// Creates, replaces (`Some`) or removes (`None`) a login record.
+    fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> Durable;
+
+    /// Applies the offline rule to each write (SPEC §6).
+    fn store_offline(&self, writes: Vec<OfflineWrite>) -> Durable;
+
+    /// A terminal's stored messages.
+    async fn offline(&self, uid: &str, term: TermType) -> Result<Offline, StoreError>;
+
+    /// Removes delivered messages (a push only if no newer one was stored meanwhile).
+    fn remove_offline(&self, keys: Vec<StoredKey>) -> Durable;
+
+    /// Appends inbound bus messages to the inbox; resolves to their sequence numbers.
+    fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> Durable<Vec<u64>>;
+
+    /// Retires inbox messages.
+    fn inbox_remove(&self, seqs: Vec<u64>) -> Durable;
+
+    /// Every inbox message not yet retired, oldest first.
+    async fn inbox_load(&self) -> Result<Vec<QueuedMessage>, StoreError>;
+
+    /// Appends an outbound bus message to the outbox; resolves to its sequence number.
+    fn outbox_append(&self, topic: String, body: Bytes) -> Durable<u64>;
+
+    /// Removes a delivered outbox message.
+    fn outbox_remove(&self, seq: u64) -> Durable;
+
+    /// Every outbox message not yet delivered, oldest first.
+    async fn outbox_load(&self) -> Result<Vec<QueuedMessage>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> OfflineLimits {
+        OfflineLimits {
+            max_callbacks: 3,
+            max_ims: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_store_conforms() {
+        conformance::check_store(&memory::MemoryStore::new(limits())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_store_conforms_and_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = embedded::EmbeddedStore::open(dir.path(), limits()).expect("open");
+            conformance::check_store(&store).await;
+            store
+                .set_login(
+                    "kept",
+                    TermType::Pc,
+                    Some(LoginRecord {
+                        code: "c".into(),
+                        device_token: String::new(),
+                        login: true,
+                    }),
+                )
+                .await
+                .expect("set");
+            store
+                .store_offline(vec![OfflineWrite {
+                    uid: Arc::from("kept"),
+                    term: TermType::Pc,
+                    message: offline::OfflineMessage::Im {
+                        flag: 1,
+                        body: Bytes::from("still here"),
+                    },
+                }])
+                .await
+                .expect("store");
+            store
+                .inbox_append(vec![("push".into(), Bytes::from("pending"))])
+                .await
+                .expect("inbox");
+        }
+        // The writer thread ends once the store is dropped; give it a moment to release the file.
+        let mut attempts = 0;
+        let store = loop {
+            match embedded::EmbeddedStore::open(dir.path(), limits()) {
+                Ok(s) => break s,
+                Err(e) if attempts < 250 => {
+                    attempts += 1;
+                    tracing::debug!(error = %e, "store still open, retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("store did not reopen: {e}"),
+            }
+        };
+        assert_eq!(
+            store
+                .login("kept", TermType::Pc)
+                .await
+                .expect("read")
+                .map(|r| r.code),
+            Some("c".to_owned())
+        );
+        let o = store.offline("kept", TermType::Pc).await.expect("read");
+        assert_eq!(
+            o.ims.front().map(|i| i.body.clone()),
+            Some(Bytes::from("still here"))
+        );
+        let inbox = store.inbox_load().await.expect("inbox");
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(inbox[0].body, Bytes::from("pending"));
+    }
+}
