@@ -1,0 +1,119 @@
+//! The router's HTTP side as a terminal sees it: which comet to connect to (SPEC §8) and, for
+//! demos, a login published on the embedded bus (SPEC §7).
+
+use std::time::Duration;
+
+use galopush_protocol::TermType;
+use galopush_protocol::bus::{self, UserOnlineState};
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+
+use crate::error::{ClientError, Result};
+
+/// Path of the dispatcher.
+const DISPATCH_PATH: &str = "/v1/gComet.addr";
+/// Default name of the login topic (SPEC §7).
+const USER_ONLINE_STATE_TOPIC: &str = "userOnlineState";
+/// Bound on one HTTP exchange with the router.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An HTTP client for one router, reusing its connections across calls.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Dispatcher {
+    /// A client for the router at `http_base`, e.g. `http://127.0.0.1:5150`.
+    pub fn new(http_base: &str) -> Result<Dispatcher> {
+        Ok(Dispatcher {
+            client: reqwest::Client::builder().timeout(HTTP_TIMEOUT).build()?,
+            base: http_base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The comet (`host:port`) for terminal `uid` of type `term`, asked with
+    /// `POST /v1/gComet.addr` and form fields `id` and `termtype`.
+    pub async fn comet_addr(&self, uid: &str, term: TermType) -> Result<String> {
+        let response = self
+            .client
+            .post(format!("{}{DISPATCH_PATH}", self.base))
+            .form(&[("id", uid), ("termtype", term.name())])
+            .send()
+            .await?;
+        comet_addr_from(response).await
+    }
+
+    /// As [`Dispatcher::comet_addr`], asked with `GET` and query parameters.
+    pub async fn comet_addr_get(&self, uid: &str, term: TermType) -> Result<String> {
+        let response = self
+            .client
+            .get(format!("{}{DISPATCH_PATH}", self.base))
+            .query(&[("id", uid), ("termtype", term.name())])
+            .send()
+            .await?;
+        comet_addr_from(response).await
+    }
+
+    /// Logs terminal `uid`/`term` in with `token` as its code, by publishing a
+    /// `userOnlineState` message (raw JSON) on the embedded bus with `POST /pub`.
+    pub async fn login(&self, uid: &str, term: TermType, token: &str) -> Result<()> {
+        let state = UserOnlineState {
+            uid: uid.to_owned(),
+            termtype: term.bit(),
+            code: token.to_owned(),
+            device_token: String::new(),
+            online: true,
+        };
+        let response = self
+            .client
+            .post(format!("{}/pub", self.base))
+            .query(&[("topic", USER_ONLINE_STATE_TOPIC)])
+            .header(CONTENT_TYPE, "application/json")
+            .body(bus::encode(&state, false))
+            .send()
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(ClientError::Status {
+            status: status.as_u16(),
+            body: response.text().await?,
+        })
+    }
+}
+
+/// Reads the dispatcher's answer: 200 with `host:port`, 503 when no comet is available.
+async fn comet_addr_from(response: reqwest::Response) -> Result<String> {
+    let status = response.status();
+    let body = response.text().await?;
+    match status {
+        StatusCode::OK => {
+            let addr = body.trim();
+            if addr.is_empty() {
+                return Err(ClientError::Unexpected(
+                    "the dispatcher answered 200 with an empty body".to_owned(),
+                ));
+            }
+            Ok(addr.to_owned())
+        }
+        StatusCode::SERVICE_UNAVAILABLE => Err(ClientError::NoComet),
+        other => Err(ClientError::Status {
+            status: other.as_u16(),
+            body,
+        }),
+    }
+}
+
+/// The comet for terminal `uid` of type `term`, from the router at `http_base`
+/// (`POST /v1/gComet.addr`). For many calls, reuse a [`Dispatcher`].
+pub async fn dispatch(http_base: &str, uid: &str, term: TermType) -> Result<String> {
+    Dispatcher::new(http_base)?.comet_addr(uid, term).await
+}
+
+/// As [`dispatch`], with `GET` and query parameters.
+pub async fn dispatch_get(http_base: &str, uid: &str, term: TermType) -> Result<String> {
+    Dispatcher::new(http_base)?.comet_addr_get(uid, term).await
+}

@@ -1,0 +1,338 @@
+//! One terminal's connection to a comet, over the binary TCP protocol (SPEC §3) or WebSocket
+//! (SPEC §4), with the request/answer exchanges a terminal runs: REGISTER, PING, IM and acks.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use galopush_protocol::message::Register;
+use galopush_protocol::web::{self, WebFraming};
+use galopush_protocol::{ClientCodec, Down, Encoding, Frame, TermType, Up};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::codec::Framed;
+
+use crate::error::{ClientError, Result};
+
+/// REGISTER protocol version this SDK speaks.
+const REGISTER_VERSION: u8 = 1;
+/// Code of an ack (PUSHRESP, CBRESP, IMRESP, KICKRESP): received.
+const ACK_OK: u8 = 0;
+/// Path of the comet's WebSocket listener.
+const WS_PATH: &str = "/ws";
+/// WebSocket read buffer, allocated up front: terminal messages are small, and the bench opens
+/// thousands of connections.
+const WS_READ_BUFFER: usize = 4 * 1024;
+/// WebSocket write buffer: none, every message is written at once.
+const WS_WRITE_BUFFER: usize = 0;
+
+/// How a terminal talks to the comet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Binary frames on TCP, every up-frame's body in `encoding`.
+    Tcp { encoding: Encoding },
+    /// JSON messages on WebSocket (path `/ws`), in `framing`.
+    Web { framing: WebFraming },
+}
+
+/// One connection to a comet.
+///
+/// Frames that arrive while [`Terminal::register`] or [`Terminal::ping`] wait for their answer
+/// are kept, in order, and returned by [`Terminal::recv`] before anything read later. Dropping
+/// a `register` or `ping` future before it completes may lose its answer; `recv` is
+/// cancel-safe.
+#[derive(Debug)]
+pub struct Terminal {
+    link: Link,
+    local_addr: SocketAddr,
+    queued: VecDeque<(u32, Down)>,
+    next_tid: u32,
+}
+
+/// The connection itself, by transport.
+#[derive(Debug)]
+enum Link {
+    Tcp {
+        frames: Framed<TcpStream, ClientCodec>,
+        encoding: Encoding,
+    },
+    Web {
+        socket: Box<WebSocketStream<TcpStream>>,
+        framing: WebFraming,
+    },
+}
+
+impl Terminal {
+    /// Connects to the comet at `addr` (`host:port`; for Web, the WebSocket listener's).
+    pub async fn connect(addr: &str, transport: Transport) -> Result<Terminal> {
+        Terminal::connect_from(addr, transport, None).await
+    }
+
+    /// Connects to the comet at `addr`, from `local_ip` when given (the socket is bound to it
+    /// on an ephemeral port first).
+    pub async fn connect_from(
+        addr: &str,
+        transport: Transport,
+        local_ip: Option<IpAddr>,
+    ) -> Result<Terminal> {
+        let stream = connect_tcp(addr, local_ip).await?;
+        stream.set_nodelay(true)?;
+        let local_addr = stream.local_addr()?;
+        let link = match transport {
+            Transport::Tcp { encoding } => Link::Tcp {
+                frames: Framed::new(stream, ClientCodec::default()),
+                encoding,
+            },
+            Transport::Web { framing } => {
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(WS_READ_BUFFER)
+                    .write_buffer_size(WS_WRITE_BUFFER);
+                let (socket, _response) = tokio_tungstenite::client_async_with_config(
+                    format!("ws://{addr}{WS_PATH}"),
+                    stream,
+                    Some(config),
+                )
+                .await?;
+                Link::Web {
+                    socket: Box::new(socket),
+                    framing,
+                }
+            }
+        };
+        Ok(Terminal {
+            link,
+            local_addr,
+            queued: VecDeque::new(),
+            next_tid: fastrand::u32(..),
+        })
+    }
+
+    /// The local address of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A TID not used yet by this terminal, for an up-message that starts a transaction.
+    pub fn fresh_tid(&mut self) -> u32 {
+        let tid = self.next_tid;
+        self.next_tid = self.next_tid.wrapping_add(1);
+        tid
+    }
+
+    /// Sends one message with transaction id `tid`.
+    pub async fn send(&mut self, tid: u32, up: Up) -> Result<()> {
+        match &mut self.link {
+            Link::Tcp { frames, encoding } => frames.send(Frame::new(*encoding, tid, up)).await?,
+            Link::Web { socket, framing } => {
+                let text = web::encode_up(tid, &up, *framing);
+                socket.send(Message::text(text)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message from the comet with its TID: first those kept while waiting for an
+    /// answer, then what arrives. `None` when the comet closed the connection cleanly.
+    ///
+    /// Cancel-safe: a message is never lost when the future is dropped.
+    pub async fn recv(&mut self) -> Result<Option<(u32, Down)>> {
+        if let Some(queued) = self.queued.pop_front() {
+            return Ok(Some(queued));
+        }
+        self.link.recv().await
+    }
+
+    /// [`Terminal::recv`], giving up with [`ClientError::Timeout`] after `wait`.
+    pub async fn recv_timeout(&mut self, wait: Duration) -> Result<Option<(u32, Down)>> {
+        tokio::time::timeout(wait, self.recv())
+            .await
+            .map_err(|_| ClientError::Timeout(wait))?
+    }
+
+    /// Registers as terminal `id` of type `term` with `token`, and returns the REGRESP code
+    /// (0 ok, 3 authentication failed).
+    ///
+    /// Other messages arriving before the REGRESP are kept for [`Terminal::recv`].
+    pub async fn register(&mut self, id: &str, token: &str, term: TermType) -> Result<u8> {
+        let tid = self.fresh_tid();
+        let register = Register {
+            version: REGISTER_VERSION,
+            term_type: term.bit(),
+            id: id.to_owned(),
+            token: token.to_owned(),
+        };
+        self.send(tid, Up::Register(register)).await?;
+        self.await_answer(tid, "REGRESP", |down| match down {
+            Down::RegResp { code } => Some(*code),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends a PING and returns the code of the PONG (0 registered, 1 not registered).
+    ///
+    /// Other messages arriving before the PONG are kept for [`Terminal::recv`].
+    pub async fn ping(&mut self) -> Result<u8> {
+        let tid = self.fresh_tid();
+        self.send(tid, Up::Ping).await?;
+        self.await_answer(tid, "PONG", |down| match down {
+            Down::Pong { code } => Some(*code),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends an IM and returns its TID; the comet answers with an IMRESP of that TID, which
+    /// [`Terminal::recv`] returns.
+    pub async fn send_im(&mut self, body: Bytes) -> Result<u32> {
+        let tid = self.fresh_tid();
+        self.send(tid, Up::Im { msg: body }).await?;
+        Ok(tid)
+    }
+
+    /// Acknowledges a down-message received with `tid`: PUSH with PUSHRESP 0, CALLBACK with
+    /// CBRESP 0, IM with IMRESP 0, KICK with KICKRESP 0. Answers (REGRESP, PONG, IMRESP) need
+    /// no ack, and nothing is sent for them.
+    pub async fn ack(&mut self, tid: u32, down: &Down) -> Result<()> {
+        let ack = match down {
+            Down::Push { .. } => Up::PushResp { code: ACK_OK },
+            Down::Callback { .. } => Up::CbResp { code: ACK_OK },
+            Down::Im { .. } => Up::ImResp { code: ACK_OK },
+            Down::Kick { .. } => Up::KickResp { code: ACK_OK },
+            Down::RegResp { .. } | Down::Pong { .. } | Down::ImResp { .. } => return Ok(()),
+        };
+        self.send(tid, ack).await
+    }
+
+    /// Sends bytes as they are, to test the comet's handling of bad input: on TCP straight on
+    /// the socket; on WebSocket as a text message when they are UTF-8, else a binary one.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        match &mut self.link {
+            Link::Tcp { frames, .. } => {
+                let stream = frames.get_mut();
+                stream.write_all(bytes).await?;
+                stream.flush().await?;
+            }
+            Link::Web { socket, .. } => {
+                let message = match std::str::from_utf8(bytes) {
+                    Ok(text) => Message::text(text),
+                    Err(_) => Message::binary(Bytes::copy_from_slice(bytes)),
+                };
+                socket.send(message).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `text` as one WebSocket text message, whatever it holds (WebSocket only).
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        match &mut self.link {
+            Link::Tcp { .. } => Err(ClientError::WebOnly("send_text")),
+            Link::Web { socket, .. } => Ok(socket.send(Message::text(text)).await?),
+        }
+    }
+
+    /// Closes the connection: a TCP shutdown, or a WebSocket close message.
+    pub async fn close(self) -> Result<()> {
+        match self.link {
+            Link::Tcp { mut frames, .. } => Ok(SinkExt::<Frame<Up>>::close(&mut frames).await?),
+            Link::Web { mut socket, .. } => match socket.as_mut().close(None).await {
+                Ok(()) | Err(tungstenite::Error::ConnectionClosed) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Reads until the answer to the request sent with `tid` (recognised by `answer`, which
+    /// returns its code), keeping everything else for [`Terminal::recv`].
+    async fn await_answer(
+        &mut self,
+        tid: u32,
+        name: &str,
+        answer: impl Fn(&Down) -> Option<u8>,
+    ) -> Result<u8> {
+        loop {
+            let Some((got, down)) = self.link.recv().await? else {
+                return Err(ClientError::Closed);
+            };
+            match answer(&down) {
+                Some(code) if got == tid => return Ok(code),
+                Some(_) => {
+                    return Err(ClientError::Unexpected(format!(
+                        "the comet answered {name} with tid {got} to a request with tid {tid}"
+                    )));
+                }
+                None => self.queued.push_back((got, down)),
+            }
+        }
+    }
+}
+
+impl Link {
+    /// The next message read from the connection; `None` on a clean close.
+    async fn recv(&mut self) -> Result<Option<(u32, Down)>> {
+        match self {
+            Link::Tcp { frames, .. } => match frames.next().await {
+                None => Ok(None),
+                Some(frame) => {
+                    let frame = frame?;
+                    Ok(Some((frame.tid, frame.message)))
+                }
+            },
+            Link::Web { socket, framing } => loop {
+                match socket.next().await {
+                    None | Some(Err(tungstenite::Error::ConnectionClosed)) => return Ok(None),
+                    Some(Ok(Message::Close(_))) => {
+                        // Completes the close handshake by writing the queued close reply. The
+                        // session is over either way, so a failure to write it changes nothing.
+                        let _ = socket.flush().await;
+                        return Ok(None);
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        return Ok(Some(web::decode_down(text.as_str(), *framing)?));
+                    }
+                    Some(Ok(Message::Binary(data))) => {
+                        return Err(ClientError::Unexpected(format!(
+                            "the comet sent a binary WebSocket message of {} bytes",
+                            data.len()
+                        )));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                }
+            },
+        }
+    }
+}
+
+/// A TCP connection to `addr`, bound to `local_ip` first when given; tries each address
+/// `addr` resolves to (of `local_ip`'s family) until one accepts.
+async fn connect_tcp(addr: &str, local_ip: Option<IpAddr>) -> Result<TcpStream> {
+    let mut last_error = None;
+    for target in tokio::net::lookup_host(addr).await? {
+        if local_ip.is_some_and(|ip| ip.is_ipv4() != target.is_ipv4()) {
+            continue;
+        }
+        let socket = if target.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = local_ip {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match last_error {
+        Some(e) => e.into(),
+        None => ClientError::NoAddress(addr.to_owned()),
+    })
+}

@@ -1,0 +1,8 @@
+//! Tests of the terminal SDK against fakes of the comet and the router's HTTP side.
+#![forbid(unsafe_code)]
+
+mod dispatch;
+mod fake;
+mod shell;
+mod tcp;
+mod web;
