@@ -21,7 +21,7 @@ use super::{AcceptError, Intake, PublishError, Publisher, Retire, Ticket, Topic}
 use crate::config::TopicsConfig;
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::store::{Durable, QueuedMessage, Store, StoreError};
+use crate::store::{QueuedMessage, Store, StoreError, StoreFuture};
 
 /// Longest wait between two attempts at a failing message.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -35,7 +35,7 @@ fn backoff(attempt: u32) -> Duration {
 /// Where an inbound message's inbox sequence number comes from.
 enum Seq {
     /// Being made durable together with the rest of its `/pub` or `/mpub`.
-    Pending(Shared<Durable<Vec<u64>>>, usize),
+    Pending(Shared<StoreFuture<Vec<u64>>>, usize),
     /// Already in the inbox.
     Known(u64),
     /// Not kept (`bus.durable = false`).

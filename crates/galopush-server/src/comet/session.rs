@@ -80,7 +80,10 @@ fn fail(comet: &CometShared, router: RouterIdx, id: DeliveryId) {
 }
 
 fn log_error(comet: &CometShared, conn: &Conn, e: &TransportError) {
-    if e.is_protocol() {
+    if matches!(e, TransportError::Stalled) {
+        comet.metrics.slow_terminals.inc();
+        tracing::info!(session = conn.id, "closing connection: {e}");
+    } else if e.is_protocol() {
         comet.metrics.protocol_errors.inc();
         tracing::info!(session = conn.id, error = %e, "closing connection: protocol error");
     } else {
@@ -183,10 +186,7 @@ async fn await_register<T: Transport>(
 async fn flush<T: Transport>(comet: &CometShared, transport: &mut T) -> Result<(), TransportError> {
     match timeout(comet.settings.write_timeout, transport.flush()).await {
         Ok(r) => r,
-        Err(_) => Err(TransportError::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "terminal did not read within comet.write_timeout",
-        ))),
+        Err(_) => Err(TransportError::Stalled),
     }
 }
 

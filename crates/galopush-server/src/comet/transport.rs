@@ -32,6 +32,8 @@ pub enum TransportError {
     Truncated,
     #[error("binary websocket frame that is not UTF-8 text")]
     NotText,
+    #[error("terminal did not read its messages within comet.write_timeout")]
+    Stalled,
     #[error(transparent)]
     Io(#[from] io::Error),
 }

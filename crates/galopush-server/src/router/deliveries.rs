@@ -10,7 +10,7 @@ use galopush_protocol::TermType;
 
 use super::{CometIdx, Router};
 use crate::bus::Ticket;
-use crate::link::{DeliveryId, DeliveryKind, Outcome};
+use crate::link::{CometCommand, Delivery, DeliveryId, DeliveryKind, Outcome, SessionId};
 use crate::metrics::Dropped;
 use crate::sharded::ShardedMap;
 use crate::store::offline::OfflineMessage;
@@ -27,6 +27,7 @@ pub enum Origin {
 /// A delivery the router is waiting to see settled.
 pub struct PendingDelivery {
     pub comet: CometIdx,
+    pub session: SessionId,
     pub uid: Arc<str>,
     pub term: TermType,
     pub kind: DeliveryKind,
@@ -84,9 +85,7 @@ impl Router {
             Origin::Live(ticket) => {
                 self.metrics.delivery(p.kind, outcome).inc();
                 if outcome == Outcome::Failed {
-                    // An IM stored now keeps the Web-online flag of now.
-                    let flag = u8::from(self.sessions.live(&p.uid).web_online());
-                    self.store_offline_one(p.uid, p.term, p.kind, flag, p.body, ticket);
+                    self.retry_or_store(p.uid, p.term, p.session, p.kind, p.body, ticket);
                 }
             }
             Origin::Stored(item) => {
@@ -103,25 +102,73 @@ impl Router {
         }
     }
 
-    fn store_offline_one(
+    /// A live delivery failed: if the terminal has registered again meanwhile (a new session),
+    /// send it there; otherwise apply the offline rule.
+    fn retry_or_store(
         &self,
         uid: Arc<str>,
         term: TermType,
+        failed: SessionId,
         kind: DeliveryKind,
-        flag: u8,
         body: Bytes,
         ticket: Ticket,
     ) {
-        if term == TermType::Web {
-            self.metrics.dropped(Dropped::WebOffline).inc();
-            return;
+        enum Next {
+            Redeliver(CometIdx, Delivery),
+            Stored,
+            Dropped,
         }
-        self.metrics.offline_stored(kind).inc();
-        let write = OfflineWrite {
-            uid,
-            term,
-            message: offline_message(kind, flag, body),
-        };
-        self.hold_until_durable(self.store.store_offline(vec![write]), Some(ticket));
+        let next = self.sessions.locked(&uid, |slots| {
+            let flag = u8::from(slots.web_online());
+            match slots.get(term) {
+                Some(at) if at.session != failed => {
+                    let (comet, session) = (at.comet, at.session);
+                    let id = self.pending.insert(PendingDelivery {
+                        comet,
+                        session,
+                        uid: uid.clone(),
+                        term,
+                        kind,
+                        body: body.clone(),
+                        origin: Origin::Live(ticket.clone()),
+                    });
+                    Next::Redeliver(
+                        comet,
+                        Delivery {
+                            id,
+                            session,
+                            kind,
+                            flag,
+                            body: body.clone(),
+                        },
+                    )
+                }
+                _ if term == TermType::Web => Next::Dropped,
+                _ => {
+                    // An IM stored now keeps the Web-online flag of now.
+                    let write = OfflineWrite {
+                        uid: uid.clone(),
+                        term,
+                        message: offline_message(kind, flag, body.clone()),
+                    };
+                    self.hold_until_durable(
+                        self.store.store_offline(vec![write]),
+                        Some(ticket.clone()),
+                    );
+                    Next::Stored
+                }
+            }
+        });
+        match next {
+            Next::Redeliver(comet, delivery) => {
+                self.send(comet, vec![CometCommand::Deliver(delivery)])
+            }
+            Next::Stored => {
+                self.metrics.offline_stored(kind).inc();
+            }
+            Next::Dropped => {
+                self.metrics.dropped(Dropped::WebOffline).inc();
+            }
+        }
     }
 }

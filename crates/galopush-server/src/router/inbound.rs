@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::try_join_all;
 use galopush_protocol::bus::{self, Downward, SessionTimeout, UserOnlineState};
 use galopush_protocol::message::KickReason;
 use galopush_protocol::{TermMask, TermType};
@@ -152,48 +153,54 @@ impl Router {
         };
         let body = Bytes::from(msg.body);
         let mut batches: Vec<(CometIdx, Vec<CometCommand>)> = Vec::new();
-        let mut writes = Vec::new();
+        let mut stores = Vec::new();
         for (receiver, logins) in msg.receivers.iter().zip(logins) {
-            let live = self.sessions.live(&receiver.uid);
-            let flag = u8::from(live.web_online());
             let uid: Arc<str> = Arc::from(receiver.uid.as_str());
-            let mut reached = false;
-            for term in TermMask(receiver.termtype).types() {
-                if let Some((comet, session)) = live.get(term) {
-                    reached = true;
-                    let id = self.pending.insert(PendingDelivery {
-                        comet,
-                        uid: uid.clone(),
-                        term,
-                        kind,
-                        body: body.clone(),
-                        origin: Origin::Live(ticket.clone()),
-                    });
-                    let command = CometCommand::Deliver(Delivery {
-                        id,
-                        session,
-                        kind,
-                        flag,
-                        body: body.clone(),
-                    });
-                    match batches.iter_mut().find(|(c, _)| *c == comet) {
-                        Some((_, commands)) => commands.push(command),
-                        None => batches.push((comet, vec![command])),
-                    }
-                } else if logins.get(term).is_some() {
-                    reached = true;
-                    if term == TermType::Web {
-                        self.metrics.dropped(Dropped::WebOffline).inc();
-                    } else {
-                        self.metrics.offline_stored(kind).inc();
-                        writes.push(OfflineWrite {
+            // Live or stored is decided, and the write queued, under the user's lock (see
+            // `Router::register`).
+            let reached = self.sessions.locked(&uid, |slots| {
+                let flag = u8::from(slots.web_online());
+                let mut reached = false;
+                for term in TermMask(receiver.termtype).types() {
+                    if let Some(at) = slots.get(term) {
+                        reached = true;
+                        let (comet, session) = (at.comet, at.session);
+                        let id = self.pending.insert(PendingDelivery {
+                            comet,
+                            session,
                             uid: uid.clone(),
                             term,
-                            message: offline_message(kind, flag, body.clone()),
+                            kind,
+                            body: body.clone(),
+                            origin: Origin::Live(ticket.clone()),
                         });
+                        let command = CometCommand::Deliver(Delivery {
+                            id,
+                            session,
+                            kind,
+                            flag,
+                            body: body.clone(),
+                        });
+                        match batches.iter_mut().find(|(c, _)| *c == comet) {
+                            Some((_, commands)) => commands.push(command),
+                            None => batches.push((comet, vec![command])),
+                        }
+                    } else if logins.get(term).is_some() {
+                        reached = true;
+                        if term == TermType::Web {
+                            self.metrics.dropped(Dropped::WebOffline).inc();
+                        } else {
+                            self.metrics.offline_stored(kind).inc();
+                            stores.push(self.store.store_offline(vec![OfflineWrite {
+                                uid: uid.clone(),
+                                term,
+                                message: offline_message(kind, flag, body.clone()),
+                            }]));
+                        }
                     }
                 }
-            }
+                reached
+            });
             if !reached {
                 self.metrics.dropped(Dropped::NoLogin).inc();
                 tracing::debug!(uid = %receiver.uid, "no login record and no live terminal; dropped");
@@ -202,8 +209,9 @@ impl Router {
         for (comet, commands) in batches {
             self.send(comet, commands);
         }
-        if !writes.is_empty() {
-            self.hold_until_durable(self.store.store_offline(writes), Some(ticket));
+        if !stores.is_empty() {
+            let all = try_join_all(stores);
+            self.hold_until_durable(Box::pin(async move { all.await.map(drop) }), Some(ticket));
         }
     }
 

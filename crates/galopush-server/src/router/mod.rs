@@ -211,11 +211,27 @@ impl Router {
         }
         self.metrics.registrations_accepted.inc();
         self.comets.registered(comet);
-        self.record(comet, &s);
-        let stored = if s.term == TermType::Web {
-            Vec::new()
-        } else {
-            match self.store.offline(&s.uid, s.term).await {
+        let location = Location {
+            comet,
+            session: s.session,
+            token: s.token.clone(),
+        };
+        // Taking the session as live and reading its stored messages happen under the user's
+        // lock: a message planned for this user either sees the session live or is stored
+        // before this read.
+        let (older, stored) = self.sessions.locked(&s.uid, |slots| {
+            let older = slots.insert(s.term, location);
+            let stored = (s.term != TermType::Web).then(|| self.store.offline(&s.uid, s.term));
+            (older, stored)
+        });
+        self.comets.track(comet, 1);
+        if let Some(older) = older {
+            self.comets.track(older.comet, -1);
+            self.kick(&older, KickReason::RepeatLogin);
+        }
+        let stored = match stored {
+            None => Vec::new(),
+            Some(read) => match read.await {
                 Ok(offline) => self.stored_deliveries(comet, &s, offline),
                 Err(e) => {
                     // The terminal is registered; its stored messages wait for the next time.
@@ -223,7 +239,7 @@ impl Router {
                     tracing::warn!(uid = %s.uid, error = %e, "cannot read stored messages");
                     Vec::new()
                 }
-            }
+            },
         };
         Ok(Registration::Accepted { stored })
     }
@@ -240,6 +256,7 @@ impl Router {
         let mut add = |kind: DeliveryKind, flag: u8, body: bytes::Bytes, key: OfflineKey| {
             let id = self.pending.insert(PendingDelivery {
                 comet,
+                session: s.session,
                 uid: s.uid.clone(),
                 term: s.term,
                 kind,
@@ -352,7 +369,7 @@ impl Router {
     }
 
     /// Waits until `ticket`'s write is durable, marking the ticket failed if it is not.
-    fn hold_until_durable(&self, durable: crate::store::Durable, ticket: Option<Ticket>) {
+    fn hold_until_durable(&self, durable: crate::store::StoreFuture, ticket: Option<Ticket>) {
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = durable.await {

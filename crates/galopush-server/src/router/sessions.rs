@@ -41,6 +41,34 @@ impl Live {
     }
 }
 
+/// One user's live terminals, seen under the lock of the user's shard.
+pub struct Slots<'a>(&'a mut Vec<(TermType, Location)>);
+
+impl Slots<'_> {
+    pub fn get(&self, term: TermType) -> Option<&Location> {
+        self.0.iter().find(|(t, _)| *t == term).map(|(_, l)| l)
+    }
+
+    /// Whether the user's Web terminal is online (the flag of PUSH and IM).
+    pub fn web_online(&self) -> bool {
+        self.get(TermType::Web).is_some()
+    }
+
+    /// Records a live terminal; returns the location it replaced, if another session held it.
+    pub fn insert(&mut self, term: TermType, location: Location) -> Option<Location> {
+        match self.0.iter_mut().find(|(t, _)| *t == term) {
+            Some((_, slot)) => {
+                let old = std::mem::replace(slot, location);
+                (old.comet != slot.comet || old.session != slot.session).then_some(old)
+            }
+            None => {
+                self.0.push((term, location));
+                None
+            }
+        }
+    }
+}
+
 /// The location table.
 #[derive(Default)]
 pub struct Sessions {
@@ -48,20 +76,21 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Records a live terminal; returns the location it replaced, if another session held it.
-    pub fn insert(&self, uid: &Arc<str>, term: TermType, location: Location) -> Option<Location> {
+    /// Runs `f` on a user's live terminals with the user's shard locked, so that deciding
+    /// "live or stored" and acting on it cannot interleave with a registration of that user.
+    pub fn locked<R>(&self, uid: &Arc<str>, f: impl FnOnce(&mut Slots<'_>) -> R) -> R {
         let mut shard = self.users.lock(uid);
         let user = shard.entry(uid.clone()).or_default();
-        match user.slots.iter_mut().find(|(t, _)| *t == term) {
-            Some((_, slot)) => {
-                let old = std::mem::replace(slot, location);
-                (old.comet != slot.comet || old.session != slot.session).then_some(old)
-            }
-            None => {
-                user.slots.push((term, location));
-                None
-            }
+        let result = f(&mut Slots(&mut user.slots));
+        if user.slots.is_empty() {
+            shard.remove(uid);
         }
+        result
+    }
+
+    /// Records a live terminal; returns the location it replaced, if another session held it.
+    pub fn insert(&self, uid: &Arc<str>, term: TermType, location: Location) -> Option<Location> {
+        self.locked(uid, |slots| slots.insert(term, location))
     }
 
     /// Removes a terminal if it is still at `comet`/`session`; returns whether it was.

@@ -3,24 +3,27 @@
 //!
 //! One writer thread owns all writes: callers queue operations and await their result; the
 //! thread takes everything queued, applies it in one transaction and commits once, so a burst
-//! of `/pub` calls or offline writes costs one fsync. Login records are also kept in memory
-//! (read on every delivery plan); the set of terminals with stored messages is kept in memory so
-//! a REGISTER without offline messages never touches the disk.
+//! of `/pub` calls or offline writes costs one fsync. Reads of stored messages go through the
+//! same queue, so they see every write queued before them.
+//!
+//! Two indexes live in memory: the login records (read on every delivery plan; updated when a
+//! write is queued, so a later read sees it at once) and which terminals may have stored
+//! messages (so a REGISTER without any never waits for the writer).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes};
 use galopush_protocol::TermType;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Durable, LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
-    StoredKey, UserLogins, resolved,
+    LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
+    StoreFuture, StoredKey, UserLogins, resolved,
 };
 
 const LOGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("logins");
@@ -32,6 +35,17 @@ const NEXT_ID: &str = "next_id";
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// A terminal's entry in the stored-messages index.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stored {
+    /// Writes queued and not yet committed (or failed).
+    queued: u32,
+    /// The committed box holds something.
+    present: bool,
+}
+
+type Terminal = (Box<str>, TermType);
+
 /// A [`Store`] on disk.
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
@@ -42,7 +56,7 @@ struct Shared {
     db: Database,
     limits: OfflineLimits,
     logins: RwLock<HashMap<Box<str>, UserLogins>>,
-    has_offline: RwLock<HashSet<(Box<str>, TermType)>>,
+    stored: Mutex<HashMap<Terminal, Stored>>,
 }
 
 enum Op {
@@ -68,19 +82,23 @@ impl Queue {
     }
 }
 
-struct Job {
-    op: Op,
-    reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
-}
-
-/// What a committed operation changes in the in-memory indexes.
-enum Effect {
-    Login(String, TermType, Option<LoginRecord>),
-    Offline(String, TermType, bool),
+enum Job {
+    Write {
+        op: Op,
+        reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    },
+    ReadOffline {
+        terminal: Terminal,
+        reply: oneshot::Sender<Result<Offline, StoreError>>,
+    },
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {e}"))
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("embedded store writer has stopped".into())
 }
 
 impl EmbeddedStore {
@@ -109,7 +127,7 @@ impl EmbeddedStore {
         txn.commit().map_err(unavailable)?;
 
         let mut logins = HashMap::new();
-        let mut has_offline = HashSet::new();
+        let mut stored = HashMap::new();
         {
             let read = db.begin_read().map_err(unavailable)?;
             let table = read.open_table(LOGINS).map_err(unavailable)?;
@@ -122,7 +140,11 @@ impl EmbeddedStore {
                 let (key, _) = entry.map_err(unavailable)?;
                 let (uid, bit) = key.value();
                 if let Some(term) = TermType::from_bit(bit) {
-                    has_offline.insert((uid.into(), term));
+                    let present = Stored {
+                        queued: 0,
+                        present: true,
+                    };
+                    stored.insert((uid.into(), term), present);
                 }
             }
         }
@@ -130,7 +152,7 @@ impl EmbeddedStore {
             db,
             limits,
             logins: RwLock::new(logins),
-            has_offline: RwLock::new(has_offline),
+            stored: Mutex::new(stored),
         });
         let (writer, jobs) = mpsc::unbounded_channel();
         let thread_shared = shared.clone();
@@ -142,16 +164,15 @@ impl EmbeddedStore {
     }
 
     /// Queues an operation for the writer thread (in call order); resolves once committed.
-    fn write(&self, op: Op) -> Durable<Vec<u64>> {
-        let stopped = || StoreError::Unavailable("embedded store writer has stopped".into());
+    fn write(&self, op: Op) -> StoreFuture<Vec<u64>> {
         let (reply, done) = oneshot::channel();
-        if self.writer.send(Job { op, reply }).is_err() {
+        if self.writer.send(Job::Write { op, reply }).is_err() {
             return resolved(Err(stopped()));
         }
         Box::pin(async move { done.await.map_err(|_| stopped())? })
     }
 
-    fn write_unit(&self, op: Op) -> Durable {
+    fn write_unit(&self, op: Op) -> StoreFuture {
         let done = self.write(op);
         Box::pin(async move { done.await.map(drop) })
     }
@@ -168,38 +189,49 @@ impl EmbeddedStore {
 }
 
 fn write_loop(shared: &Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    let mut batch = Vec::new();
+    while jobs.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        let mut writes = Vec::new();
+        let mut reads = Vec::new();
+        for job in batch.drain(..) {
+            match job {
+                Job::Write { op, reply } => writes.push((op, reply)),
+                Job::ReadOffline { terminal, reply } => reads.push((terminal, reply)),
             }
         }
-        let ops: Vec<&Op> = batch.iter().map(|j| &j.op).collect();
-        match apply_batch(shared, &ops) {
-            Ok((results, effects)) => {
-                apply_effects(shared, effects);
-                for (job, result) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
+        if !writes.is_empty() {
+            let ops: Vec<&Op> = writes.iter().map(|(op, _)| op).collect();
+            let outcome = apply_batch(shared, &ops);
+            settle_index(shared, &ops, outcome.as_ref().ok().map(|(_, boxes)| boxes));
+            match outcome {
+                Ok((results, _)) => {
+                    for ((_, reply), result) in writes.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "embedded store commit failed");
+                    for (_, reply) in writes {
+                        let _ = reply.send(Err(e.clone()));
+                    }
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "embedded store commit failed");
-                for job in batch {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
-            }
+        }
+        // Reads come after the commit of everything queued before them.
+        for (terminal, reply) in reads {
+            let _ = reply.send(read_box(shared, &terminal));
         }
     }
 }
 
-type BatchOutcome = (Vec<Result<Vec<u64>, StoreError>>, Vec<Effect>);
+/// Committed box states of a batch: whether each touched terminal still has stored messages.
+type Boxes = HashMap<Terminal, bool>;
+type BatchOutcome = (Vec<Result<Vec<u64>, StoreError>>, Boxes);
 
 fn apply_batch(shared: &Shared, ops: &[&Op]) -> Result<BatchOutcome, StoreError> {
     let txn = shared.db.begin_write().map_err(unavailable)?;
     let mut results = Vec::with_capacity(ops.len());
-    let mut effects = Vec::new();
+    let mut boxes = Boxes::new();
     {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
         let mut next_id = meta
@@ -216,11 +248,11 @@ fn apply_batch(shared: &Shared, ops: &[&Op]) -> Result<BatchOutcome, StoreError>
                     set_login(&txn, uid, *term, record.clone()).map(|_| Vec::new())
                 }
                 Op::StoreOffline(writes) => {
-                    store_offline(&txn, shared.limits, writes, &mut new_id, &mut effects)
+                    store_offline(&txn, shared.limits, writes, &mut new_id, &mut boxes)
                         .map(|_| Vec::new())
                 }
                 Op::RemoveOffline(keys) => {
-                    remove_offline(&txn, keys, &mut effects).map(|_| Vec::new())
+                    remove_offline(&txn, keys, &mut boxes).map(|_| Vec::new())
                 }
                 Op::QueueAppend(queue, messages) => {
                     queue_append(&txn, *queue, messages, &mut new_id)
@@ -234,32 +266,62 @@ fn apply_batch(shared: &Shared, ops: &[&Op]) -> Result<BatchOutcome, StoreError>
         meta.insert(NEXT_ID, next_id).map_err(unavailable)?;
     }
     txn.commit().map_err(unavailable)?;
-    Ok((results, effects))
+    Ok((results, boxes))
 }
 
-fn apply_effects(shared: &Shared, effects: Vec<Effect>) {
-    for effect in effects {
-        match effect {
-            Effect::Login(uid, term, record) => {
-                let mut logins = shared.logins.write();
-                let empty = {
-                    let entry = logins.entry(uid.as_str().into()).or_default();
-                    entry.set(term, record);
-                    entry.is_empty()
-                };
-                if empty {
-                    logins.remove(uid.as_str());
-                }
-            }
-            Effect::Offline(uid, term, present) => {
-                let mut index = shared.has_offline.write();
-                if present {
-                    index.insert((uid.into(), term));
-                } else {
-                    index.remove(&(Box::from(uid.as_str()), term));
+/// Brings the stored-messages index up to date after a batch: its queued writes are no longer
+/// pending, and (if it committed) the boxes it touched are present or not. A terminal leaves the
+/// index only when nothing is queued for it and its box is empty.
+fn settle_index(shared: &Shared, ops: &[&Op], committed: Option<&Boxes>) {
+    let mut index = shared.stored.lock();
+    for op in ops {
+        if let Op::StoreOffline(writes) = op {
+            for w in writes {
+                if let Some(entry) = index.get_mut(&(Box::from(&*w.uid), w.term)) {
+                    entry.queued = entry.queued.saturating_sub(1);
                 }
             }
         }
+    }
+    if let Some(boxes) = committed {
+        for (terminal, present) in boxes {
+            index.entry(terminal.clone()).or_default().present = *present;
+        }
+    }
+    let touched: Vec<Terminal> = ops
+        .iter()
+        .flat_map(|op| -> Vec<Terminal> {
+            match op {
+                Op::StoreOffline(writes) => writes
+                    .iter()
+                    .map(|w| (Box::from(&*w.uid), w.term))
+                    .collect(),
+                Op::RemoveOffline(keys) => {
+                    keys.iter().map(|k| (Box::from(&*k.uid), k.term)).collect()
+                }
+                _ => Vec::new(),
+            }
+        })
+        .collect();
+    for terminal in touched {
+        if let Some(entry) = index.get(&terminal)
+            && entry.queued == 0
+            && !entry.present
+        {
+            index.remove(&terminal);
+        }
+    }
+}
+
+fn read_box(shared: &Shared, terminal: &Terminal) -> Result<Offline, StoreError> {
+    let read = shared.db.begin_read().map_err(unavailable)?;
+    let table = read.open_table(OFFLINE).map_err(unavailable)?;
+    match table
+        .get((&*terminal.0, terminal.1.bit()))
+        .map_err(unavailable)?
+    {
+        Some(v) => Offline::decode(v.value()),
+        None => Ok(Offline::default()),
     }
 }
 
@@ -301,7 +363,7 @@ fn save_box(
     uid: &str,
     term: TermType,
     offline: &Offline,
-    effects: &mut Vec<Effect>,
+    boxes: &mut Boxes,
 ) -> Result<(), StoreError> {
     if offline.is_empty() {
         table.remove((uid, term.bit())).map_err(unavailable)?;
@@ -310,7 +372,7 @@ fn save_box(
             .insert((uid, term.bit()), offline.encode().as_slice())
             .map_err(unavailable)?;
     }
-    effects.push(Effect::Offline(uid.to_owned(), term, !offline.is_empty()));
+    boxes.insert((uid.into(), term), !offline.is_empty());
     Ok(())
 }
 
@@ -319,13 +381,13 @@ fn store_offline(
     limits: OfflineLimits,
     writes: &[OfflineWrite],
     new_id: &mut impl FnMut() -> u64,
-    effects: &mut Vec<Effect>,
+    boxes: &mut Boxes,
 ) -> Result<(), StoreError> {
     let mut table = txn.open_table(OFFLINE).map_err(unavailable)?;
     for w in writes {
         let mut offline = load_box(&table, &w.uid, w.term)?;
         offline.apply(&w.message, new_id(), limits);
-        save_box(&mut table, &w.uid, w.term, &offline, effects)?;
+        save_box(&mut table, &w.uid, w.term, &offline, boxes)?;
     }
     Ok(())
 }
@@ -333,13 +395,13 @@ fn store_offline(
 fn remove_offline(
     txn: &redb::WriteTransaction,
     keys: &[StoredKey],
-    effects: &mut Vec<Effect>,
+    boxes: &mut Boxes,
 ) -> Result<(), StoreError> {
     let mut table = txn.open_table(OFFLINE).map_err(unavailable)?;
     for k in keys {
         let mut offline = load_box(&table, &k.uid, k.term)?;
         if offline.remove(&k.item) {
-            save_box(&mut table, &k.uid, k.term, &offline, effects)?;
+            save_box(&mut table, &k.uid, k.term, &offline, boxes)?;
         }
     }
     Ok(())
@@ -460,51 +522,64 @@ impl Store for EmbeddedStore {
             .collect())
     }
 
-    fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> Durable {
+    fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> StoreFuture {
         // The cache runs ahead of the disk: a later read sees this write at once. Should the
         // commit fail, the caller requeues the bus message and the write is made again.
-        apply_effects(
-            &self.shared,
-            vec![Effect::Login(uid.to_owned(), term, record.clone())],
-        );
+        {
+            let mut logins = self.shared.logins.write();
+            let entry = logins.entry(uid.into()).or_default();
+            entry.set(term, record.clone());
+            if entry.is_empty() {
+                logins.remove(uid);
+            }
+        }
         self.write_unit(Op::SetLogin(uid.to_owned(), term, record))
     }
 
-    fn store_offline(&self, writes: Vec<OfflineWrite>) -> Durable {
+    fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
         if writes.is_empty() {
             return resolved(Ok(()));
+        }
+        {
+            let mut index = self.shared.stored.lock();
+            for w in &writes {
+                index
+                    .entry((Box::from(&*w.uid), w.term))
+                    .or_default()
+                    .queued += 1;
+            }
         }
         self.write_unit(Op::StoreOffline(writes))
     }
 
-    async fn offline(&self, uid: &str, term: TermType) -> Result<Offline, StoreError> {
-        let key = (Box::from(uid), term);
-        if !self.shared.has_offline.read().contains(&key) {
-            return Ok(Offline::default());
+    fn offline(&self, uid: &str, term: TermType) -> StoreFuture<Offline> {
+        let terminal: Terminal = (uid.into(), term);
+        if !self.shared.stored.lock().contains_key(&terminal) {
+            return resolved(Ok(Offline::default()));
         }
-        self.read(move |shared| {
-            let read = shared.db.begin_read().map_err(unavailable)?;
-            let table = read.open_table(OFFLINE).map_err(unavailable)?;
-            match table.get((&*key.0, term.bit())).map_err(unavailable)? {
-                Some(v) => Offline::decode(v.value()),
-                None => Ok(Offline::default()),
-            }
-        })
-        .await
+        let (reply, done) = oneshot::channel();
+        if self
+            .writer
+            .send(Job::ReadOffline { terminal, reply })
+            .is_err()
+        {
+            return resolved(Err(stopped()));
+        }
+        Box::pin(async move { done.await.map_err(|_| stopped())? })
     }
 
-    fn remove_offline(&self, keys: Vec<StoredKey>) -> Durable {
+    fn remove_offline(&self, keys: Vec<StoredKey>) -> StoreFuture {
         if keys.is_empty() {
             return resolved(Ok(()));
         }
         self.write_unit(Op::RemoveOffline(keys))
     }
 
-    fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> Durable<Vec<u64>> {
+    fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
         self.write(Op::QueueAppend(Queue::Inbox, messages))
     }
 
-    fn inbox_remove(&self, seqs: Vec<u64>) -> Durable {
+    fn inbox_remove(&self, seqs: Vec<u64>) -> StoreFuture {
         self.write_unit(Op::QueueRemove(Queue::Inbox, seqs))
     }
 
@@ -512,7 +587,7 @@ impl Store for EmbeddedStore {
         self.read(|shared| queue_load(shared, Queue::Inbox)).await
     }
 
-    fn outbox_append(&self, topic: String, body: Bytes) -> Durable<u64> {
+    fn outbox_append(&self, topic: String, body: Bytes) -> StoreFuture<u64> {
         let done = self.write(Op::QueueAppend(Queue::Outbox, vec![(topic, body)]));
         Box::pin(async move {
             done.await?
@@ -522,7 +597,7 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn outbox_remove(&self, seq: u64) -> Durable {
+    fn outbox_remove(&self, seq: u64) -> StoreFuture {
         self.write_unit(Op::QueueRemove(Queue::Outbox, vec![seq]))
     }
 

@@ -9,8 +9,8 @@ use galopush_protocol::TermType;
 use parking_lot::Mutex;
 
 use super::{
-    Durable, LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
-    StoredKey, UserLogins, resolved,
+    LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
+    StoreFuture, StoredKey, UserLogins, resolved,
 };
 
 /// A [`Store`] in memory.
@@ -74,7 +74,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> Durable {
+    fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> StoreFuture {
         let mut state = self.state.lock();
         match record {
             Some(record) => state
@@ -94,7 +94,7 @@ impl Store for MemoryStore {
         resolved(Ok(()))
     }
 
-    fn store_offline(&self, writes: Vec<OfflineWrite>) -> Durable {
+    fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
         let mut state = self.state.lock();
         for w in writes {
             let id = state.next_id();
@@ -107,17 +107,17 @@ impl Store for MemoryStore {
         resolved(Ok(()))
     }
 
-    async fn offline(&self, uid: &str, term: TermType) -> Result<Offline, StoreError> {
-        Ok(self
+    fn offline(&self, uid: &str, term: TermType) -> StoreFuture<Offline> {
+        resolved(Ok(self
             .state
             .lock()
             .offline
             .get(&(uid.to_owned(), term))
             .cloned()
-            .unwrap_or_default())
+            .unwrap_or_default()))
     }
 
-    fn remove_offline(&self, keys: Vec<StoredKey>) -> Durable {
+    fn remove_offline(&self, keys: Vec<StoredKey>) -> StoreFuture {
         let mut state = self.state.lock();
         for k in keys {
             let slot = (k.uid.to_string(), k.term);
@@ -131,7 +131,7 @@ impl Store for MemoryStore {
         resolved(Ok(()))
     }
 
-    fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> Durable<Vec<u64>> {
+    fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
         let mut state = self.state.lock();
         let seqs = messages
             .into_iter()
@@ -144,7 +144,7 @@ impl Store for MemoryStore {
         resolved(Ok(seqs))
     }
 
-    fn inbox_remove(&self, seqs: Vec<u64>) -> Durable {
+    fn inbox_remove(&self, seqs: Vec<u64>) -> StoreFuture {
         let mut state = self.state.lock();
         for s in seqs {
             state.inbox.remove(&s);
@@ -156,14 +156,14 @@ impl Store for MemoryStore {
         Ok(queued(&self.state.lock().inbox))
     }
 
-    fn outbox_append(&self, topic: String, body: Bytes) -> Durable<u64> {
+    fn outbox_append(&self, topic: String, body: Bytes) -> StoreFuture<u64> {
         let mut state = self.state.lock();
         let seq = state.next_id();
         state.outbox.insert(seq, (topic, body));
         resolved(Ok(seq))
     }
 
-    fn outbox_remove(&self, seq: u64) -> Durable {
+    fn outbox_remove(&self, seq: u64) -> StoreFuture {
         self.state.lock().outbox.remove(&seq);
         resolved(Ok(()))
     }

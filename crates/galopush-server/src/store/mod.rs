@@ -75,20 +75,23 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// A write that has been put in order: ordered at the call, durable when the future resolves.
-/// The future may be dropped (fire and forget) without cancelling the write.
-pub type Durable<T = ()> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+/// A store operation put in order at the call: a write resolves once durable, a read sees every
+/// write called before it. Dropping the future does not cancel a write.
+pub type StoreFuture<T = ()> =
+    Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
-/// A [`Durable`] that is already resolved.
-pub fn resolved<T: Send + 'static>(result: Result<T, StoreError>) -> Durable<T> {
+/// A [`StoreFuture`] that is already resolved.
+pub fn resolved<T: Send + 'static>(result: Result<T, StoreError>) -> StoreFuture<T> {
     Box::pin(std::future::ready(result))
 }
 
 /// Everything the router and the embedded bus keep durably.
 ///
-/// Writes return a [`Durable`]: an implementation must put the write in order before it returns
-/// (a later read or write sees it), so callers can go on without awaiting durability and await
-/// it elsewhere; reads are async.
+/// Writes, and the read of a terminal's stored messages, return a [`StoreFuture`]: an
+/// implementation puts the operation in order before it returns, so a write called before a
+/// read is seen by it even if neither has been awaited yet. Callers can go on without awaiting
+/// durability and await it elsewhere. The router relies on this to decide "live or stored" and
+/// "registered, read its stored messages" under one lock per user.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// One login record.
@@ -98,31 +101,31 @@ pub trait Store: Send + Sync + 'static {
     async fn logins(&self, uids: &[&str]) -> Result<Vec<UserLogins>, StoreError>;
 
     /// Creates, replaces (`Some`) or removes (`None`) a login record.
-    fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> Durable;
+    fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> StoreFuture;
 
     /// Applies the offline rule to each write (SPEC §6).
-    fn store_offline(&self, writes: Vec<OfflineWrite>) -> Durable;
+    fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture;
 
-    /// A terminal's stored messages.
-    async fn offline(&self, uid: &str, term: TermType) -> Result<Offline, StoreError>;
+    /// A terminal's stored messages, including every write called before this.
+    fn offline(&self, uid: &str, term: TermType) -> StoreFuture<Offline>;
 
     /// Removes delivered messages (a push only if no newer one was stored meanwhile).
-    fn remove_offline(&self, keys: Vec<StoredKey>) -> Durable;
+    fn remove_offline(&self, keys: Vec<StoredKey>) -> StoreFuture;
 
     /// Appends inbound bus messages to the inbox; resolves to their sequence numbers.
-    fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> Durable<Vec<u64>>;
+    fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>>;
 
     /// Retires inbox messages.
-    fn inbox_remove(&self, seqs: Vec<u64>) -> Durable;
+    fn inbox_remove(&self, seqs: Vec<u64>) -> StoreFuture;
 
     /// Every inbox message not yet retired, oldest first.
     async fn inbox_load(&self) -> Result<Vec<QueuedMessage>, StoreError>;
 
     /// Appends an outbound bus message to the outbox; resolves to its sequence number.
-    fn outbox_append(&self, topic: String, body: Bytes) -> Durable<u64>;
+    fn outbox_append(&self, topic: String, body: Bytes) -> StoreFuture<u64>;
 
     /// Removes a delivered outbox message.
-    fn outbox_remove(&self, seq: u64) -> Durable;
+    fn outbox_remove(&self, seq: u64) -> StoreFuture;
 
     /// Every outbox message not yet delivered, oldest first.
     async fn outbox_load(&self) -> Result<Vec<QueuedMessage>, StoreError>;

@@ -1,0 +1,103 @@
+//! SPEC §3: a malformed, oversized or misplaced frame closes that connection only.
+
+use bytes::Bytes;
+use galopush_protocol::TermType;
+use galopush_protocol::message::Down;
+
+use crate::harness::*;
+
+async fn bad_input_closes_only_that_connection(g: &Gateway, bytes: &[u8]) {
+    let mut bystander = g.terminal("bystander", TermType::Pc, TCP).await;
+    let mut victim = g.terminal("victim", TermType::Android, TCP).await;
+    victim.send_raw(bytes).await.expect("send");
+    closed(&mut victim).await;
+    g.send_down("push", "bystander", 16, "unaffected").await;
+    assert_eq!(
+        push(&next_acked(&mut bystander).await.1).2,
+        Bytes::from("unaffected")
+    );
+    g.wait_metric("galopush_protocol_errors_total", 1.0).await;
+}
+
+#[tokio::test]
+async fn type_zero_closes_the_connection() {
+    let g = Gateway::start(&[]).await;
+    bad_input_closes_only_that_connection(&g, &[0x00, 0, 0, 0, 1, 0, 0, 0, 0]).await;
+}
+
+#[tokio::test]
+async fn unknown_type_closes_the_connection() {
+    let g = Gateway::start(&[]).await;
+    bad_input_closes_only_that_connection(&g, &[0x3f, 0, 0, 0, 1, 0, 0, 0, 0]).await;
+}
+
+#[tokio::test]
+async fn server_only_type_from_a_terminal_closes_the_connection() {
+    let g = Gateway::start(&[]).await;
+    bad_input_closes_only_that_connection(&g, &[0x05, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0]).await;
+}
+
+#[tokio::test]
+async fn oversized_length_closes_the_connection() {
+    let g = Gateway::start(&[("limits.max_body", "1024")]).await;
+    bad_input_closes_only_that_connection(&g, &[0x09, 0, 0, 0, 1, 0, 0, 4, 1]).await;
+}
+
+#[tokio::test]
+async fn short_register_closes_the_connection() {
+    let g = Gateway::start(&[]).await;
+    let mut t = g.connect(TermType::Android, TCP).await;
+    let mut frame = vec![0x01, 0, 0, 0, 1, 0, 0, 0, 10];
+    frame.extend_from_slice(&[1; 10]);
+    t.send_raw(&frame).await.expect("send");
+    closed(&mut t).await;
+}
+
+#[tokio::test]
+async fn garbage_on_websocket_closes_the_connection() {
+    let g = Gateway::start(&[]).await;
+    let mut bystander = g.terminal("wb", TermType::Web, WEB).await;
+    let mut victim = g.connect(TermType::Web, WEB).await;
+    victim.send_text("%%% not base64 %%%").await.expect("send");
+    closed(&mut victim).await;
+    let mut victim = g.connect(TermType::Web, WEB).await;
+    victim
+        .send_text(r#"{"cmd":5,"tid":1,"data":{"msg":"x"}}"#)
+        .await
+        .expect("send");
+    closed(&mut victim).await;
+    g.send_down("push", "wb", 8, "fine").await;
+    assert_eq!(
+        push(&next_acked(&mut bystander).await.1).2,
+        Bytes::from("fine")
+    );
+}
+
+#[tokio::test]
+async fn a_terminal_that_does_not_read_is_disconnected_and_its_messages_stored() {
+    let g = Gateway::start(&[
+        ("comet.write_queue", "8"),
+        ("comet.write_timeout", "1s"),
+        ("delivery.ack_timeout", "60s"),
+    ])
+    .await;
+    let t = g.terminal("sloth", TermType::Android, TCP).await;
+    // Big bodies fill the socket buffers; the terminal never reads.
+    let body = "x".repeat(64 * 1024);
+    for _ in 0..200 {
+        g.send_down("push", "sloth", 1, &body).await;
+    }
+    g.wait_metric("galopush_slow_terminals_total", 1.0).await;
+    g.wait_metric("galopush_connections{termtype=\"Android\"}", 0.0)
+        .await;
+    g.wait_retired("push", 200).await;
+    drop(t);
+    let mut back = g
+        .register("sloth", "code-sloth-1", TermType::Android, TCP)
+        .await;
+    let (_, down) = next_acked(&mut back).await;
+    match down {
+        Down::Push { offline, .. } => assert!(offline >= 1),
+        other => panic!("expected the stored PUSH, got {other:?}"),
+    }
+}

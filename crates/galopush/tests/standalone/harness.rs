@@ -1,0 +1,424 @@
+//! Test harness: starts the real `galopush` binary as `standalone` on fresh ports and its own
+//! data directory, and drives it like a user would — HTTP for the business side, the client
+//! SDK for terminals, `/metrics` to see what happened.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use galopush_client::{Terminal, Transport};
+use galopush_protocol::message::Down;
+use galopush_protocol::web::WebFraming;
+use galopush_protocol::{Encoding, TermType};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+/// Upper bound for anything the gateway should do "at once"; generous for loaded machines.
+pub const SOON: Duration = Duration::from_secs(10);
+
+pub const TCP: Transport = Transport::Tcp {
+    encoding: Encoding::None,
+};
+pub const WEB: Transport = Transport::Web {
+    framing: WebFraming::Compatible,
+};
+
+/// A running `galopush standalone`.
+pub struct Gateway {
+    child: Option<Child>,
+    pub http: String,
+    pub tcp: String,
+    pub ws: String,
+    data: Arc<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    client: reqwest::Client,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- gateway log (last lines) ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway with default settings plus `settings` (`("comet.idle_timeout", "2s")`).
+    pub async fn start(settings: &[(&str, &str)]) -> Gateway {
+        let data = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut env: Vec<(String, String)> = vec![
+            ("router.http_addr", "127.0.0.1:0"),
+            ("comet.tcp_addr", "127.0.0.1:0"),
+            ("comet.ws_addr", "127.0.0.1:0"),
+            ("comet.advertise_tcp", "127.0.0.1:0"),
+            ("comet.advertise_ws", "127.0.0.1:0"),
+            ("log.level", "galopush_server=debug,info"),
+        ]
+        .into_iter()
+        .chain(settings.iter().copied())
+        .map(|(k, v)| (env_name(k), v.to_owned()))
+        .collect();
+        env.push((
+            env_name("store.path"),
+            data.path().join("store").display().to_string(),
+        ));
+        Gateway::spawn(data, env).await
+    }
+
+    async fn spawn(data: Arc<tempfile::TempDir>, env: Vec<(String, String)>) -> Gateway {
+        let log = data
+            .path()
+            .join(format!("gateway-{}.log", fastrand_suffix()));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_galopush"));
+        command
+            .arg("standalone")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("galopush starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(SOON, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("galopush ready ") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("gateway did not get ready; its log:\n{log}")
+        });
+        let addrs: HashMap<&str, &str> = ready
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        Gateway {
+            child: Some(child),
+            http: format!("http://{}", addrs["http"]),
+            tcp: addrs["tcp"].to_owned(),
+            ws: addrs["ws"].to_owned(),
+            data,
+            env,
+            log,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Kills the process with SIGKILL and starts it again on the same data directory.
+    pub async fn crash_and_restart(mut self) -> Gateway {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill -9");
+        }
+        let (data, env) = (self.data.clone(), self.env.clone());
+        drop(self);
+        Gateway::spawn(data, env).await
+    }
+
+    /// Changes a setting for the next restart.
+    pub fn set(&mut self, key: &str, value: &str) {
+        let name = env_name(key);
+        self.env.retain(|(k, _)| *k != name);
+        self.env.push((name, value.to_owned()));
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// `GET /v1/comets`.
+    pub async fn comets(&self) -> serde_json::Value {
+        let text = self
+            .client
+            .get(format!("{}/v1/comets", self.http))
+            .send()
+            .await
+            .expect("GET /v1/comets")
+            .text()
+            .await
+            .expect("comets text");
+        serde_json::from_str(&text).expect("comets JSON")
+    }
+
+    /// `POST /pub?topic=`; returns the status and body.
+    pub async fn publish(&self, topic: &str, body: impl Into<String>) -> (u16, String) {
+        let r = self
+            .client
+            .post(format!("{}/pub", self.http))
+            .query(&[("topic", topic)])
+            .body(body.into())
+            .send()
+            .await
+            .expect("POST /pub");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    /// `POST /pub` that must be accepted.
+    pub async fn publish_ok(&self, topic: &str, body: impl Into<String>) {
+        let (status, text) = self.publish(topic, body).await;
+        assert_eq!(status, 200, "/pub?topic={topic} answered {status}: {text}");
+    }
+
+    /// The value of one metric line, e.g. `galopush_kicks_total{reason="logged_out"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.http))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until a metric reaches `at_least`.
+    pub async fn wait_metric(&self, series: &str, at_least: f64) {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let v = self.metric(series).await;
+            if v >= at_least {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} stayed at {v}, expected at least {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `n` messages of `topic` have been retired (their effects are durable).
+    pub async fn wait_retired(&self, topic: &str, n: u64) {
+        self.wait_metric(
+            &format!("galopush_bus_messages_total{{topic=\"{topic}\",event=\"retired\"}}"),
+            n as f64,
+        )
+        .await;
+    }
+
+    /// Publishes a login record and waits until it is in force.
+    pub async fn login(&self, uid: &str, term: TermType, code: &str) {
+        let before = self.retired("userOnlineState").await;
+        self.publish_ok(
+            "userOnlineState",
+            serde_json::json!({
+                "uid": uid, "termtype": term.bit(), "code": code,
+                "deviceToken": "", "online": true
+            })
+            .to_string(),
+        )
+        .await;
+        self.wait_retired("userOnlineState", before + 1).await;
+    }
+
+    pub async fn retired(&self, topic: &str) -> u64 {
+        self.metric(&format!(
+            "galopush_bus_messages_total{{topic=\"{topic}\",event=\"retired\"}}"
+        ))
+        .await as u64
+    }
+
+    /// Logs a terminal in, connects it and registers it; the REGRESP must be 0.
+    pub async fn terminal(&self, uid: &str, term: TermType, transport: Transport) -> Terminal {
+        let code = format!("code-{uid}-{}", term.bit());
+        self.login(uid, term, &code).await;
+        self.register(uid, &code, term, transport).await
+    }
+
+    /// Connects and registers with `token`; the REGRESP must be 0.
+    pub async fn register(
+        &self,
+        uid: &str,
+        token: &str,
+        term: TermType,
+        transport: Transport,
+    ) -> Terminal {
+        let mut t = self.connect(term, transport).await;
+        let code = tokio::time::timeout(SOON, t.register(uid, token, term))
+            .await
+            .expect("REGRESP in time")
+            .expect("register");
+        assert_eq!(code, 0, "REGRESP for {uid}");
+        t
+    }
+
+    /// A connection to the comet listener for the transport.
+    pub async fn connect(&self, term: TermType, transport: Transport) -> Terminal {
+        let _ = term;
+        let addr = match transport {
+            Transport::Tcp { .. } => &self.tcp,
+            Transport::Web { .. } => &self.ws,
+        };
+        Terminal::connect(addr, transport).await.expect("connect")
+    }
+
+    /// Publishes a push/callback/msgDownward to one receiver.
+    pub async fn send_down(&self, topic: &str, uid: &str, mask: u8, body: &str) {
+        self.publish_ok(
+            topic,
+            serde_json::json!({
+                "receivers": [{"uid": uid, "termtype": mask}],
+                "flag": 0, "body": body
+            })
+            .to_string(),
+        )
+        .await;
+    }
+}
+
+/// `comet.idle_timeout` → `GALOPUSH_COMET__IDLE_TIMEOUT`.
+pub fn env_name(key: &str) -> String {
+    let (section, name) = key.split_once('.').expect("section.key");
+    format!(
+        "GALOPUSH_{}__{}",
+        section.to_ascii_uppercase(),
+        name.to_ascii_uppercase()
+    )
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// The next message, which must arrive within [`SOON`].
+pub async fn next(t: &mut Terminal) -> (u32, Down) {
+    t.recv_timeout(SOON)
+        .await
+        .expect("a message in time")
+        .expect("connection open")
+}
+
+/// Receives the next message and acks it.
+pub async fn next_acked(t: &mut Terminal) -> (u32, Down) {
+    let (tid, down) = next(t).await;
+    t.ack(tid, &down).await.expect("ack");
+    (tid, down)
+}
+
+/// Asserts that nothing arrives for `wait`.
+pub async fn nothing_for(t: &mut Terminal, wait: Duration) {
+    match t.recv_timeout(wait).await {
+        Err(galopush_client::ClientError::Timeout(_)) => {}
+        other => panic!("expected nothing, got {other:?}"),
+    }
+}
+
+/// Asserts that the server closes the connection (after any frames it still sends).
+pub async fn closed(t: &mut Terminal) -> Vec<Down> {
+    let mut seen = Vec::new();
+    loop {
+        match t.recv_timeout(SOON).await {
+            Ok(Some((_, d))) => seen.push(d),
+            Ok(None)
+            | Err(galopush_client::ClientError::Io(_))
+            | Err(galopush_client::ClientError::Closed) => return seen,
+            Err(galopush_client::ClientError::WebSocket(_)) => return seen,
+            Err(e) => panic!("expected the connection to close, got {e}"),
+        }
+    }
+}
+
+/// A PUSH's fields.
+pub fn push(down: &Down) -> (u16, u8, Bytes) {
+    match down {
+        Down::Push { offline, flag, msg } => (*offline, *flag, msg.clone()),
+        other => panic!("expected PUSH, got {other:?}"),
+    }
+}
+
+type Received = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+type HookState = (Received, Arc<std::sync::atomic::AtomicUsize>);
+
+/// A webhook receiver: records every POST (topic, JSON body); can refuse the first few.
+pub struct Webhook {
+    pub url: String,
+    received: Received,
+}
+
+impl Webhook {
+    /// Starts a receiver that answers 500 to the first `refuse` POSTs.
+    pub async fn start(refuse: usize) -> Webhook {
+        use axum::extract::{Query, State};
+        let received: Received = Arc::default();
+        let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(refuse));
+        let state = (received.clone(), refusals);
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(
+                    |State((received, refusals)): State<HookState>,
+                     Query(q): Query<HashMap<String, String>>,
+                     body: Bytes| async move {
+                        use std::sync::atomic::Ordering;
+                        if refusals
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
+                            .is_ok()
+                        {
+                            return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                        received
+                            .lock()
+                            .await
+                            .push((q.get("topic").cloned().unwrap_or_default(), json));
+                        axum::http::StatusCode::OK
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind webhook");
+        let addr = listener.local_addr().expect("webhook addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Webhook {
+            url: format!("http://{addr}/hook"),
+            received,
+        }
+    }
+
+    /// Waits until `n` messages have arrived and returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<(String, serde_json::Value)> {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let got = self.received.lock().await.clone();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "webhook got {} messages, expected {n}: {got:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

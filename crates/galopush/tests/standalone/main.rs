@@ -1,0 +1,13 @@
+//! End-to-end tests of `galopush standalone` (SPEC §3–§9): each starts the real binary on its
+//! own ports and data directory and talks to it over real sockets, as terminals and as the
+//! business side.
+
+mod harness;
+
+mod bus;
+mod delivery;
+mod errors;
+mod http;
+mod restart;
+mod sessions;
+mod web;

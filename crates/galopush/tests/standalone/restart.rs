@@ -1,0 +1,62 @@
+//! Durability across a crash: `kill -9` and a restart on the same data directory keep login
+//! records, stored offline messages and accepted-but-unretired inbox messages.
+
+use bytes::Bytes;
+use galopush_protocol::TermType;
+use galopush_protocol::message::Down;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn a_crash_loses_no_login_stored_message_or_accepted_message() {
+    let g = Gateway::start(&[("delivery.callback_ack_timeout", "60s")]).await;
+    // A login record and a stored push.
+    g.login("uma", TermType::Android, "u").await;
+    g.send_down("push", "uma", 1, "stored before the crash")
+        .await;
+    g.wait_retired("push", 1).await;
+    // A callback accepted and delivered but not acked: its inbox message is not retired yet.
+    let mut live = g.terminal("vic", TermType::Pc, TCP).await;
+    g.send_down("callback", "vic", 16, "in flight at the crash")
+        .await;
+    let (_, down) = next(&mut live).await;
+    assert_eq!(
+        down,
+        Down::Callback {
+            msg: Bytes::from("in flight at the crash")
+        }
+    );
+
+    let g = g.crash_and_restart().await;
+    drop(live);
+
+    let mut uma = g.register("uma", "u", TermType::Android, TCP).await;
+    assert_eq!(
+        push(&next_acked(&mut uma).await.1),
+        (1, 0, Bytes::from("stored before the crash"))
+    );
+    let mut vic = g.register("vic", "code-vic-16", TermType::Pc, TCP).await;
+    let (_, down) = next_acked(&mut vic).await;
+    assert_eq!(
+        down,
+        Down::Callback {
+            msg: Bytes::from("in flight at the crash")
+        }
+    );
+}
+
+#[tokio::test]
+async fn outbound_messages_survive_a_crash_until_the_webhook_takes_them() {
+    let g = Gateway::start(&[("bus.webhook_url", "http://127.0.0.1:9/unreachable")]).await;
+    let mut t = g.terminal("wes", TermType::Ios, TCP).await;
+    t.send_im(Bytes::from("kept")).await.expect("im");
+    assert_eq!(next(&mut t).await.1, Down::ImResp { code: 0 });
+    g.wait_metric("galopush_outbox_pending", 1.0).await;
+    let hook = Webhook::start(0).await;
+    let mut g = g;
+    g.set("bus.webhook_url", &hook.url);
+    let _g = g.crash_and_restart().await;
+    let got = hook.wait_for(1).await;
+    assert_eq!(got[0].0, "msgUpward");
+    assert_eq!(got[0].1["body"], "kept");
+}
