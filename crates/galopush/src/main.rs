@@ -5,7 +5,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+use galopush_client::shell::ShellOptions;
+use galopush_client::{Encoding, TermType, Transport, WebFraming};
 use galopush_server::config::Config;
 
 /// galopush: a push gateway for mobile and web terminals.
@@ -24,6 +28,74 @@ struct Cli {
 enum Command {
     /// Router, comet, embedded bus and embedded store in one process.
     Standalone,
+    /// A terminal in the shell: dispatch, connect, register, print and ack what arrives; each
+    /// line typed becomes an IM.
+    Client(ClientArgs),
+}
+
+/// How `galopush client` connects.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The router's HTTP address (dispatcher and, with --login, /pub).
+    #[arg(long, default_value = "http://127.0.0.1:5150")]
+    http: String,
+    /// The user id to register as.
+    #[arg(long)]
+    uid: String,
+    /// The token to register with (the `code` of the user's login record).
+    #[arg(long)]
+    token: String,
+    /// Terminal type: Android, iOS, WinPhone, Web or PC.
+    #[arg(long, default_value = "Android")]
+    termtype: TermType,
+    /// Body encoding of a TCP terminal (0 none, 1 bit-not, 2 pair-swap, 3 ring-xor).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+    encoding: u8,
+    /// Framing of a Web terminal.
+    #[arg(long, value_enum, default_value_t = Framing::Compatible)]
+    framing: Framing,
+    /// Connect to this comet `host:port` instead of asking the dispatcher.
+    #[arg(long)]
+    addr: Option<String>,
+    /// First publish a userOnlineState with the token as code (demos with the embedded bus).
+    #[arg(long)]
+    login: bool,
+    /// Seconds between PINGs (0: none).
+    #[arg(long, default_value_t = 60)]
+    ping: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Framing {
+    Compatible,
+    Plain,
+}
+
+impl ClientArgs {
+    fn options(self) -> ShellOptions {
+        let transport = if self.termtype == TermType::Web {
+            Transport::Web {
+                framing: match self.framing {
+                    Framing::Compatible => WebFraming::Compatible,
+                    Framing::Plain => WebFraming::Plain,
+                },
+            }
+        } else {
+            Transport::Tcp {
+                encoding: Encoding::from_bits(self.encoding),
+            }
+        };
+        ShellOptions {
+            http: self.http,
+            uid: self.uid,
+            token: self.token,
+            term: self.termtype,
+            transport,
+            addr: self.addr,
+            login: self.login,
+            ping_interval: Duration::from_secs(self.ping),
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -85,6 +157,24 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("galopush: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Client(args) => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let input = tokio::io::BufReader::new(tokio::io::stdin());
+            match rt.block_on(galopush_client::shell::run(
+                args.options(),
+                input,
+                tokio::io::stdout(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("galopush client: {e}");
                     ExitCode::FAILURE
                 }
             }
