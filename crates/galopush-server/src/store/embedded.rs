@@ -455,8 +455,8 @@ fn queue_load(shared: &Shared, queue: Queue) -> Result<Vec<QueuedMessage>, Store
 
 fn encode_logins(logins: &UserLogins) -> Vec<u8> {
     let mut out = Vec::new();
-    for slot in &logins.0 {
-        match slot {
+    for term in TermType::ALL {
+        match logins.get(term) {
             None => out.put_u8(0),
             Some(r) => {
                 out.put_u8(if r.login { 2 } else { 1 });
@@ -473,7 +473,7 @@ fn encode_logins(logins: &UserLogins) -> Vec<u8> {
 fn decode_logins(mut data: &[u8]) -> Result<UserLogins, StoreError> {
     let corrupt = || StoreError::Corrupt("login record".into());
     let mut logins = UserLogins::default();
-    for slot in &mut logins.0 {
+    for term in TermType::ALL {
         if !data.has_remaining() {
             return Err(corrupt());
         }
@@ -494,11 +494,14 @@ fn decode_logins(mut data: &[u8]) -> Result<UserLogins, StoreError> {
             data.advance(n);
         }
         let [code, device_token] = texts;
-        *slot = Some(LoginRecord {
-            code,
-            device_token,
-            login: tag == 2,
-        });
+        logins.set(
+            term,
+            Some(LoginRecord {
+                code,
+                device_token,
+                login: tag == 2,
+            }),
+        );
     }
     Ok(logins)
 }

@@ -9,6 +9,7 @@ mod conformance;
 pub mod embedded;
 pub mod memory;
 pub mod offline;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,21 +32,33 @@ pub struct LoginRecord {
     pub login: bool,
 }
 
-/// A user's login records, one slot per terminal type.
+/// A user's login records, at most one per terminal type. Kept sparse (most users have one or
+/// two terminal types) because the embedded store holds every user's records in memory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UserLogins(pub [Option<LoginRecord>; 5]);
+pub struct UserLogins(Vec<(TermType, LoginRecord)>);
 
 impl UserLogins {
     pub fn get(&self, term: TermType) -> Option<&LoginRecord> {
-        self.0[term.index()].as_ref()
+        self.0.iter().find(|(t, _)| *t == term).map(|(_, r)| r)
     }
 
+    /// Sets (`Some`) or removes (`None`) the record of one terminal type.
     pub fn set(&mut self, term: TermType, record: Option<LoginRecord>) {
-        self.0[term.index()] = record;
+        self.0.retain(|(t, _)| *t != term);
+        if let Some(record) = record {
+            let at = self.0.partition_point(|(t, _)| *t < term);
+            self.0.insert(at, (term, record));
+        }
+        self.0.shrink_to_fit();
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.iter().all(Option::is_none)
+        self.0.is_empty()
+    }
+
+    /// The records, in terminal-type order.
+    pub fn iter(&self) -> impl Iterator<Item = (TermType, &LoginRecord)> {
+        self.0.iter().map(|(t, r)| (*t, r))
     }
 }
 
@@ -92,6 +105,11 @@ pub fn resolved<T: Send + 'static>(result: Result<T, StoreError>) -> StoreFuture
 /// read is seen by it even if neither has been awaited yet. Callers can go on without awaiting
 /// durability and await it elsewhere. The router relies on this to decide "live or stored" and
 /// "registered, read its stored messages" under one lock per user.
+///
+/// The async reads (`login`, `logins`, the queue loads) must also see every write called
+/// before them: the router queues a login record without awaiting it and reads it back on the
+/// next REGISTER or delivery plan. (The embedded store's in-memory records run ahead of the
+/// disk; Redis sends reads down the same ordered stream as writes.)
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// One login record.
