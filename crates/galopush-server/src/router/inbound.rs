@@ -60,8 +60,12 @@ fn parse(topic: Topic, body: &[u8]) -> Result<Inbound, String> {
         }
         Topic::SessionTimeout => {
             let t: SessionTimeout = bus::decode(body).map_err(json_error)?;
-            if t.back_topic.is_empty() {
-                return Err("backTopic is empty".into());
+            if !galopush_nsq::is_valid_topic_name(&t.back_topic) {
+                // An answer that can never be published must not be retried forever.
+                return Err(format!(
+                    "backTopic {:?} is not a topic name (1-64 of [.a-zA-Z0-9_-])",
+                    t.back_topic
+                ));
             }
             if t.msg.uid.is_empty() {
                 return Err("msg.uid is empty".into());

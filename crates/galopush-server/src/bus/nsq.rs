@@ -1,0 +1,375 @@
+//! The NSQ bus (SPEC §7, `bus.kind = "nsq"`): galopush in place of the original's router on
+//! an existing NSQ deployment.
+//!
+//! Inbound: one [`Consumer`] per inbound topic on channel `bus.channel`, finding nsqd through
+//! every `bus.nsqlookupd_http` (or consuming from `bus.nsqd_tcp` directly when that list is
+//! empty). The router applies each message with a [`Ticket`] that FINishes it once every effect
+//! is durable and REQueues it, with a delay growing with its attempts, if one was not. Messages
+//! are held (and TOUCHed) while their effects settle, e.g. a callback waiting for its ack. While
+//! messages keep being requeued (the store is failing), consumption pauses with a growing
+//! back-off instead of spinning, and resumes once the pause is over.
+//!
+//! Outbound: msgUpward and the sessionTimeout answers are PUBlished to `bus.nsqd_tcp`, as base64
+//! of the JSON when `bus.base64` is set and as raw JSON otherwise. `/pub` and `/mpub` publish to
+//! the same nsqd, after checking inbound-topic bodies as the embedded bus does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose;
+use bytes::Bytes;
+use galopush_nsq::{
+    ConnectionConfig, Consumer, ConsumerConfig, Error as NsqError, Message, Producer,
+    ProducerConfig, is_valid_topic_name,
+};
+use tokio::time::Instant;
+
+use super::{AcceptError, Gate, Intake, PublishError, Publisher, Retire, Ticket, Topic};
+use crate::config::BusConfig;
+use crate::metrics::Metrics;
+use crate::router::Router;
+
+/// The first requeue delay of a message; it doubles with every further attempt.
+const REQUEUE_DELAY: Duration = Duration::from_millis(500);
+/// The longest requeue delay.
+const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(60);
+/// The first consumption pause after a requeue; it doubles with every further requeue.
+const PAUSE: Duration = Duration::from_millis(100);
+/// The longest consumption pause.
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+
+/// How galopush's connections to nsqd identify themselves and keep alive.
+fn connection_config(bus: &BusConfig) -> ConnectionConfig {
+    ConnectionConfig {
+        user_agent: concat!("galopush/", env!("CARGO_PKG_VERSION")).to_owned(),
+        heartbeat_interval: bus.heartbeat_interval.get(),
+        ..ConnectionConfig::default()
+    }
+}
+
+/// The producer publishing to `bus.nsqd_tcp` (connects on the first publish).
+pub fn producer(bus: &BusConfig) -> Result<Producer, NsqError> {
+    Producer::new(ProducerConfig {
+        connection: connection_config(bus),
+        ..ProducerConfig::new(bus.nsqd_tcp.as_str())
+    })
+}
+
+/// Starts consuming every inbound topic for `router`. The consumers run for the life of the
+/// runtime.
+pub fn consume(router: Arc<Router>, bus: &BusConfig, gate: Gate) -> Result<(), NsqError> {
+    let topics = router.topics().clone();
+    // With no nsqlookupd to ask, the nsqd galopush publishes to is the one it consumes from.
+    let direct = if bus.nsqlookupd_http.is_empty() {
+        vec![bus.nsqd_tcp.clone()]
+    } else {
+        Vec::new()
+    };
+    let per_topic =
+        u32::try_from((bus.max_in_flight / Topic::ALL.len()).max(1)).unwrap_or(u32::MAX);
+    let connection = connection_config(bus);
+    let mut consumers = Vec::with_capacity(Topic::ALL.len());
+    for topic in Topic::ALL {
+        let consumer = Consumer::new(ConsumerConfig {
+            nsqd_tcp_addresses: direct.clone(),
+            lookupd_http_addresses: bus.nsqlookupd_http.clone(),
+            max_in_flight: per_topic,
+            // Effects may take long to settle: a callback waits for its ack for up to
+            // `delivery.callback_ack_timeout` (60 s), the default msg_timeout of nsqd.
+            auto_touch: true,
+            connection: connection.clone(),
+            ..ConsumerConfig::new(topic.name(&topics), bus.channel.as_str())
+        })?;
+        consumers.push((topic, consumer));
+    }
+    let pause = Arc::new(Pause::default());
+    for (topic, consumer) in consumers {
+        tracing::info!(
+            topic = topic.name(&topics),
+            channel = %bus.channel,
+            nsqlookupd = ?bus.nsqlookupd_http,
+            nsqd = ?direct,
+            max_in_flight = per_topic,
+            "consuming from NSQ"
+        );
+        tokio::spawn(apply_loop(
+            topic,
+            consumer,
+            router.clone(),
+            pause.clone(),
+            gate.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// Hands one topic's messages to the router, one at a time; their effects settle
+/// concurrently, up to the topic's share of `bus.max_in_flight`.
+async fn apply_loop(
+    topic: Topic,
+    mut consumer: Consumer,
+    router: Arc<Router>,
+    pause: Arc<Pause>,
+    gate: Gate,
+) {
+    gate.wait().await;
+    loop {
+        pause.wait().await;
+        let Some(message) = consumer.recv().await else {
+            break;
+        };
+        let body = message.body.clone();
+        tracing::trace!(
+            topic = topic.label(),
+            id = %message.id,
+            attempts = message.attempts,
+            nsqd = message.nsqd_address(),
+            "bus message"
+        );
+        let ticket = Ticket::new(NsqRetire {
+            topic,
+            message,
+            metrics: router.metrics().clone(),
+            pause: pause.clone(),
+        });
+        router.apply(topic, &body, ticket).await;
+    }
+    tracing::error!(topic = topic.label(), "NSQ consumer stopped");
+}
+
+/// An inbound message's fate on nsqd.
+struct NsqRetire {
+    topic: Topic,
+    message: Message,
+    metrics: Arc<Metrics>,
+    pause: Arc<Pause>,
+}
+
+impl Retire for NsqRetire {
+    fn retire(self: Box<Self>) {
+        self.metrics.topic(self.topic).retired.inc();
+        self.pause.retired();
+        self.message.fin();
+    }
+
+    fn requeue(self: Box<Self>) {
+        self.metrics.topic(self.topic).requeued.inc();
+        self.pause.requeued();
+        let delay = requeue_delay(self.message.attempts);
+        tracing::debug!(
+            topic = self.topic.label(),
+            id = %self.message.id,
+            attempts = self.message.attempts,
+            ?delay,
+            "bus message requeued"
+        );
+        self.message.req(delay);
+    }
+}
+
+/// The REQ delay after the `attempts`-th delivery failed: doubling from [`REQUEUE_DELAY`] up
+/// to [`MAX_REQUEUE_DELAY`], plus up to a fifth of jitter so requeued messages spread out.
+fn requeue_delay(attempts: u16) -> Duration {
+    let doublings = u32::from(attempts.saturating_sub(1)).min(16);
+    let delay = REQUEUE_DELAY
+        .saturating_mul(1 << doublings)
+        .min(MAX_REQUEUE_DELAY);
+    delay + delay.mul_f64(fastrand::f64() * 0.2)
+}
+
+/// Consumption back-off shared by every inbound topic: each requeue starts or lengthens a
+/// pause in taking new messages; a retirement resets the count.
+#[derive(Default)]
+struct Pause {
+    state: parking_lot::Mutex<PauseState>,
+}
+
+#[derive(Default)]
+struct PauseState {
+    /// Requeues since the last retirement.
+    requeues: u32,
+    /// No new message is applied before this.
+    until: Option<Instant>,
+}
+
+/// The pause after the `requeues`-th requeue in a row: doubling from [`PAUSE`] up to
+/// [`MAX_PAUSE`].
+fn pause_after(requeues: u32) -> Duration {
+    PAUSE
+        .saturating_mul(1 << requeues.saturating_sub(1).min(16))
+        .min(MAX_PAUSE)
+}
+
+impl Pause {
+    fn requeued(&self) {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        state.requeues = state.requeues.saturating_add(1);
+        let delay = pause_after(state.requeues);
+        let was_paused = state.until.is_some_and(|until| until > now);
+        if state.until.is_none_or(|until| until < now + delay) {
+            state.until = Some(now + delay);
+        }
+        if !was_paused {
+            tracing::warn!(
+                requeues = state.requeues,
+                ?delay,
+                "bus messages are being requeued; pausing consumption"
+            );
+        }
+    }
+
+    fn retired(&self) {
+        self.state.lock().requeues = 0;
+    }
+
+    /// Returns once no pause is in force.
+    async fn wait(&self) {
+        loop {
+            let until = self.state.lock().until;
+            match until {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// The router's outbound messages, published to nsqd.
+pub struct NsqPublisher {
+    producer: Producer,
+    base64: bool,
+}
+
+impl NsqPublisher {
+    /// Publishes through `producer`, as base64 of the JSON when `base64` is set.
+    pub fn new(producer: Producer, base64: bool) -> NsqPublisher {
+        NsqPublisher { producer, base64 }
+    }
+}
+
+#[async_trait]
+impl Publisher for NsqPublisher {
+    async fn publish(&self, topic: &str, json: Bytes) -> Result<(), PublishError> {
+        let body = if self.base64 {
+            Bytes::from(general_purpose::STANDARD.encode(&json))
+        } else {
+            json
+        };
+        self.producer
+            .publish(topic, body)
+            .await
+            .map_err(|e| PublishError(format!("nsqd {}: {e}", self.producer.nsqd_address())))
+    }
+}
+
+/// `/pub` and `/mpub` with the NSQ bus: checked, then published to nsqd as they are.
+pub struct NsqIntake {
+    producer: Producer,
+    router: Arc<Router>,
+}
+
+impl NsqIntake {
+    /// Publishes through `producer`, checking inbound-topic bodies with `router`.
+    pub fn new(producer: Producer, router: Arc<Router>) -> NsqIntake {
+        NsqIntake { producer, router }
+    }
+
+    /// Why nsqd or the router would refuse `body` on `topic` (`None` for other topics).
+    fn check(&self, topic: Option<Topic>, body: &[u8]) -> Result<(), String> {
+        if body.is_empty() {
+            return Err("empty message body".into());
+        }
+        match topic {
+            Some(topic) => self.router.validate(topic, body),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Intake for NsqIntake {
+    async fn accept(&self, topic_name: &str, bodies: Vec<Bytes>) -> Result<(), AcceptError> {
+        if !is_valid_topic_name(topic_name) {
+            return Err(AcceptError::Malformed(format!(
+                "{topic_name:?} is not a valid NSQ topic name"
+            )));
+        }
+        if bodies.is_empty() {
+            return Err(AcceptError::Malformed("no message in the body".into()));
+        }
+        let topic = Topic::from_name(topic_name, self.router.topics());
+        for (i, body) in bodies.iter().enumerate() {
+            self.check(topic, body).map_err(|why| {
+                if bodies.len() == 1 {
+                    AcceptError::Malformed(why)
+                } else {
+                    AcceptError::Malformed(format!("line {}: {why}", i + 1))
+                }
+            })?;
+        }
+        self.producer
+            .publish_many(topic_name, bodies)
+            .await
+            .map_err(|e| match e {
+                NsqError::InvalidTopic(_) | NsqError::EmptyBody | NsqError::BodyTooLarge(_) => {
+                    AcceptError::Malformed(e.to_string())
+                }
+                NsqError::Nsqd { ref code, .. } if code.starts_with("E_BAD_") => {
+                    AcceptError::Malformed(e.to_string())
+                }
+                e => AcceptError::Unavailable(format!(
+                    "nsqd {} did not take the message: {e}",
+                    self.producer.nsqd_address()
+                )),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeue_delays_grow_with_attempts_up_to_the_cap() {
+        let first = requeue_delay(1);
+        assert!(first >= REQUEUE_DELAY && first <= REQUEUE_DELAY.mul_f64(1.2));
+        let third = requeue_delay(3);
+        assert!(third >= REQUEUE_DELAY * 4, "{third:?}");
+        for attempts in [20, 1000, u16::MAX] {
+            let late = requeue_delay(attempts);
+            assert!(late >= MAX_REQUEUE_DELAY && late <= MAX_REQUEUE_DELAY.mul_f64(1.2));
+        }
+    }
+
+    #[test]
+    fn pauses_grow_with_requeues_in_a_row_up_to_the_cap() {
+        assert_eq!(pause_after(1), PAUSE);
+        assert_eq!(pause_after(2), PAUSE * 2);
+        assert_eq!(pause_after(u32::MAX), MAX_PAUSE);
+    }
+
+    #[tokio::test]
+    async fn requeues_pause_consumption_and_retirements_reset_the_count() {
+        let pause = Pause::default();
+        // Not paused: returns at once.
+        pause.wait().await;
+        pause.requeued();
+        pause.requeued();
+        let until = pause.state.lock().until.expect("paused");
+        assert!(
+            until > Instant::now() + PAUSE,
+            "the second requeue lengthens the pause"
+        );
+        assert!(until <= Instant::now() + PAUSE * 2);
+        pause.retired();
+        assert_eq!(pause.state.lock().requeues, 0);
+        pause.wait().await;
+        assert!(
+            Instant::now() >= until,
+            "wait returns once the pause is over"
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! Test harness: a fake nsqd and nsqlookupd (protocol-level, from `galopush-nsq`) and the real
+//! `galopush` binary started as `standalone` with `bus.kind = "nsq"` on fresh ports and its own
+//! data directory. The business side publishes into the fake nsqd; terminals use the client
+//! SDK; the fake's counters show what galopush FINished, REQueued and published.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use galopush_client::{Terminal, Transport};
+use galopush_nsq::fake::{ChannelStats, FakeLookupd, FakeNsqd};
+use galopush_protocol::message::Down;
+use galopush_protocol::{Encoding, TermType};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Upper bound for anything that should happen "at once"; generous for loaded machines.
+pub const SOON: Duration = Duration::from_secs(10);
+
+/// The channel galopush consumes on (the default `bus.channel`).
+pub const CHANNEL: &str = "galopush";
+
+pub const TCP: Transport = Transport::Tcp {
+    encoding: Encoding::None,
+};
+
+/// The inbound topics of SPEC §7 (default names).
+pub const INBOUND: [&str; 5] = [
+    "userOnlineState",
+    "push",
+    "callback",
+    "msgDownward",
+    "sessionTimeout",
+];
+
+/// A fake NSQ deployment: one nsqd, listed by one nsqlookupd for every inbound topic.
+pub struct Nsq {
+    pub nsqd: FakeNsqd,
+    pub lookupd: FakeLookupd,
+}
+
+impl Nsq {
+    pub async fn start() -> Nsq {
+        let nsqd = FakeNsqd::start().await.expect("fake nsqd");
+        let lookupd = FakeLookupd::start().await.expect("fake nsqlookupd");
+        for topic in INBOUND {
+            lookupd.register(topic, nsqd.addr());
+        }
+        Nsq { nsqd, lookupd }
+    }
+
+    /// Publishes a business message into nsqd as a business service would.
+    pub fn publish(&self, topic: &str, body: impl Into<bytes::Bytes>) {
+        self.nsqd.publish(topic, body.into());
+    }
+
+    /// The counters of galopush's channel on `topic`.
+    pub fn stats(&self, topic: &str) -> ChannelStats {
+        self.nsqd.stats(topic, CHANNEL)
+    }
+
+    /// Waits until the channel's counters satisfy `ok`; `what` names the expectation.
+    pub async fn wait(&self, topic: &str, what: &str, ok: impl Fn(&ChannelStats) -> bool) {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let stats = self.stats(topic);
+            if ok(&stats) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{topic}: expected {what}, got {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until galopush has FINished `n` messages of `topic`.
+    pub async fn wait_finished(&self, topic: &str, n: u64) {
+        self.wait(topic, &format!("{n} finished"), |s| s.finished >= n)
+            .await;
+    }
+
+    /// Publishes a login record and waits until galopush has made it durable (FIN).
+    pub async fn login(&self, uid: &str, term: TermType, code: &str) {
+        let before = self.stats("userOnlineState").finished;
+        self.publish(
+            "userOnlineState",
+            serde_json::json!({
+                "uid": uid, "termtype": term.bit(), "code": code,
+                "deviceToken": "", "online": true
+            })
+            .to_string(),
+        );
+        self.wait_finished("userOnlineState", before + 1).await;
+    }
+
+    /// A `push`/`callback`/`msgDownward` body for one receiver.
+    pub fn down(uid: &str, mask: u8, body: &str) -> String {
+        serde_json::json!({"receivers": [{"uid": uid, "termtype": mask}], "flag": 0, "body": body})
+            .to_string()
+    }
+}
+
+/// A running `galopush standalone` on the NSQ bus.
+pub struct Gateway {
+    child: Option<Child>,
+    pub http: String,
+    pub tcp: String,
+    data: Arc<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    client: reqwest::Client,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- gateway log (last lines) ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway consuming from `nsq` (through its nsqlookupd) and publishing to its
+    /// nsqd, with `settings` on top (`("bus.base64", "false")`).
+    pub async fn start(nsq: &Nsq, settings: &[(&str, &str)]) -> Gateway {
+        let data = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let nsqd = nsq.nsqd.tcp_address();
+        let lookupd = nsq.lookupd.http_address();
+        let mut env: Vec<(String, String)> = vec![
+            ("router.http_addr", "127.0.0.1:0"),
+            ("comet.tcp_addr", "127.0.0.1:0"),
+            ("comet.ws_addr", "127.0.0.1:0"),
+            ("comet.advertise_tcp", "127.0.0.1:0"),
+            ("comet.advertise_ws", "127.0.0.1:0"),
+            ("log.level", "galopush_server=debug,galopush_nsq=debug,info"),
+            ("bus.kind", "nsq"),
+            ("bus.nsqd_tcp", &nsqd),
+            ("bus.nsqlookupd_http", &lookupd),
+        ]
+        .into_iter()
+        .chain(settings.iter().copied())
+        .map(|(k, v)| (env_name(k), v.to_owned()))
+        .collect();
+        env.push((
+            env_name("store.path"),
+            data.path().join("store").display().to_string(),
+        ));
+        Gateway::spawn(data, env).await
+    }
+
+    async fn spawn(data: Arc<tempfile::TempDir>, env: Vec<(String, String)>) -> Gateway {
+        let log = data
+            .path()
+            .join(format!("gateway-{}.log", fastrand_suffix()));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_galopush"));
+        command
+            .arg("standalone")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("galopush starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(SOON, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("galopush ready ") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("gateway did not get ready; its log:\n{log}")
+        });
+        let addrs: HashMap<&str, &str> = ready
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        Gateway {
+            child: Some(child),
+            http: format!("http://{}", addrs["http"]),
+            tcp: addrs["tcp"].to_owned(),
+            data,
+            env,
+            log,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Kills the process with SIGKILL and starts it again on the same data directory.
+    pub async fn crash_and_restart(mut self) -> Gateway {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill -9");
+        }
+        let (data, env) = (self.data.clone(), self.env.clone());
+        drop(self);
+        Gateway::spawn(data, env).await
+    }
+
+    /// `POST {path}?topic=` (`/pub` or `/mpub`); returns the status and body.
+    pub async fn post(&self, path: &str, topic: &str, body: impl Into<String>) -> (u16, String) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.http))
+            .query(&[("topic", topic)])
+            .body(body.into())
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    /// The value of one metric line, e.g.
+    /// `galopush_bus_messages_total{topic="push",event="malformed"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.http))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The bus counter of `topic` for `event` (received, retired, requeued, malformed).
+    pub async fn bus_metric(&self, topic: &str, event: &str) -> f64 {
+        self.metric(&format!(
+            "galopush_bus_messages_total{{topic=\"{topic}\",event=\"{event}\"}}"
+        ))
+        .await
+    }
+
+    /// Connects a TCP terminal and registers it with `token`; the REGRESP must be 0.
+    pub async fn register(&self, uid: &str, token: &str, term: TermType) -> Terminal {
+        let mut t = Terminal::connect(&self.tcp, TCP).await.expect("connect");
+        let code = tokio::time::timeout(SOON, t.register(uid, token, term))
+            .await
+            .expect("REGRESP in time")
+            .expect("register");
+        assert_eq!(code, 0, "REGRESP for {uid}");
+        t
+    }
+
+    /// Logs a terminal in through NSQ, then connects and registers it.
+    pub async fn terminal(&self, nsq: &Nsq, uid: &str, term: TermType) -> Terminal {
+        let code = format!("code-{uid}-{}", term.bit());
+        nsq.login(uid, term, &code).await;
+        self.register(uid, &code, term).await
+    }
+}
+
+/// `bus.kind` → `GALOPUSH_BUS__KIND`.
+pub fn env_name(key: &str) -> String {
+    let (section, name) = key.split_once('.').expect("section.key");
+    format!(
+        "GALOPUSH_{}__{}",
+        section.to_ascii_uppercase(),
+        name.to_ascii_uppercase()
+    )
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// The next message, which must arrive within [`SOON`].
+pub async fn next(t: &mut Terminal) -> (u32, Down) {
+    t.recv_timeout(SOON)
+        .await
+        .expect("a message in time")
+        .expect("connection open")
+}
+
+/// Receives the next message and acks it.
+pub async fn next_acked(t: &mut Terminal) -> (u32, Down) {
+    let (tid, down) = next(t).await;
+    t.ack(tid, &down).await.expect("ack");
+    (tid, down)
+}
+
+/// The message bytes of a PUSH or CALLBACK.
+pub fn body(down: &Down) -> bytes::Bytes {
+    match down {
+        Down::Push { msg, .. } | Down::Callback { msg } => msg.clone(),
+        other => panic!("expected PUSH or CALLBACK, got {other:?}"),
+    }
+}
