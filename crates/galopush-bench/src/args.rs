@@ -1,0 +1,213 @@
+//! The command line of `galopush bench`: which server to drive, how many terminals, which
+//! scenario and how hard. The same struct is the library's input, so scripts and tests set up a
+//! run exactly as a person would type it.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Connect and register the terminals, hold them for --hold, report (memory per connection).
+    Idle,
+    /// --messages messages with one receiver each, message `seq` to terminal `seq % terminals`.
+    Unicast,
+    /// --messages messages whose receivers list every terminal.
+    Fanout,
+    /// Connect and register as fast as the server accepts, --concurrency at a time.
+    Storm,
+}
+
+/// How the terminals connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// The binary protocol (SPEC §3), as Android terminals.
+    Tcp,
+    /// WebSocket (SPEC §4), as Web terminals.
+    Ws,
+}
+
+/// The WebSocket framing of Web terminals (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// base64 of the ring-xor of the JSON, as the original.
+    Compatible,
+    /// The JSON itself.
+    Plain,
+}
+
+/// Which kind of down-message the run publishes (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// Topic `push`, delivered as PUSH.
+    Push,
+    /// Topic `callback`, delivered as CALLBACK.
+    Callback,
+    /// Topic `msgDownward`, delivered as IM.
+    Im,
+}
+
+impl MessageKind {
+    /// The default topic of this kind (SPEC §7).
+    pub fn default_topic(self) -> &'static str {
+        match self {
+            MessageKind::Push => "push",
+            MessageKind::Callback => "callback",
+            MessageKind::Im => "msgDownward",
+        }
+    }
+}
+
+/// `galopush bench`: drives a galopush-protocol server through its public surfaces only
+/// (dispatcher, comet listeners, nsqd-style `/pub` and `/mpub`) and reports connection rates,
+/// delivery throughput, publish-to-ack latency, losses and the server's memory.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "galopush bench")]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+
+    /// The dispatcher, e.g. http://127.0.0.1:5150/v1/gComet.addr: every terminal asks it for
+    /// its comet. A base URL without a path gets /v1/gComet.addr added.
+    #[arg(long)]
+    pub dispatch_url: Option<String>,
+    /// The comet's binary TCP listener `host:port`, instead of asking the dispatcher.
+    #[arg(long)]
+    pub comet_tcp: Option<String>,
+    /// The comet's WebSocket listener `host:port`, instead of asking the dispatcher.
+    #[arg(long)]
+    pub comet_ws: Option<String>,
+    /// HTTP base with nsqd's `/pub` and `/mpub` semantics (galopush's router or nsqd itself),
+    /// e.g. http://127.0.0.1:5150. Logins and messages are published there.
+    #[arg(long)]
+    pub pub_url: Option<String>,
+    /// Do not publish `userOnlineState` logins first (the server must run with
+    /// auth.mode = "open").
+    #[arg(long)]
+    pub no_login: bool,
+
+    /// How many terminals.
+    #[arg(long, default_value_t = 1000)]
+    pub terminals: usize,
+    /// Binary TCP terminals (Android) or WebSocket terminals (Web).
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    pub transport: TransportKind,
+    /// Body encoding of TCP terminals: 0 none, 1 bit-not, 2 pair-swap, 3 ring-xor.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub encoding: u8,
+    /// Framing of WebSocket terminals.
+    #[arg(long, value_enum, default_value_t = Framing::Compatible)]
+    pub framing: Framing,
+    /// New connections per second (0: as fast as --concurrency allows). Storm ignores it.
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
+    /// Connects and registrations in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Connections per source address when the comet is on 127.0.0.0/8: terminals bind to
+    /// consecutive addresses (from a random 127.x.y.1 each run), so that more than ~28k
+    /// connections to one port work and binds stay cheap.
+    #[arg(long, default_value_t = 1000)]
+    pub per_source_ip: usize,
+    /// How long idle holds the terminals before reporting (e.g. 30s, 500ms).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub hold: Duration,
+
+    /// Messages to publish (unicast and fanout; a fanout message reaches every terminal).
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: u64,
+    /// Messages per `/mpub` request (fanout batches are also kept under 4 MiB).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Messages per second to publish at (0: as fast as the server accepts them). With a rate,
+    /// the send time in each body is the time its batch was due, so a publisher that falls
+    /// behind shows up as latency instead of hiding it.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// `/mpub` requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// The kind of down-message to publish.
+    #[arg(long, value_enum, default_value_t = MessageKind::Push)]
+    pub kind: MessageKind,
+    /// Topic to publish messages on (default: that of --kind: push, callback, msgDownward).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Topic of the logins.
+    #[arg(long, default_value = "userOnlineState")]
+    pub login_topic: String,
+    /// When every message is published, how long to go on waiting for the deliveries still
+    /// expected while none arrives; what has not arrived then counts as lost.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Bound on one connect and on one REGISTER's answer; also how long the logins may take to
+    /// be in force.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub register_timeout: Duration,
+
+    /// Prefix of the terminals' user ids (default: `b` and 6 random hex digits and `-`, so runs
+    /// against the same server never meet each other's records).
+    #[arg(long)]
+    pub uid_prefix: Option<String>,
+    /// The server's process id: its RSS (VmRSS) and CPU time are read from /proc before and
+    /// after connecting.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Worker threads of the bench's runtime (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Reads `250ms`, `5s`, `2m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 5s or 2m"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown duration unit {other:?} (ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let args = BenchArgs::parse_from(["bench", "unicast", "--terminals", "20"]);
+        assert_eq!(args.scenario, Scenario::Unicast);
+        assert_eq!(args.terminals, 20);
+        assert_eq!(args.transport, TransportKind::Tcp);
+        assert_eq!(args.hold, Duration::from_secs(5));
+        assert_eq!(args.kind.default_topic(), "push");
+    }
+}

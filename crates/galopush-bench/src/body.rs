@@ -1,0 +1,63 @@
+//! The body of a bench message, `{"seq":S,"t":T}`: which message it is and when it was sent
+//! (µs since the bench started). Written straight into the `/mpub` line, escaped as the JSON
+//! string it travels in, and read back on the receive path without allocating.
+
+use std::io::Write;
+
+/// Appends the body as it appears inside a JSON string: `{\"seq\":S,\"t\":T}`.
+pub(crate) fn write_escaped(out: &mut Vec<u8>, seq: u64, sent_us: u64) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, r#"{{\"seq\":{seq},\"t\":{sent_us}}}"#);
+}
+
+/// The sequence number and send time of a body written by [`write_escaped`], once unescaped
+/// by the server; `None` for anything else.
+pub(crate) fn parse(body: &[u8]) -> Option<(u64, u64)> {
+    let rest = body.strip_prefix(br#"{"seq":"#)?;
+    let (seq, rest) = number(rest)?;
+    let rest = rest.strip_prefix(br#","t":"#)?;
+    let (sent_us, rest) = number(rest)?;
+    (rest == b"}").then_some((seq, sent_us))
+}
+
+/// A decimal number at the start of `text` (at most 19 digits, so it fits a u64) and the rest.
+fn number(text: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let value = text[..digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some((value, &text[digits..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_through_json() {
+        let mut line = b"{\"body\":\"".to_vec();
+        write_escaped(&mut line, 42, 1_234_567);
+        line.extend_from_slice(b"\"}");
+        let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+        let body = value["body"].as_str().expect("a string");
+        assert_eq!(body, r#"{"seq":42,"t":1234567}"#);
+        assert_eq!(parse(body.as_bytes()), Some((42, 1_234_567)));
+    }
+
+    #[test]
+    fn rejects_other_bodies() {
+        for body in [
+            &b""[..],
+            b"hello",
+            br#"{"seq":1}"#,
+            br#"{"seq":,"t":2}"#,
+            br#"{"seq":1,"t":2} "#,
+            br#"{"seq":99999999999999999999,"t":2}"#,
+        ] {
+            assert_eq!(parse(body), None, "{:?}", String::from_utf8_lossy(body));
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The terminals of a run: one task each, which connects, registers, then acks and checks every
+//! message it receives until the run stops. A terminal owns everything it records (which
+//! messages it saw, their latencies); the only things shared on the receive path are a few
+//! atomic counters the controller polls.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use galopush_client::{Down, TermType, Terminal, Transport};
+use galopush_protocol::message::{REGRESP_AUTH_FAILED, REGRESP_OK};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::body;
+
+/// How long a terminal waits before trying again after REGRESP 3 while the logins may still be
+/// on their way through the bus.
+const LOGIN_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Which messages a terminal should receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expectation {
+    /// None at all.
+    Nothing,
+    /// Message `seq` (of `messages`) goes to terminal `seq % terminals` only.
+    Unicast { terminals: u64, messages: u64 },
+    /// Every message (of `messages`) goes to every terminal.
+    Fanout { messages: u64 },
+}
+
+impl Expectation {
+    /// How many messages terminal `index` should receive.
+    pub fn count_for(self, index: u64) -> u64 {
+        match self {
+            Expectation::Nothing => 0,
+            Expectation::Unicast {
+                terminals,
+                messages,
+            } => messages.saturating_sub(index).div_ceil(terminals),
+            Expectation::Fanout { messages } => messages,
+        }
+    }
+
+    /// How many deliveries `seq_count` messages make among `terminals` terminals.
+    pub fn deliveries_of(self, seq_count: u64, terminals: u64) -> u64 {
+        match self {
+            Expectation::Nothing => 0,
+            Expectation::Unicast { .. } => seq_count,
+            Expectation::Fanout { .. } => seq_count * terminals,
+        }
+    }
+
+    /// Where message `seq` goes among terminal `index`'s expected messages, or `None` when it
+    /// is not for that terminal.
+    fn slot(self, index: u64, seq: u64) -> Option<usize> {
+        match self {
+            Expectation::Nothing => None,
+            Expectation::Unicast {
+                terminals,
+                messages,
+            } => (seq < messages && seq % terminals == index)
+                .then(|| usize::try_from(seq / terminals).ok())
+                .flatten(),
+            Expectation::Fanout { messages } => (seq < messages)
+                .then(|| usize::try_from(seq).ok())
+                .flatten(),
+        }
+    }
+}
+
+/// Counters every terminal adds to and the controller reads while the run goes on.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Terminals whose connection is open.
+    pub connected: AtomicU64,
+    /// Terminals that got REGRESP 0.
+    pub registered: AtomicU64,
+    /// Terminals done with connecting and registering, either way.
+    pub settled: AtomicU64,
+    /// Expected messages received for the first time.
+    pub delivered: AtomicU64,
+    /// When the last connection opened (µs since the bench started).
+    pub last_connect_us: AtomicU64,
+    /// When the last REGRESP 0 arrived (µs since the bench started).
+    pub last_register_us: AtomicU64,
+}
+
+/// What all terminals of a run share.
+#[derive(Debug)]
+pub(crate) struct Fleet {
+    pub transport: Transport,
+    pub term: TermType,
+    /// The bench's clock: every time in a body or a report is µs since this instant.
+    pub epoch: Instant,
+    pub expectation: Expectation,
+    pub progress: Progress,
+    /// Cancelled when the run is over: every terminal hands its outcome back.
+    pub stop: CancellationToken,
+    /// Bound on a connect and on waiting for a REGRESP.
+    pub register_timeout: Duration,
+    /// Connects and registrations in flight at once.
+    pub gate: Semaphore,
+    /// New connections per second, if paced, from when the connect phase started.
+    pub connect_pace: Option<(Instant, f64)>,
+    /// Until when REGRESP 3 is taken as "the login is not in force yet" and retried (a bus
+    /// such as NSQ does not keep the logins in order, so the probe proves less there).
+    pub login_deadline: Option<Instant>,
+}
+
+impl Fleet {
+    /// µs since the bench started.
+    pub fn now_us(&self) -> u64 {
+        micros(self.epoch.elapsed())
+    }
+}
+
+/// µs in `d`, saturating.
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Who one terminal is and where it connects.
+#[derive(Debug, Clone)]
+pub(crate) struct TerminalSpec {
+    pub index: u64,
+    pub uid: String,
+    pub token: String,
+    /// The comet's listener, `host:port`.
+    pub addr: Arc<str>,
+    /// The local address to connect from, when spread over several.
+    pub source: Option<IpAddr>,
+}
+
+/// Where a terminal failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    Connect,
+    Register,
+    Protocol,
+}
+
+/// What one terminal saw, handed back when the run stops.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub registered: bool,
+    /// REGISTERs repeated after REGRESP 3 while the logins were not in force yet.
+    pub register_retries: u64,
+    pub connect_errors: u64,
+    pub register_errors: u64,
+    pub protocol_errors: u64,
+    pub first_error: Option<String>,
+    /// Expected messages received (each once).
+    pub received: u64,
+    pub duplicates: u64,
+    /// When the last expected message arrived (µs since the bench started).
+    pub last_delivery_us: u64,
+    /// Publish-to-receive latency of each expected message, in µs.
+    pub latencies: Vec<u32>,
+}
+
+impl Outcome {
+    fn new() -> Outcome {
+        Outcome {
+            registered: false,
+            register_retries: 0,
+            connect_errors: 0,
+            register_errors: 0,
+            protocol_errors: 0,
+            first_error: None,
+            received: 0,
+            duplicates: 0,
+            last_delivery_us: 0,
+            latencies: Vec::new(),
+        }
+    }
+
+    /// A terminal task that ended without handing back what it saw.
+    pub fn lost_task(why: String) -> Outcome {
+        let mut outcome = Outcome::new();
+        outcome.fail(FailureKind::Protocol, why);
+        outcome
+    }
+
+    fn fail(&mut self, kind: FailureKind, why: String) {
+        match kind {
+            FailureKind::Connect => self.connect_errors += 1,
+            FailureKind::Register => self.register_errors += 1,
+            FailureKind::Protocol => self.protocol_errors += 1,
+        }
+        self.first_error.get_or_insert(why);
+    }
+}
+
+/// Runs one terminal: connect, register, then receive until the run stops.
+pub(crate) async fn run_terminal(spec: TerminalSpec, fleet: Arc<Fleet>) -> Outcome {
+    let mut outcome = Outcome::new();
+    let terminal = connect_and_register(&spec, &fleet, &mut outcome).await;
+    fleet.progress.settled.fetch_add(1, Ordering::Relaxed);
+    if let Some(terminal) = terminal {
+        receive(terminal, &spec, &fleet, &mut outcome).await;
+    }
+    outcome
+}
+
+async fn connect_and_register(
+    spec: &TerminalSpec,
+    fleet: &Fleet,
+    outcome: &mut Outcome,
+) -> Option<Terminal> {
+    if let Some((start, rate)) = fleet.connect_pace {
+        let due = start + Duration::from_secs_f64(spec.index as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+    }
+    // The semaphore is never closed, so acquiring only fails if it were.
+    let _permit = fleet.gate.acquire().await.ok()?;
+    let mut counted_connect = false;
+    loop {
+        let connect = Terminal::connect_from(&spec.addr, fleet.transport, spec.source);
+        let mut terminal = match tokio::time::timeout(fleet.register_timeout, connect).await {
+            Ok(Ok(terminal)) => terminal,
+            Ok(Err(e)) => {
+                outcome.fail(
+                    FailureKind::Connect,
+                    format!("connect to {}: {e}", spec.addr),
+                );
+                return None;
+            }
+            Err(_) => {
+                outcome.fail(
+                    FailureKind::Connect,
+                    format!(
+                        "connect to {}: no answer within {:?}",
+                        spec.addr, fleet.register_timeout
+                    ),
+                );
+                return None;
+            }
+        };
+        if !counted_connect {
+            counted_connect = true;
+            fleet.progress.connected.fetch_add(1, Ordering::Relaxed);
+            fleet
+                .progress
+                .last_connect_us
+                .fetch_max(fleet.now_us(), Ordering::Relaxed);
+        }
+        let register = terminal.register(&spec.uid, &spec.token, fleet.term);
+        let why = match tokio::time::timeout(fleet.register_timeout, register).await {
+            Ok(Ok(REGRESP_OK)) => {
+                outcome.registered = true;
+                fleet.progress.registered.fetch_add(1, Ordering::Relaxed);
+                fleet
+                    .progress
+                    .last_register_us
+                    .fetch_max(fleet.now_us(), Ordering::Relaxed);
+                return Some(terminal);
+            }
+            Ok(Ok(REGRESP_AUTH_FAILED))
+                if fleet.login_deadline.is_some_and(|d| Instant::now() < d) =>
+            {
+                outcome.register_retries += 1;
+                drop(terminal);
+                tokio::time::sleep(LOGIN_RETRY_PAUSE).await;
+                continue;
+            }
+            Ok(Ok(code)) => format!("REGRESP {code}"),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no REGRESP within {:?}", fleet.register_timeout),
+        };
+        outcome.fail(
+            FailureKind::Register,
+            format!("register {}: {why}", spec.uid),
+        );
+        return None;
+    }
+}
+
+/// Acks and checks every message until the run stops or the connection fails.
+async fn receive(
+    mut terminal: Terminal,
+    spec: &TerminalSpec,
+    fleet: &Fleet,
+    outcome: &mut Outcome,
+) {
+    let expected = fleet.expectation.count_for(spec.index);
+    let expected_len = usize::try_from(expected).unwrap_or(usize::MAX);
+    let mut seen = vec![0u64; expected_len.div_ceil(64)];
+    outcome.latencies.reserve_exact(expected_len);
+    let stopped = fleet.stop.cancelled();
+    tokio::pin!(stopped);
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            next = terminal.recv() => next,
+        };
+        let (tid, down) = match next {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                outcome.fail(
+                    FailureKind::Protocol,
+                    format!("{}: the comet closed the connection", spec.uid),
+                );
+                return;
+            }
+            Err(e) => {
+                outcome.fail(FailureKind::Protocol, format!("{}: {e}", spec.uid));
+                return;
+            }
+        };
+        if let Err(e) = terminal.ack(tid, &down).await {
+            outcome.fail(FailureKind::Protocol, format!("{}: ack: {e}", spec.uid));
+            return;
+        }
+        let msg = match &down {
+            Down::Push {
+                offline: 0, msg, ..
+            }
+            | Down::Callback { msg }
+            | Down::Im { msg, .. } => msg,
+            Down::Kick { reason } => {
+                outcome.fail(
+                    FailureKind::Protocol,
+                    format!("{}: kicked with reason {reason}", spec.uid),
+                );
+                return;
+            }
+            other => {
+                outcome.fail(
+                    FailureKind::Protocol,
+                    format!("{}: unexpected {other:?}", spec.uid),
+                );
+                continue;
+            }
+        };
+        let now_us = fleet.now_us();
+        let slot = body::parse(msg)
+            .and_then(|(seq, sent_us)| Some((fleet.expectation.slot(spec.index, seq)?, sent_us)));
+        let Some((slot, sent_us)) = slot else {
+            outcome.fail(
+                FailureKind::Protocol,
+                format!(
+                    "{}: a message that is not one of its own: {:?}",
+                    spec.uid,
+                    String::from_utf8_lossy(msg)
+                ),
+            );
+            continue;
+        };
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        match seen.get_mut(word) {
+            Some(w) if *w & bit != 0 => outcome.duplicates += 1,
+            Some(w) => {
+                *w |= bit;
+                outcome.received += 1;
+                outcome.last_delivery_us = now_us;
+                outcome
+                    .latencies
+                    .push(u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX));
+                fleet.progress.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            None => outcome.fail(
+                FailureKind::Protocol,
+                format!("{}: message slot {slot} out of range", spec.uid),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unicast_shares_messages_round_robin() {
+        let e = Expectation::Unicast {
+            terminals: 3,
+            messages: 7,
+        };
+        assert_eq!(
+            (0..3).map(|i| e.count_for(i)).collect::<Vec<_>>(),
+            [3, 2, 2]
+        );
+        assert_eq!(e.slot(1, 4), Some(1));
+        assert_eq!(e.slot(1, 3), None);
+        assert_eq!(e.slot(1, 7), None);
+        let few = Expectation::Unicast {
+            terminals: 5,
+            messages: 2,
+        };
+        assert_eq!(few.count_for(4), 0);
+        assert_eq!(e.deliveries_of(7, 3), 7);
+    }
+
+    #[test]
+    fn fanout_sends_everything_everywhere() {
+        let e = Expectation::Fanout { messages: 4 };
+        assert_eq!(e.count_for(9), 4);
+        assert_eq!(e.slot(9, 3), Some(3));
+        assert_eq!(e.slot(9, 4), None);
+        assert_eq!(e.deliveries_of(4, 10), 40);
+        assert_eq!(Expectation::Nothing.slot(0, 0), None);
+    }
+}

@@ -1,0 +1,65 @@
+//! `galopush bench`, the load generator: many terminals against a server that speaks the
+//! galopush protocol, driven only through its public surfaces (the dispatcher, the comet's TCP
+//! and WebSocket listeners, nsqd-style `/pub` and `/mpub`), with the measurements a push
+//! gateway is judged by.
+//!
+//! - [`BenchArgs`]: the command line, which is also the library's input.
+//! - [`run`]: one run (idle, unicast, fanout or storm), returning a [`Report`].
+//! - [`main`]: what `galopush bench` does: a runtime, a run, the report on stdout, the exit
+//!   code.
+//!
+//! Every terminal acks what it receives and checks it was meant for it; the bodies carry their
+//! send time, so each delivery's publish-to-receive latency lands in an HDR histogram.
+#![forbid(unsafe_code)]
+
+mod args;
+mod body;
+mod error;
+mod fleet;
+mod publish;
+mod report;
+mod run;
+mod system;
+
+use std::process::ExitCode;
+
+pub use args::{BenchArgs, Framing, MessageKind, Scenario, TransportKind, parse_duration};
+pub use error::BenchError;
+pub use report::{
+    ConnectReport, DeliveryReport, ErrorReport, Latency, Phase, Rate, Report, ServerReport,
+};
+pub use run::run;
+
+/// Runs `galopush bench`: prints the report (text, or JSON with `--json`) and exits 0 when
+/// nothing was lost and nothing failed, 1 when something was, 2 when the run could not be made.
+pub fn main(args: BenchArgs) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = match builder.enable_all().build().map_err(BenchError::Runtime) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("galopush bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.text());
+            }
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("galopush bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The business side of a run: logins and messages published over HTTP with nsqd's `/pub` and
+//! `/mpub` semantics (raw JSON, one message per line), in batches, optionally paced.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use galopush_protocol::bus::{self, UserOnlineState};
+use tokio::task::JoinSet;
+
+use crate::body;
+use crate::fleet::micros;
+
+/// Logins per `/mpub` request.
+const LOGIN_BATCH: usize = 1000;
+/// Largest `/mpub` body the bench sends (nsqd refuses bodies over 5 MiB by default).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// An HTTP endpoint with `/pub` and `/mpub`.
+#[derive(Debug, Clone)]
+pub(crate) struct Bus {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Bus {
+    pub fn new(client: reqwest::Client, base: &str) -> Bus {
+        Bus {
+            client,
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The URL publishing several messages on `topic`.
+    pub fn mpub_url(&self, topic: &str) -> String {
+        format!("{}/mpub?topic={topic}", self.base)
+    }
+
+    /// The URL publishing one message on `topic`.
+    pub fn pub_url(&self, topic: &str) -> String {
+        format!("{}/pub?topic={topic}", self.base)
+    }
+
+    /// POSTs `body` to `url`; anything but a 2xx answer is an error, described.
+    pub async fn post(&self, url: &str, body: Vec<u8>) -> Result<(), String> {
+        let response = self
+            .client
+            .post(url)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        Err(format!("POST {url}: HTTP {status}: {}", text.trim()))
+    }
+
+    /// Publishes a `userOnlineState` login for each `(uid, code)`, `/mpub` batches of
+    /// [`LOGIN_BATCH`], `publishers` at a time.
+    pub async fn login_all(
+        &self,
+        topic: &str,
+        logins: &[(String, String)],
+        termtype: u8,
+        publishers: usize,
+    ) -> Result<(), String> {
+        let url = Arc::<str>::from(self.mpub_url(topic));
+        let mut in_flight = JoinSet::new();
+        for chunk in logins.chunks(LOGIN_BATCH) {
+            let mut lines = Vec::with_capacity(chunk.len() * 96);
+            for (uid, code) in chunk {
+                lines.extend_from_slice(&login_line(uid, code, termtype));
+                lines.push(b'\n');
+            }
+            if in_flight.len() >= publishers {
+                joined(in_flight.join_next().await)?;
+            }
+            let (bus, url) = (self.clone(), url.clone());
+            in_flight.spawn(async move { bus.post(&url, lines).await });
+        }
+        while let Some(done) = in_flight.join_next().await {
+            joined(Some(done))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes one login with `/pub`.
+    pub async fn login_one(
+        &self,
+        topic: &str,
+        uid: &str,
+        code: &str,
+        termtype: u8,
+    ) -> Result<(), String> {
+        self.post(&self.pub_url(topic), login_line(uid, code, termtype))
+            .await
+    }
+}
+
+/// The result of a publishing task, as an error when it failed or panicked.
+fn joined(done: Option<Result<Result<(), String>, tokio::task::JoinError>>) -> Result<(), String> {
+    match done {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(format!("publishing task failed: {e}")),
+    }
+}
+
+/// A `userOnlineState` message as raw JSON.
+fn login_line(uid: &str, code: &str, termtype: u8) -> Vec<u8> {
+    bus::encode(
+        &UserOnlineState {
+            uid: uid.to_owned(),
+            termtype,
+            code: code.to_owned(),
+            device_token: String::new(),
+            online: true,
+        },
+        false,
+    )
+}
+
+/// Who receives each message.
+#[derive(Debug)]
+pub(crate) enum Receivers {
+    /// Message `seq` goes to `uids[seq % uids.len()]`.
+    Unicast { uids: Vec<String>, termtype: u8 },
+    /// Every message goes to everyone: the line up to the body, written once.
+    Fanout { head: Vec<u8> },
+}
+
+impl Receivers {
+    /// Every uid in one receivers list.
+    pub fn fanout(uids: &[String], termtype: u8) -> Receivers {
+        let mut head = br#"{"receivers":["#.to_vec();
+        for (i, uid) in uids.iter().enumerate() {
+            if i > 0 {
+                head.push(b',');
+            }
+            // Writing into a Vec cannot fail.
+            let _ = write!(head, r#"{{"uid":"{uid}","termtype":{termtype}}}"#);
+        }
+        head.extend_from_slice(br#"],"flag":0,"body":""#);
+        Receivers::Fanout { head }
+    }
+
+    /// Appends message `seq`, sent at `sent_us`, as one `/mpub` line.
+    fn write_line(&self, out: &mut Vec<u8>, seq: u64, sent_us: u64) {
+        match self {
+            Receivers::Unicast { uids, termtype } => {
+                let uid = &uids[(seq % uids.len() as u64) as usize];
+                let _ = write!(
+                    out,
+                    r#"{{"receivers":[{{"uid":"{uid}","termtype":{termtype}}}],"flag":0,"body":""#
+                );
+            }
+            Receivers::Fanout { head } => out.extend_from_slice(head),
+        }
+        body::write_escaped(out, seq, sent_us);
+        out.extend_from_slice(b"\"}\n");
+    }
+
+    /// About how long one line is.
+    fn line_len(&self) -> usize {
+        let head = match self {
+            Receivers::Unicast { uids, .. } => 60 + uids.iter().map(String::len).max().unwrap_or(0),
+            Receivers::Fanout { head } => head.len(),
+        };
+        head + 48
+    }
+}
+
+/// The messages of a run and how to publish them.
+#[derive(Debug)]
+pub(crate) struct Messages {
+    pub url: String,
+    pub count: u64,
+    /// Messages per `/mpub` request, as asked.
+    pub batch: u64,
+    /// Messages per second, if paced.
+    pub rate: Option<f64>,
+    pub publishers: usize,
+    pub receivers: Receivers,
+}
+
+impl Messages {
+    /// Messages per request: as asked, but keeping each body under [`MAX_BATCH_BYTES`].
+    pub fn effective_batch(&self) -> u64 {
+        let fit = (MAX_BATCH_BYTES / self.receivers.line_len()).max(1) as u64;
+        self.batch.clamp(1, fit)
+    }
+}
+
+/// How publishing went.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    /// When the first request started (µs since the bench started).
+    pub first_start_us: u64,
+    /// When the last answer arrived (µs since the bench started).
+    pub last_done_us: u64,
+    /// Messages the server accepted.
+    pub accepted: u64,
+    /// Messages in requests that failed.
+    pub refused: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl Published {
+    fn merge(&mut self, other: Published) {
+        self.last_done_us = self.last_done_us.max(other.last_done_us);
+        self.accepted += other.accepted;
+        self.refused += other.refused;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Publishes every message, `publishers` requests at a time, each message's body carrying its
+/// send time in µs since `epoch`.
+pub(crate) async fn publish_messages(
+    bus: &Bus,
+    messages: Arc<Messages>,
+    epoch: Instant,
+) -> Published {
+    let start = Instant::now();
+    let batch = messages.effective_batch();
+    let batches = messages.count.div_ceil(batch);
+    let next = Arc::new(AtomicU64::new(0));
+    let url = Arc::<str>::from(messages.url.as_str());
+    let mut workers = JoinSet::new();
+    for _ in 0..messages.publishers.max(1) {
+        let (bus, url, messages, next) = (bus.clone(), url.clone(), messages.clone(), next.clone());
+        workers.spawn(async move {
+            let mut published = Published::default();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= batches {
+                    return published;
+                }
+                let first = index * batch;
+                let n = batch.min(messages.count - first);
+                let sent_us = match messages.rate {
+                    Some(rate) => {
+                        let due = start + Duration::from_secs_f64(first as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        micros(due - epoch)
+                    }
+                    None => micros(epoch.elapsed()),
+                };
+                let mut lines = Vec::with_capacity(n as usize * messages.receivers.line_len());
+                for seq in first..first + n {
+                    messages.receivers.write_line(&mut lines, seq, sent_us);
+                }
+                match bus.post(&url, lines).await {
+                    Ok(()) => published.accepted += n,
+                    Err(e) => {
+                        published.refused += n;
+                        published.errors += 1;
+                        published.first_error.get_or_insert(e);
+                    }
+                }
+                published.last_done_us = micros(epoch.elapsed());
+            }
+        });
+    }
+    let mut published = Published {
+        first_start_us: micros(start - epoch),
+        ..Published::default()
+    };
+    while let Some(done) = workers.join_next().await {
+        match done {
+            Ok(worker) => published.merge(worker),
+            Err(e) => {
+                published.errors += 1;
+                published
+                    .first_error
+                    .get_or_insert(format!("publisher task failed: {e}"));
+            }
+        }
+    }
+    published
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(receivers: &Receivers, seqs: std::ops::Range<u64>) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for seq in seqs {
+            receivers.write_line(&mut out, seq, 77);
+        }
+        out.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("each line is JSON"))
+            .collect()
+    }
+
+    #[test]
+    fn unicast_lines_are_downward_messages() {
+        let receivers = Receivers::Unicast {
+            uids: vec!["a".into(), "b".into()],
+            termtype: 1,
+        };
+        let got = lines(&receivers, 0..3);
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            got[1]["receivers"],
+            serde_json::json!([{"uid": "b", "termtype": 1}])
+        );
+        assert_eq!(got[2]["receivers"][0]["uid"], "a");
+        assert_eq!(got[2]["body"], r#"{"seq":2,"t":77}"#);
+        let parsed: bus::Downward =
+            bus::decode(serde_json::to_vec(&got[0]).expect("JSON").as_slice()).expect("Downward");
+        assert_eq!(parsed.flag, 0);
+    }
+
+    #[test]
+    fn fanout_lines_list_everyone() {
+        let receivers = Receivers::fanout(&["a".into(), "b".into(), "c".into()], 8);
+        let got = lines(&receivers, 5..6);
+        assert_eq!(got[0]["receivers"].as_array().map(Vec::len), Some(3));
+        assert_eq!(
+            got[0]["receivers"][2],
+            serde_json::json!({"uid": "c", "termtype": 8})
+        );
+        assert_eq!(got[0]["body"], r#"{"seq":5,"t":77}"#);
+    }
+
+    #[test]
+    fn big_fanout_batches_stay_small() {
+        let uids: Vec<String> = (0..15_000).map(|i| format!("b0a1b2c-{i}")).collect();
+        let messages = Messages {
+            url: String::new(),
+            count: 10,
+            batch: 100,
+            rate: None,
+            publishers: 1,
+            receivers: Receivers::fanout(&uids, 1),
+        };
+        let batch = messages.effective_batch();
+        assert!((1..100).contains(&batch));
+        assert!(batch as usize * messages.receivers.line_len() <= MAX_BATCH_BYTES);
+    }
+
+    #[test]
+    fn login_lines_are_user_online_states() {
+        let line = login_line("u1", "c1", 8);
+        let state: UserOnlineState = bus::decode(&line).expect("a login");
+        assert_eq!(
+            (state.uid.as_str(), state.termtype, state.online),
+            ("u1", 8, true)
+        );
+        assert_eq!(state.code, "c1");
+    }
+}

@@ -1,0 +1,427 @@
+//! What a run found: rates, deliveries, latency percentiles, errors, CPU per phase and the
+//! server's memory, as plain text for people and as JSON for scripts.
+
+use std::fmt::Write;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::args::{Framing, MessageKind, Scenario, TransportKind};
+
+/// The full result of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub transport: TransportKind,
+    /// Body encoding of TCP terminals.
+    pub encoding: Option<u8>,
+    /// Framing of WebSocket terminals.
+    pub framing: Option<Framing>,
+    pub terminals: u64,
+    /// Cores of the machine (CPU shares below are of all of them).
+    pub cores: usize,
+    /// The bench's open-files limit.
+    pub open_files_limit: u64,
+    /// The `userOnlineState` logins, when published.
+    pub login: Option<Rate>,
+    /// The dispatcher's answers, when asked.
+    pub dispatch: Option<Rate>,
+    pub connect: ConnectReport,
+    /// How long idle held the terminals.
+    pub hold_seconds: Option<f64>,
+    /// Unicast and fanout.
+    pub delivery: Option<DeliveryReport>,
+    pub errors: ErrorReport,
+    pub phases: Vec<Phase>,
+    /// Given --server-pid.
+    pub server: Option<ServerReport>,
+}
+
+/// `count` things done in `seconds`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rate {
+    pub count: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+}
+
+impl Rate {
+    pub fn new(count: u64, seconds: f64) -> Rate {
+        Rate {
+            count,
+            seconds,
+            per_second: per_second(count, seconds),
+        }
+    }
+}
+
+fn per_second(count: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// Connecting and registering, timed from the start of the connect phase.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ConnectReport {
+    /// Connections opened until the last one opened.
+    pub connects: Rate,
+    /// REGRESP 0 received until the last one arrived.
+    pub registrations: Rate,
+    /// REGISTERs repeated after REGRESP 3 because a login was not in force yet.
+    pub register_retries: u64,
+}
+
+/// Publishing and delivering messages.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryReport {
+    pub kind: MessageKind,
+    pub topic: String,
+    pub messages: u64,
+    /// Messages per `/mpub` request.
+    pub batch: u64,
+    pub publishers: usize,
+    /// Messages per second asked for, if paced.
+    pub rate: Option<f64>,
+    /// Messages the server accepted, from the first request to the last answer.
+    pub published: Rate,
+    /// Deliveries expected from the accepted messages.
+    pub expected: u64,
+    /// Expected deliveries received and acked (each counted once), from the first publish to
+    /// the last of them.
+    pub delivered: Rate,
+    /// Expected but never received within the drain timeout.
+    pub lost: u64,
+    /// Deliveries received more than once.
+    pub duplicates: u64,
+    /// Publish-to-receive latency of the deliveries.
+    pub latency: Option<Latency>,
+}
+
+/// Latency percentiles, µs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+/// Failures, counted by where they happened, with the first few described.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ErrorReport {
+    /// Connections that could not be opened.
+    pub connect: u64,
+    /// REGISTERs refused, unanswered or failed.
+    pub register: u64,
+    /// Broken connections, kicks, undecodable or unexpected messages.
+    pub protocol: u64,
+    /// `/mpub` requests refused or failed.
+    pub publish: u64,
+    pub samples: Vec<String>,
+}
+
+impl ErrorReport {
+    /// How many samples a report keeps.
+    pub const SAMPLES: usize = 8;
+
+    pub fn total(&self) -> u64 {
+        self.connect + self.register + self.protocol + self.publish
+    }
+
+    /// Keeps `why` if there is room for another sample.
+    pub fn sample(&mut self, why: String) {
+        if self.samples.len() < Self::SAMPLES {
+            self.samples.push(why);
+        }
+    }
+}
+
+/// Wall and CPU time of one phase of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub wall_seconds: f64,
+    pub bench_user_seconds: f64,
+    pub bench_system_seconds: f64,
+    /// The bench's CPU time over the wall time of all cores (1.0: every core busy).
+    pub bench_cores_share: f64,
+    pub server_cpu_seconds: Option<f64>,
+    pub server_cores_share: Option<f64>,
+}
+
+/// The server's resident memory (VmRSS) at the points of the run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ServerReport {
+    pub pid: u32,
+    pub rss_kib_start: Option<u64>,
+    pub rss_kib_before_connect: Option<u64>,
+    /// After every terminal registered (for idle: at the end of the hold).
+    pub rss_kib_after_connect: Option<u64>,
+    /// At the end of the run, before the terminals disconnect.
+    pub rss_kib_end: Option<u64>,
+    /// (after connect − before connect) / registered terminals.
+    pub rss_bytes_per_connection: Option<f64>,
+}
+
+impl Report {
+    /// Expected deliveries never received.
+    pub fn lost(&self) -> u64 {
+        self.delivery.as_ref().map_or(0, |d| d.lost)
+    }
+
+    /// Nothing lost and no error: what the exit code tells.
+    pub fn is_clean(&self) -> bool {
+        self.lost() == 0 && self.errors.total() == 0
+    }
+
+    /// The report as JSON.
+    pub fn json(&self) -> String {
+        // Plain numbers, strings and enums: serialising cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The report for people.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = self.write_text(&mut out);
+        out
+    }
+
+    fn write_text(&self, out: &mut String) -> std::fmt::Result {
+        let how = match (self.encoding, self.framing) {
+            (Some(encoding), _) => format!("encoding {encoding}"),
+            (None, Some(framing)) => format!("{} framing", name(framing)),
+            (None, None) => String::new(),
+        };
+        writeln!(
+            out,
+            "galopush bench {}: {} {} terminals ({how}); {} cores, open files limit {}",
+            name(self.scenario),
+            self.terminals,
+            name(self.transport),
+            self.cores,
+            self.open_files_limit
+        )?;
+        if let Some(login) = &self.login {
+            writeln!(
+                out,
+                "login      {} in force after {}",
+                login.count,
+                rate(login)
+            )?;
+        }
+        if let Some(dispatch) = &self.dispatch {
+            writeln!(
+                out,
+                "dispatch   {} answers in {}",
+                dispatch.count,
+                rate(dispatch)
+            )?;
+        }
+        let c = &self.connect;
+        writeln!(
+            out,
+            "connect    {} connected in {}; {} registered in {}; {} register retries",
+            c.connects.count,
+            rate(&c.connects),
+            c.registrations.count,
+            rate(&c.registrations),
+            c.register_retries
+        )?;
+        if let Some(hold) = self.hold_seconds {
+            writeln!(out, "hold       {hold:.1} s")?;
+        }
+        if let Some(d) = &self.delivery {
+            let pace = d
+                .rate
+                .map_or("at full speed".to_owned(), |r| format!("paced at {r:.0}/s"));
+            writeln!(
+                out,
+                "publish    {} {} messages on {} in /mpub batches of {} by {} publishers {pace}: \
+                 {} accepted in {}",
+                d.messages,
+                name(d.kind),
+                d.topic,
+                d.batch,
+                d.publishers,
+                d.published.count,
+                rate(&d.published)
+            )?;
+            writeln!(
+                out,
+                "deliver    {} of {} acked in {} (first publish to last ack); lost {}, duplicates {}",
+                d.delivered.count,
+                d.expected,
+                rate(&d.delivered),
+                d.lost,
+                d.duplicates
+            )?;
+            if let Some(l) = &d.latency {
+                writeln!(
+                    out,
+                    "latency    p50 {}, p99 {}, p99.9 {}, max {}, mean {} ({} samples)",
+                    ms(l.p50_us as f64),
+                    ms(l.p99_us as f64),
+                    ms(l.p999_us as f64),
+                    ms(l.max_us as f64),
+                    ms(l.mean_us),
+                    l.samples
+                )?;
+            }
+        }
+        let e = &self.errors;
+        writeln!(
+            out,
+            "errors     {} (connect {}, register {}, protocol {}, publish {})",
+            e.total(),
+            e.connect,
+            e.register,
+            e.protocol,
+            e.publish
+        )?;
+        for sample in &e.samples {
+            writeln!(out, "           {sample}")?;
+        }
+        writeln!(
+            out,
+            "phase      {:>8} {:>10} {:>10} {:>7} {:>10} {:>7}",
+            "wall s", "bench usr", "bench sys", "share", "server cpu", "share"
+        )?;
+        for p in &self.phases {
+            writeln!(
+                out,
+                "{:<10} {:>8.2} {:>10.2} {:>10.2} {:>6.0}% {:>10} {:>7}",
+                p.name,
+                p.wall_seconds,
+                p.bench_user_seconds,
+                p.bench_system_seconds,
+                p.bench_cores_share * 100.0,
+                p.server_cpu_seconds
+                    .map_or("-".to_owned(), |s| format!("{s:.2}")),
+                p.server_cores_share
+                    .map_or("-".to_owned(), |s| format!("{:.0}%", s * 100.0)),
+            )?;
+        }
+        if let Some(s) = &self.server {
+            writeln!(
+                out,
+                "server rss pid {}: {} at start, {} before connecting, {} after, {} at the end; \
+                 {} per connection",
+                s.pid,
+                kib(s.rss_kib_start),
+                kib(s.rss_kib_before_connect),
+                kib(s.rss_kib_after_connect),
+                kib(s.rss_kib_end),
+                s.rss_bytes_per_connection
+                    .map_or("-".to_owned(), |b| format!("{:.0} bytes", b))
+            )?;
+        }
+        if self.is_clean() {
+            writeln!(out, "result     OK")
+        } else {
+            writeln!(
+                out,
+                "result     FAILED: {} lost, {} errors",
+                self.lost(),
+                self.errors.total()
+            )
+        }
+    }
+}
+
+/// The command-line name of a value.
+fn name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_owned())
+}
+
+fn rate(r: &Rate) -> String {
+    format!("{:.2} s ({:.0}/s)", r.seconds, r.per_second)
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2} ms", us / 1000.0)
+}
+
+fn kib(k: Option<u64>) -> String {
+    k.map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            scenario: Scenario::Unicast,
+            transport: TransportKind::Tcp,
+            encoding: Some(0),
+            framing: None,
+            terminals: 2,
+            cores: 2,
+            open_files_limit: 20_000,
+            login: Some(Rate::new(2, 0.5)),
+            dispatch: None,
+            connect: ConnectReport {
+                connects: Rate::new(2, 0.1),
+                registrations: Rate::new(2, 0.2),
+                register_retries: 0,
+            },
+            hold_seconds: None,
+            delivery: Some(DeliveryReport {
+                kind: MessageKind::Push,
+                topic: "push".into(),
+                messages: 4,
+                batch: 2,
+                publishers: 1,
+                rate: None,
+                published: Rate::new(4, 0.01),
+                expected: 4,
+                delivered: Rate::new(4, 0.02),
+                lost: 0,
+                duplicates: 0,
+                latency: Some(Latency {
+                    samples: 4,
+                    mean_us: 1500.0,
+                    p50_us: 1200,
+                    p99_us: 2000,
+                    p999_us: 2000,
+                    max_us: 2100,
+                }),
+            }),
+            errors: ErrorReport::default(),
+            phases: vec![],
+            server: None,
+        }
+    }
+
+    #[test]
+    fn clean_and_failed() {
+        let mut r = report();
+        assert!(r.is_clean());
+        assert!(r.text().contains("p99 2.00 ms"), "{}", r.text());
+        assert!(r.text().ends_with("result     OK\n"));
+        r.errors.protocol = 1;
+        assert!(!r.is_clean());
+        r.errors.protocol = 0;
+        if let Some(d) = &mut r.delivery {
+            d.lost = 1;
+        }
+        assert!(r.text().contains("FAILED: 1 lost"));
+    }
+
+    #[test]
+    fn json_has_the_numbers() {
+        let value: serde_json::Value = serde_json::from_str(&report().json()).expect("JSON");
+        assert_eq!(value["scenario"], "unicast");
+        assert_eq!(value["delivery"]["delivered"]["per_second"], 200.0);
+        assert_eq!(value["delivery"]["latency"]["p99_us"], 2000);
+    }
+}
