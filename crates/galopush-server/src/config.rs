@@ -176,6 +176,9 @@ pub struct BusConfig {
     /// [ext] Embedded bus: make each accepted message durable before answering `/pub`.
     /// Off trades the at-least-once promise across a crash for throughput.
     pub durable: bool,
+    /// [ext] NSQ: how often nsqd sends a heartbeat on each connection (nsqd accepts 1s up to
+    /// its `--max-heartbeat-interval`, 60s by default); two missed ones drop the connection.
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for BusConfig {
@@ -189,6 +192,7 @@ impl Default for BusConfig {
             webhook_url: String::new(),
             max_in_flight: 10_000,
             durable: true,
+            heartbeat_interval: Duration::from_secs(30),
         }
     }
 }
@@ -467,6 +471,12 @@ impl Config {
         }
         if self.bus.max_in_flight == 0 {
             return invalid("bus.max_in_flight", "must be at least 1");
+        }
+        if self.bus.heartbeat_interval < Duration::from_secs(1) {
+            return invalid(
+                "bus.heartbeat_interval",
+                "must be at least 1s (nsqd refuses less)",
+            );
         }
         let url = &self.bus.webhook_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {

@@ -42,6 +42,18 @@ pub fn routes(state: HttpState) -> Routes {
         .with_state(state)
 }
 
+/// The routes of a comet process (on `comet.rpc_addr`): health and metrics.
+pub fn comet_routes(metrics: Arc<Metrics>) -> Routes {
+    Routes::new()
+        .route("/metrics", get(comet_metrics))
+        .route("/healthz", get(|| async { "OK" }))
+        .with_state(metrics)
+}
+
+async fn comet_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    prometheus_text(&metrics)
+}
+
 /// Echoes an `Origin` with credentials allowed, as the original did, and answers preflights.
 async fn cors(request: Request, next: Next) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();
@@ -175,10 +187,14 @@ async fn comets(State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
+    prometheus_text(&state.metrics)
+}
+
+fn prometheus_text(metrics: &Metrics) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    (headers, state.metrics.render()).into_response()
+    (headers, metrics.render()).into_response()
 }

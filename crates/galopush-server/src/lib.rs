@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod cluster;
 pub mod comet;
 pub mod config;
 pub mod http;
@@ -13,4 +14,5 @@ pub mod metrics;
 pub mod router;
 pub mod sharded;
 pub mod standalone;
+pub mod start;
 pub mod store;

@@ -2,7 +2,9 @@
 //! asked for. Nothing else lives here.
 #![forbid(unsafe_code)]
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 
 use std::time::Duration;
@@ -11,6 +13,7 @@ use clap::{Parser, Subcommand};
 use galopush_client::shell::ShellOptions;
 use galopush_client::{Encoding, TermType, Transport, WebFraming};
 use galopush_server::config::Config;
+use galopush_server::start::StartError;
 
 /// galopush: a push gateway for mobile and web terminals.
 #[derive(Parser)]
@@ -28,9 +31,16 @@ struct Cli {
 enum Command {
     /// Router, comet, embedded bus and embedded store in one process.
     Standalone,
+    /// A cluster router: login records, routing, kicks, dispatch; comets join it over gRPC.
+    Router,
+    /// A cluster comet: terminal connections; joins every router in comet.router_rpc.
+    Comet,
     /// A terminal in the shell: dispatch, connect, register, print and ack what arrives; each
     /// line typed becomes an IM.
     Client(ClientArgs),
+    /// The load generator: many terminals, publishing, latency percentiles, throughput,
+    /// server memory.
+    Bench(galopush_bench::BenchArgs),
 }
 
 /// How `galopush client` connects.
@@ -140,27 +150,45 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+/// A server part, started with its configuration and a future that resolves on shutdown.
+type Part = fn(
+    Config,
+    Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> Pin<Box<dyn Future<Output = Result<(), StartError>>>>;
+
+/// Loads the configuration, sets up logging and runs a server part to the end.
+fn serve(config: Option<&PathBuf>, part: Part) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    galopush_server::logging::init(&config.log);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(part(config, Box::pin(shutdown_signal()))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("galopush: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Standalone => {
-            let config = match load_config(cli.config.as_ref()) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            galopush_server::logging::init(&config.log);
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(galopush_server::standalone::run(config, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("galopush: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Standalone => serve(cli.config.as_ref(), |config, stop| {
+            Box::pin(galopush_server::standalone::run(config, stop))
+        }),
+        Command::Router => serve(cli.config.as_ref(), |config, stop| {
+            Box::pin(galopush_server::cluster::run_router(config, stop))
+        }),
+        Command::Comet => serve(cli.config.as_ref(), |config, stop| {
+            Box::pin(galopush_server::cluster::run_comet(config, stop))
+        }),
+        Command::Bench(args) => galopush_bench::main(args),
         Command::Client(args) => {
             let rt = match runtime() {
                 Ok(rt) => rt,

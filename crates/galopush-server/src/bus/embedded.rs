@@ -17,7 +17,7 @@ use futures_util::FutureExt;
 use futures_util::future::Shared;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::{AcceptError, Intake, PublishError, Publisher, Retire, Ticket, Topic};
+use super::{AcceptError, Gate, Intake, PublishError, Publisher, Retire, Ticket, Topic};
 use crate::config::TopicsConfig;
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -68,6 +68,7 @@ impl EmbeddedInbox {
         router: Arc<Router>,
         durable: bool,
         max_in_flight: usize,
+        gate: Gate,
     ) -> Result<Arc<EmbeddedInbox>, StoreError> {
         let (queue, accepted) = mpsc::unbounded_channel();
         let (retired, retirements) = mpsc::unbounded_channel();
@@ -106,6 +107,7 @@ impl EmbeddedInbox {
             queue,
             retired,
             Arc::new(Semaphore::new(max_in_flight)),
+            gate,
         ));
         tokio::spawn(retire_loop(store, retirements));
         Ok(inbox)
@@ -176,7 +178,9 @@ async fn apply_loop(
     requeue: mpsc::UnboundedSender<Accepted>,
     retired: mpsc::UnboundedSender<u64>,
     in_flight: Arc<Semaphore>,
+    gate: Gate,
 ) {
+    gate.wait().await;
     while let Some(m) = accepted.recv().await {
         let seq = match m.seq {
             Seq::Pending(durable, i) => match durable.await {

@@ -1,8 +1,9 @@
 //! The business message bus (SPEC §7): inbound topics the router applies, outbound topics it
 //! publishes. Two kinds: [`embedded`] (HTTP `/pub` into a durable inbox, outbound topics POSTed
-//! to a webhook) and NSQ.
+//! to a webhook) and [`nsq`] (consumers and a producer on an existing NSQ deployment).
 
 pub mod embedded;
+pub mod nsq;
 pub mod ticket;
 
 use async_trait::async_trait;
@@ -55,6 +56,30 @@ impl Topic {
     /// The inbound topic with this configured name.
     pub fn from_name(name: &str, topics: &TopicsConfig) -> Option<Topic> {
         Topic::ALL.into_iter().find(|t| t.name(topics) == name)
+    }
+}
+
+/// Opens when the router may start applying inbound messages: at once in standalone; in a
+/// cluster, once the comets have had a moment to rejoin a starting router (so it knows where
+/// terminals are before it routes to them). Messages arriving before wait.
+#[derive(Clone)]
+pub struct Gate(tokio::sync::watch::Receiver<bool>);
+
+impl Gate {
+    /// A gate that is already open.
+    pub fn opened() -> Gate {
+        Gate(tokio::sync::watch::channel(true).1)
+    }
+
+    /// A closed gate and the way to open it.
+    pub fn closed() -> (tokio::sync::watch::Sender<bool>, Gate) {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        (open, Gate(gate))
+    }
+
+    /// Waits until the gate is open (or its opener is gone, which also lets traffic through).
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|open| *open).await;
     }
 }
 

@@ -282,8 +282,12 @@ impl CometShared {
         self.hasher.hash_one(uid) as usize % self.routers.len().max(1)
     }
 
-    /// Has a router authenticate a terminal, then tells the other routers it is live.
-    pub async fn register(&self, info: &SessionInfo) -> Result<Registration, LinkError> {
+    /// Has a router authenticate a terminal, then tells the other routers it is live. Returns
+    /// the router that authenticated it (its stored messages settle there) and its answer.
+    pub async fn register(
+        &self,
+        info: &SessionInfo,
+    ) -> Result<(RouterIdx, Registration), LinkError> {
         let n = self.routers.len();
         let start = self.first_router(&info.uid);
         let mut last = LinkError::Unavailable("no router configured".into());
@@ -304,7 +308,7 @@ impl CometShared {
                             }
                         }
                     }
-                    return Ok(reg);
+                    return Ok((at, reg));
                 }
                 Err(e) => last = e,
             }

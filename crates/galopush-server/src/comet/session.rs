@@ -31,7 +31,13 @@ pub async fn serve<T: Transport>(comet: Arc<CometShared>, mut transport: T) {
     let registered = await_register(&comet, &conn, &mut transport).await;
     comet.metrics.connections_unregistered.dec();
     let mut txns = Transactions::default();
-    if let Some((info, encoding, stored)) = registered {
+    if let Some(Registered {
+        info,
+        encoding,
+        router,
+        stored,
+    }) = registered
+    {
         let gauge = comet.metrics.connections(info.term).clone();
         gauge.inc();
         let mut session = Session {
@@ -42,7 +48,7 @@ pub async fn serve<T: Transport>(comet: Arc<CometShared>, mut transport: T) {
             next_tid: fastrand::u32(..),
             txns: &mut txns,
         };
-        session.run(&mut transport, stored).await;
+        session.run(&mut transport, router, stored).await;
         gauge.dec();
         comet.close_conn(conn.id);
         settle_leftovers(&comet, &conn, &mut txns);
@@ -91,13 +97,22 @@ fn log_error(comet: &CometShared, conn: &Conn, e: &TransportError) {
     }
 }
 
-/// Waits for a REGISTER (SPEC §5) and has it authenticated; returns the session, the encoding
-/// it registered with and its stored messages, or `None` if the connection is to be closed.
+/// A terminal that registered: who it is, the encoding it registered with, and its stored
+/// messages with the router that sent them.
+struct Registered {
+    info: SessionInfo,
+    encoding: Encoding,
+    router: RouterIdx,
+    stored: Vec<Delivery>,
+}
+
+/// Waits for a REGISTER (SPEC §5) and has it authenticated; `None` if the connection is to be
+/// closed.
 async fn await_register<T: Transport>(
     comet: &CometShared,
     conn: &Arc<Conn>,
     transport: &mut T,
-) -> Option<(SessionInfo, Encoding, Vec<Delivery>)> {
+) -> Option<Registered> {
     let deadline = Instant::now() + comet.settings.register_timeout;
     loop {
         let frame = tokio::select! {
@@ -145,12 +160,17 @@ async fn await_register<T: Transport>(
                     token: r.token.into(),
                 };
                 match comet.register(&info).await {
-                    Ok(Registration::Accepted { stored }) => {
+                    Ok((router, Registration::Accepted { stored })) => {
                         transport.write(encoding, tid, Down::RegResp { code: REGRESP_OK });
                         conn.set_registered(info.clone());
-                        return Some((info, encoding, stored));
+                        return Some(Registered {
+                            info,
+                            encoding,
+                            router,
+                            stored,
+                        });
                     }
-                    Ok(Registration::Refused) => {
+                    Ok((_, Registration::Refused)) => {
                         refuse(transport);
                         return None;
                     }
@@ -267,10 +287,14 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn run<T: Transport>(&mut self, transport: &mut T, stored: Vec<Delivery>) {
-        // Stored messages go first, each as a transaction with the router that made it (the
+    async fn run<T: Transport>(
+        &mut self,
+        transport: &mut T,
+        auth_router: RouterIdx,
+        stored: Vec<Delivery>,
+    ) {
+        // Stored messages go first, each as a transaction with the router that made them (the
         // one that authenticated the terminal).
-        let auth_router = self.comet.first_router(&self.info.uid);
         for delivery in stored {
             self.deliver(transport, auth_router, delivery);
         }

@@ -7,6 +7,7 @@
 //! authenticates it. A router sends deliveries and kicks to the comet holding a session; the
 //! comet settles every delivery (acked or failed) back to the router that sent it.
 
+pub mod grpc;
 pub mod local;
 
 use std::sync::Arc;

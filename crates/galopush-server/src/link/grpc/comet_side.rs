@@ -1,0 +1,323 @@
+//! The comet's end of the gRPC link: a [`RouterLink`] to one router that connects, joins,
+//! keeps the stream alive with heartbeats, and rejoins with back-off (re-reporting its
+//! sessions) whenever the stream breaks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Interval, MissedTickBehavior, timeout};
+use tonic::transport::Endpoint;
+
+use super::proto::{self, comet_message, router_message};
+use super::{
+    HEARTBEAT, REQUEST_TIMEOUT, SILENCE, commands_from_proto, delivery_from_proto, session_to_proto,
+};
+use crate::link::{
+    CometInfo, CometLink, ImUp, LinkError, Outcome, Registration, RouterLink, SessionInfo, Settle,
+};
+
+/// Longest wait between two attempts to reach a router.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What goes up the stream.
+enum Upward {
+    Message(comet_message::Body),
+    Settle(Settle),
+}
+
+/// A reply to a request, handed to the caller waiting for it.
+type Reply = router_message::Body;
+
+struct LinkState {
+    /// The router's RPC address, `host:port`.
+    addr: String,
+    /// Where to put upward messages while joined.
+    upward: Mutex<Option<mpsc::UnboundedSender<Upward>>>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_request: AtomicU64,
+}
+
+/// A comet's link to one router over gRPC.
+pub struct GrpcRouterLink {
+    state: Arc<LinkState>,
+}
+
+impl GrpcRouterLink {
+    /// A link to the router at `addr` (`host:port`); nothing happens until [`RouterLink::join`].
+    pub fn new(addr: &str) -> GrpcRouterLink {
+        GrpcRouterLink {
+            state: Arc::new(LinkState {
+                addr: addr.to_owned(),
+                upward: Mutex::new(None),
+                waiting: Mutex::new(HashMap::new()),
+                next_request: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    fn unavailable(&self) -> LinkError {
+        LinkError::Unavailable(format!("router {} not joined", self.state.addr))
+    }
+
+    fn send(&self, up: Upward) -> bool {
+        match &*self.state.upward.lock() {
+            Some(tx) => tx.send(up).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Sends a request and waits for its reply.
+    async fn request(
+        &self,
+        body: impl FnOnce(u64) -> comet_message::Body,
+    ) -> Result<Reply, LinkError> {
+        let id = self.state.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.state.waiting.lock().insert(id, tx);
+        if !self.send(Upward::Message(body(id))) {
+            self.state.waiting.lock().remove(&id);
+            return Err(self.unavailable());
+        }
+        match timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(LinkError::Unavailable(format!(
+                "router {} went away before answering",
+                self.state.addr
+            ))),
+            Err(_) => {
+                self.state.waiting.lock().remove(&id);
+                Err(LinkError::Unavailable(format!(
+                    "router {} did not answer within {REQUEST_TIMEOUT:?}",
+                    self.state.addr
+                )))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RouterLink for GrpcRouterLink {
+    async fn join(&self, info: CometInfo, comet: Arc<dyn CometLink>) -> Result<(), LinkError> {
+        tokio::spawn(keep_joined(self.state.clone(), info, comet));
+        Ok(())
+    }
+
+    async fn register(&self, session: SessionInfo) -> Result<Registration, LinkError> {
+        let s = session_to_proto(&session);
+        let reply = self
+            .request(|request| {
+                comet_message::Body::Register(proto::Register {
+                    request,
+                    session: Some(s),
+                })
+            })
+            .await?;
+        match reply {
+            router_message::Body::RegisterReply(r) if !r.error.is_empty() => {
+                Err(LinkError::Unavailable(r.error))
+            }
+            router_message::Body::RegisterReply(r) if r.accepted => Ok(Registration::Accepted {
+                stored: r.stored.into_iter().map(delivery_from_proto).collect(),
+            }),
+            router_message::Body::RegisterReply(_) => Ok(Registration::Refused),
+            _ => Err(LinkError::Unavailable("router answered out of turn".into())),
+        }
+    }
+
+    async fn opened(&self, session: SessionInfo) -> Result<(), LinkError> {
+        let s = session_to_proto(&session);
+        self.request(|request| {
+            comet_message::Body::Opened(proto::Opened {
+                request,
+                session: Some(s),
+            })
+        })
+        .await
+        .map(drop)
+    }
+
+    fn closed(&self, session: SessionInfo) {
+        self.send(Upward::Message(comet_message::Body::Closed(
+            proto::Closed {
+                session: Some(session_to_proto(&session)),
+            },
+        )));
+    }
+
+    fn settled(&self, settle: Settle) {
+        self.send(Upward::Settle(settle));
+    }
+
+    async fn im_up(&self, im: ImUp) -> Result<bool, LinkError> {
+        let reply = self
+            .request(|request| {
+                comet_message::Body::ImUp(proto::ImUp {
+                    request,
+                    uid: im.uid.to_string(),
+                    term: u32::from(im.term.bit()),
+                    body: im.body.to_vec(),
+                })
+            })
+            .await?;
+        match reply {
+            router_message::Body::ImUpReply(r) if !r.error.is_empty() => {
+                Err(LinkError::Unavailable(r.error))
+            }
+            router_message::Body::ImUpReply(r) => Ok(r.accepted),
+            _ => Err(LinkError::Unavailable("router answered out of turn".into())),
+        }
+    }
+}
+
+/// Connects and joins, again and again, for as long as the comet runs.
+async fn keep_joined(state: Arc<LinkState>, info: CometInfo, comet: Arc<dyn CometLink>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match joined_session(&state, &info, &comet).await {
+            Ok(()) => {
+                tracing::warn!(router = %state.addr, "router link closed; rejoining");
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                tracing::warn!(router = %state.addr, error = %e, "router link failed; retrying")
+            }
+        }
+        *state.upward.lock() = None;
+        // Requests in flight will never be answered on this stream.
+        state.waiting.lock().clear();
+        let jitter = backoff.mul_f64(fastrand::f64() * 0.3);
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One joined stream, from connect to break.
+async fn joined_session(
+    state: &LinkState,
+    info: &CometInfo,
+    comet: &Arc<dyn CometLink>,
+) -> Result<(), String> {
+    let endpoint = Endpoint::from_shared(format!("http://{}", state.addr))
+        .map_err(|e| format!("bad router address: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(HEARTBEAT)
+        .keep_alive_timeout(SILENCE)
+        .keep_alive_while_idle(true);
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let mut client = proto::router_client::RouterClient::new(channel);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let join = comet_message::Body::Join(proto::Join {
+        comet_id: info.id.clone(),
+        tcp: info.tcp.clone(),
+        ws: info.ws.clone(),
+        sessions: comet.live_sessions().iter().map(session_to_proto).collect(),
+    });
+    let mut ticker = tokio::time::interval(HEARTBEAT);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let upward = Outgoing {
+        first: Some(join),
+        rx,
+        carry: None,
+        ticker,
+    };
+    let response = client
+        .link(stream::unfold(upward, Outgoing::next))
+        .await
+        .map_err(|s| s.to_string())?;
+    let mut downward = response.into_inner();
+    match timeout(SILENCE, downward.message()).await {
+        Ok(Ok(Some(proto::RouterMessage {
+            body: Some(router_message::Body::Joined(_)),
+        }))) => {}
+        Ok(Ok(other)) => return Err(format!("router did not accept the join: {other:?}")),
+        Ok(Err(status)) => return Err(status.to_string()),
+        Err(_) => return Err("router did not answer the join".into()),
+    }
+    *state.upward.lock() = Some(tx);
+    tracing::info!(router = %state.addr, "joined router");
+    loop {
+        let message = match timeout(SILENCE, downward.message()).await {
+            Err(_) => return Err(format!("router silent for {SILENCE:?}")),
+            Ok(Err(status)) => return Err(status.to_string()),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(m))) => m,
+        };
+        match message.body {
+            Some(router_message::Body::Commands(c)) => comet.send(commands_from_proto(c.commands)),
+            Some(reply @ router_message::Body::RegisterReply(_)) => answer(state, reply),
+            Some(reply @ router_message::Body::OpenedReply(_)) => answer(state, reply),
+            Some(reply @ router_message::Body::ImUpReply(_)) => answer(state, reply),
+            Some(router_message::Body::Heartbeat(_) | router_message::Body::Joined(_)) | None => {}
+        }
+    }
+}
+
+fn answer(state: &LinkState, reply: Reply) {
+    let id = match &reply {
+        router_message::Body::RegisterReply(r) => r.request,
+        router_message::Body::OpenedReply(r) => r.request,
+        router_message::Body::ImUpReply(r) => r.request,
+        _ => return,
+    };
+    if let Some(waiter) = state.waiting.lock().remove(&id) {
+        let _ = waiter.send(reply);
+    }
+}
+
+/// The upward stream: the join, then queued messages (consecutive settles merged into one)
+/// and a heartbeat every [`HEARTBEAT`].
+struct Outgoing {
+    first: Option<comet_message::Body>,
+    rx: mpsc::UnboundedReceiver<Upward>,
+    carry: Option<Upward>,
+    ticker: Interval,
+}
+
+impl Outgoing {
+    async fn next(mut self) -> Option<(proto::CometMessage, Outgoing)> {
+        let body = match self.first.take() {
+            Some(join) => join,
+            None => {
+                let up = match self.carry.take() {
+                    Some(up) => up,
+                    None => tokio::select! {
+                        up = self.rx.recv() => up?,
+                        _ = self.ticker.tick() => Upward::Message(comet_message::Body::Heartbeat(proto::Heartbeat {})),
+                    },
+                };
+                match up {
+                    Upward::Message(body) => body,
+                    Upward::Settle(first) => {
+                        let mut settles = vec![first];
+                        while let Ok(next) = self.rx.try_recv() {
+                            match next {
+                                Upward::Settle(s) => settles.push(s),
+                                other => {
+                                    self.carry = Some(other);
+                                    break;
+                                }
+                            }
+                        }
+                        comet_message::Body::Settles(proto::Settles {
+                            settles: settles
+                                .into_iter()
+                                .map(|s| proto::Settle {
+                                    delivery: s.id,
+                                    acked: s.outcome == Outcome::Acked,
+                                })
+                                .collect(),
+                        })
+                    }
+                }
+            }
+        };
+        Some((proto::CometMessage { body: Some(body) }, self))
+    }
+}

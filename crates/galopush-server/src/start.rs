@@ -1,0 +1,150 @@
+//! What the server commands start the same way: the store, the bus, the router with its HTTP
+//! surface, and listeners whose errors name their setting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::bus::embedded::{EmbeddedInbox, EmbeddedOutbox};
+use crate::bus::nsq::{self, NsqIntake, NsqPublisher};
+use crate::bus::{Gate, Intake, Publisher};
+use crate::comet::BindError;
+use crate::config::{BusKind, Config, StoreKind};
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::router::{Router, RouterSettings};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::{OfflineLimits, Store, StoreError};
+
+/// Why a server command did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("bus: {0}")]
+    Nsq(#[from] galopush_nsq::Error),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The offline limits of the configuration.
+pub fn offline_limits(config: &Config) -> OfflineLimits {
+    OfflineLimits {
+        max_callbacks: config.delivery.max_offline_callbacks,
+        max_ims: config.delivery.max_offline_im,
+    }
+}
+
+/// Opens the configured store. If a Redis store does not answer, this fails within a few
+/// seconds.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let limits = offline_limits(config);
+    Ok(match config.store.kind {
+        StoreKind::Embedded => Arc::new(EmbeddedStore::open(&config.store.path, limits)?),
+        StoreKind::Memory => Arc::new(MemoryStore::new(limits)),
+        StoreKind::Redis => Arc::new(
+            RedisStore::open(&config.store.redis_url, &config.store.redis_prefix, limits).await?,
+        ),
+    })
+}
+
+/// Binds a listener; `key` is the setting the address came from.
+pub async fn listen(
+    addr: SocketAddr,
+    key: &'static str,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Listen { addr, key, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
+}
+
+/// A router with its store and the publishing side of its bus.
+pub struct RouterParts {
+    pub router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    /// The NSQ producer, with the NSQ bus.
+    producer: Option<galopush_nsq::Producer>,
+}
+
+/// Opens the store and the bus's publishing side and makes the router.
+pub async fn start_router(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<RouterParts, StartError> {
+    let store = open_store(config).await?;
+    // With the NSQ bus, outbound messages and `/pub` go to nsqd; the store keeps the rest.
+    let producer = match config.bus.kind {
+        BusKind::Nsq => Some(nsq::producer(&config.bus)?),
+        BusKind::Embedded => None,
+    };
+    let publisher: Arc<dyn Publisher> = match &producer {
+        Some(producer) => Arc::new(NsqPublisher::new(producer.clone(), config.bus.base64)),
+        None => {
+            EmbeddedOutbox::start(store.clone(), &config.bus.webhook_url, metrics.clone()).await?
+        }
+    };
+    let router = Router::new(
+        RouterSettings::from_config(config),
+        store.clone(),
+        publisher,
+        metrics.clone(),
+    );
+    Ok(RouterParts {
+        router,
+        metrics,
+        store,
+        producer,
+    })
+}
+
+impl RouterParts {
+    /// Starts taking inbound bus messages (applied once `gate` opens) and the router's upkeep;
+    /// returns the HTTP routes of SPEC §8.
+    pub async fn serve_bus(self, config: &Config, gate: Gate) -> Result<axum::Router, StartError> {
+        let intake: Arc<dyn Intake> = match self.producer {
+            Some(producer) => {
+                nsq::consume(self.router.clone(), &config.bus, gate)?;
+                Arc::new(NsqIntake::new(producer, self.router.clone()))
+            }
+            None => {
+                EmbeddedInbox::start(
+                    self.store,
+                    self.router.clone(),
+                    config.bus.durable,
+                    config.bus.max_in_flight,
+                    gate,
+                )
+                .await?
+            }
+        };
+        let upkeep = self.router.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                upkeep.housekeeping();
+            }
+        });
+        Ok(http::routes(HttpState {
+            router: self.router,
+            intake,
+            metrics: self.metrics,
+        }))
+    }
+}
