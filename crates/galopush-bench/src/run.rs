@@ -103,7 +103,9 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         register_timeout: args.register_timeout,
         gate: Semaphore::new(args.concurrency),
         connect_pace: paced.then_some((connect_start, args.connect_rate)),
-        login_deadline: login.is_some().then(|| connect_start + args.register_timeout),
+        login_deadline: login
+            .is_some()
+            .then(|| connect_start + args.register_timeout),
     });
     let terminals: Vec<_> = uids
         .iter()
