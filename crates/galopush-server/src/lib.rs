@@ -9,6 +9,7 @@ pub mod comet;
 pub mod config;
 pub mod http;
 pub mod link;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod router;

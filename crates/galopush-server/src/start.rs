@@ -68,7 +68,7 @@ pub async fn listen(
     key: &'static str,
 ) -> Result<(TcpListener, SocketAddr), StartError> {
     let error = |source| StartError::Listen { addr, key, source };
-    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let listener = crate::listener::bind(addr).map_err(error)?;
     let bound = listener.local_addr().map_err(error)?;
     Ok((listener, bound))
 }

@@ -112,13 +112,11 @@ impl Comet {
         routers: Vec<Arc<dyn RouterLink>>,
         metrics: Arc<Metrics>,
     ) -> Result<Comet, BindError> {
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| BindError { addr, what, source })
+        let bind = |addr: SocketAddr, what: &'static str| {
+            crate::listener::bind(addr).map_err(|source| BindError { addr, what, source })
         };
-        let tcp = bind(settings.tcp_addr, "comet.tcp_addr").await?;
-        let ws = bind(settings.ws_addr, "comet.ws_addr").await?;
+        let tcp = bind(settings.tcp_addr, "comet.tcp_addr")?;
+        let ws = bind(settings.ws_addr, "comet.ws_addr")?;
         let local = |l: &TcpListener, addr, what| {
             l.local_addr()
                 .map_err(|source| BindError { addr, what, source })
@@ -193,9 +191,14 @@ async fn accept_tcp(shared: Arc<CometShared>, listener: TcpListener) {
     }
 }
 
+/// The WebSocket read buffer each connection keeps. Web terminals send acks and short IMs: a
+/// small buffer keeps idle connections lean (SPEC targets ≤ 4 KiB per Web terminal), and a
+/// longer frame is still read whole, only in more reads.
+const WS_READ_BUFFER: usize = 256;
+
 async fn accept_ws(shared: Arc<CometShared>, listener: TcpListener) {
     let config = WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(shared.settings.max_body as usize))
         .max_frame_size(Some(shared.settings.max_body as usize));
