@@ -277,7 +277,8 @@ async fn connect_and_register(
     }
 }
 
-/// Acks and checks every message until the run stops or the connection fails.
+/// Acks and checks every message until the run stops or the connection fails. What has
+/// arrived together is acked in one write, as a terminal on a busy link would.
 async fn receive(
     mut terminal: Terminal,
     spec: &TerminalSpec,
@@ -291,82 +292,107 @@ async fn receive(
     let stopped = fleet.stop.cancelled();
     tokio::pin!(stopped);
     loop {
-        let next = tokio::select! {
+        let mut next = tokio::select! {
             biased;
             () = &mut stopped => return,
             next = terminal.recv() => next,
         };
-        let (tid, down) = match next {
-            Ok(Some(message)) => message,
-            Ok(None) => {
-                outcome.fail(
-                    FailureKind::Protocol,
-                    format!("{}: the comet closed the connection", spec.uid),
-                );
+        loop {
+            let (tid, down) = match next {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    outcome.fail(
+                        FailureKind::Protocol,
+                        format!("{}: the comet closed the connection", spec.uid),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    outcome.fail(FailureKind::Protocol, format!("{}: {e}", spec.uid));
+                    return;
+                }
+            };
+            if let Err(e) = terminal.feed_ack(tid, &down).await {
+                outcome.fail(FailureKind::Protocol, format!("{}: ack: {e}", spec.uid));
                 return;
             }
-            Err(e) => {
-                outcome.fail(FailureKind::Protocol, format!("{}: {e}", spec.uid));
+            if !check(&down, spec, fleet, &mut seen, outcome) {
                 return;
             }
-        };
-        if let Err(e) = terminal.ack(tid, &down).await {
+            match terminal.try_recv() {
+                Some(more) => next = more,
+                None => break,
+            }
+        }
+        if let Err(e) = terminal.flush().await {
             outcome.fail(FailureKind::Protocol, format!("{}: ack: {e}", spec.uid));
             return;
         }
-        let msg = match &down {
-            Down::Push {
-                offline: 0, msg, ..
-            }
-            | Down::Callback { msg }
-            | Down::Im { msg, .. } => msg,
-            Down::Kick { reason } => {
-                outcome.fail(
-                    FailureKind::Protocol,
-                    format!("{}: kicked with reason {reason}", spec.uid),
-                );
-                return;
-            }
-            other => {
-                outcome.fail(
-                    FailureKind::Protocol,
-                    format!("{}: unexpected {other:?}", spec.uid),
-                );
-                continue;
-            }
-        };
-        let now_us = fleet.now_us();
-        let slot = body::parse(msg)
-            .and_then(|(seq, sent_us)| Some((fleet.expectation.slot(spec.index, seq)?, sent_us)));
-        let Some((slot, sent_us)) = slot else {
+    }
+}
+
+/// Checks one message against what the terminal expects and records it; false when the
+/// terminal is to stop (it was kicked).
+fn check(
+    down: &Down,
+    spec: &TerminalSpec,
+    fleet: &Fleet,
+    seen: &mut [u64],
+    outcome: &mut Outcome,
+) -> bool {
+    let msg = match down {
+        Down::Push {
+            offline: 0, msg, ..
+        }
+        | Down::Callback { msg }
+        | Down::Im { msg, .. } => msg,
+        Down::Kick { reason } => {
             outcome.fail(
                 FailureKind::Protocol,
-                format!(
-                    "{}: a message that is not one of its own: {:?}",
-                    spec.uid,
-                    String::from_utf8_lossy(msg)
-                ),
+                format!("{}: kicked with reason {reason}", spec.uid),
             );
-            continue;
-        };
-        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
-        match seen.get_mut(word) {
-            Some(w) if *w & bit != 0 => outcome.duplicates += 1,
-            Some(w) => {
-                *w |= bit;
-                outcome.received += 1;
-                outcome.last_delivery_us = now_us;
-                outcome
-                    .latencies
-                    .push(u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX));
-                fleet.progress.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            None => outcome.fail(
-                FailureKind::Protocol,
-                format!("{}: message slot {slot} out of range", spec.uid),
-            ),
+            return false;
         }
+        other => {
+            outcome.fail(
+                FailureKind::Protocol,
+                format!("{}: unexpected {other:?}", spec.uid),
+            );
+            return true;
+        }
+    };
+    let now_us = fleet.now_us();
+    let slot = body::parse(msg)
+        .and_then(|(seq, sent_us)| Some((fleet.expectation.slot(spec.index, seq)?, sent_us)));
+    let Some((slot, sent_us)) = slot else {
+        outcome.fail(
+            FailureKind::Protocol,
+            format!(
+                "{}: a message that is not one of its own: {:?}",
+                spec.uid,
+                String::from_utf8_lossy(msg)
+            ),
+        );
+        return true;
+    };
+    let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+    match seen.get_mut(word) {
+        Some(w) if *w & bit != 0 => outcome.duplicates += 1,
+        Some(w) => {
+            *w |= bit;
+            outcome.received += 1;
+            outcome.last_delivery_us = now_us;
+            outcome
+                .latencies
+                .push(u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX));
+            fleet.progress.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        None => outcome.fail(
+            FailureKind::Protocol,
+            format!("{}: message slot {slot} out of range", spec.uid),
+        ),
     }
+    true
 }
 
 #[cfg(test)]

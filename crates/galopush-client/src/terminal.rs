@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use galopush_protocol::message::Register;
 use galopush_protocol::web::{self, WebFraming};
 use galopush_protocol::{ClientCodec, Down, Encoding, Frame, TermType, Up};
@@ -126,12 +126,29 @@ impl Terminal {
 
     /// Sends one message with transaction id `tid`.
     pub async fn send(&mut self, tid: u32, up: Up) -> Result<()> {
+        self.feed(tid, up).await?;
+        self.flush().await
+    }
+
+    /// Queues one message with transaction id `tid` without writing it out yet (it may be
+    /// written if the queue is full); [`Terminal::flush`] writes what is queued. Many messages
+    /// in one write cost the comet one read instead of one each.
+    pub async fn feed(&mut self, tid: u32, up: Up) -> Result<()> {
         match &mut self.link {
-            Link::Tcp { frames, encoding } => frames.send(Frame::new(*encoding, tid, up)).await?,
+            Link::Tcp { frames, encoding } => frames.feed(Frame::new(*encoding, tid, up)).await?,
             Link::Web { socket, framing } => {
                 let text = web::encode_up(tid, &up, *framing);
-                socket.send(Message::text(text)).await?;
+                socket.feed(Message::text(text)).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes out everything [`Terminal::feed`] queued.
+    pub async fn flush(&mut self) -> Result<()> {
+        match &mut self.link {
+            Link::Tcp { frames, .. } => SinkExt::<Frame<Up>>::flush(frames).await?,
+            Link::Web { socket, .. } => socket.flush().await?,
         }
         Ok(())
     }
@@ -145,6 +162,15 @@ impl Terminal {
             return Ok(Some(queued));
         }
         self.link.recv().await
+    }
+
+    /// The next message if it can be had without waiting: one kept while waiting for an answer,
+    /// or one already read off the connection. `None` when the terminal would have to wait.
+    pub fn try_recv(&mut self) -> Option<Result<Option<(u32, Down)>>> {
+        if let Some(queued) = self.queued.pop_front() {
+            return Some(Ok(Some(queued)));
+        }
+        self.link.recv().now_or_never()
     }
 
     /// [`Terminal::recv`], giving up with [`ClientError::Timeout`] after `wait`.
@@ -199,6 +225,12 @@ impl Terminal {
     /// CBRESP 0, IM with IMRESP 0, KICK with KICKRESP 0. Answers (REGRESP, PONG, IMRESP) need
     /// no ack, and nothing is sent for them.
     pub async fn ack(&mut self, tid: u32, down: &Down) -> Result<()> {
+        self.feed_ack(tid, down).await?;
+        self.flush().await
+    }
+
+    /// [`Terminal::ack`] without writing the ack out yet: [`Terminal::flush`] does.
+    pub async fn feed_ack(&mut self, tid: u32, down: &Down) -> Result<()> {
         let ack = match down {
             Down::Push { .. } => Up::PushResp { code: ACK_OK },
             Down::Callback { .. } => Up::CbResp { code: ACK_OK },
@@ -206,7 +238,7 @@ impl Terminal {
             Down::Kick { .. } => Up::KickResp { code: ACK_OK },
             Down::RegResp { .. } | Down::Pong { .. } | Down::ImResp { .. } => return Ok(()),
         };
-        self.send(tid, ack).await
+        self.feed(tid, ack).await
     }
 
     /// Sends bytes as they are, to test the comet's handling of bad input: on TCP straight on

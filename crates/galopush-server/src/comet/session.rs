@@ -7,7 +7,7 @@
 //! in two queues (push/IM and callback), each in deadline order because each has one fixed
 //! time-out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use galopush_protocol::message::{
@@ -23,6 +23,7 @@ use super::transport::{Transport, TransportError};
 use crate::link::{
     Delivery, DeliveryId, DeliveryKind, ImUp, Outcome, Registration, SessionInfo, Settle,
 };
+use crate::sharded::FastMap;
 
 /// Serves one connection from accept to close.
 pub async fn serve<T: Transport>(comet: Arc<CometShared>, mut transport: T) {
@@ -219,7 +220,7 @@ struct Txn {
 /// A connection's open transactions.
 #[derive(Default)]
 struct Transactions {
-    open: HashMap<u32, Txn>,
+    open: FastMap<u32, Txn>,
     /// Deadlines of pushes and IMs (`delivery.ack_timeout`), oldest first.
     short: VecDeque<(Instant, u32)>,
     /// Deadlines of callbacks (`delivery.callback_ack_timeout`), oldest first.
@@ -268,7 +269,7 @@ impl Transactions {
     /// Gives memory back once a burst is over.
     fn shrink(&mut self) {
         if self.open.is_empty() && self.open.capacity() > 0 {
-            self.open = HashMap::new();
+            self.open = FastMap::default();
             self.short = VecDeque::new();
             self.long = VecDeque::new();
         }

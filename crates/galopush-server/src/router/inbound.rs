@@ -146,7 +146,7 @@ impl Router {
 
     async fn apply_down(&self, kind: DeliveryKind, msg: Downward, ticket: Ticket) {
         let uids: Vec<&str> = msg.receivers.iter().map(|r| r.uid.as_str()).collect();
-        let logins = match self.store.logins(&uids).await {
+        let logged_in = match self.store.logged_in(&uids).await {
             Ok(l) => l,
             Err(e) => {
                 self.metrics.store_errors.inc();
@@ -158,21 +158,25 @@ impl Router {
         let body = Bytes::from(msg.body);
         let mut batches: Vec<(CometIdx, Vec<CometCommand>)> = Vec::new();
         let mut stores = Vec::new();
-        for (receiver, logins) in msg.receivers.iter().zip(logins) {
-            let uid: Arc<str> = Arc::from(receiver.uid.as_str());
+        for (receiver, logged_in) in msg.receivers.iter().zip(logged_in) {
             // Live or stored is decided, and the write queued, under the user's lock (see
             // `Router::register`).
-            let reached = self.sessions.locked(&uid, |slots| {
-                let flag = u8::from(slots.web_online());
+            let reached = self.sessions.viewed(&receiver.uid, |user| {
+                let flag = u8::from(user.web_online());
+                let mut uid = user.uid.cloned();
+                let mut uid = || {
+                    uid.get_or_insert_with(|| Arc::from(receiver.uid.as_str()))
+                        .clone()
+                };
                 let mut reached = false;
                 for term in TermMask(receiver.termtype).types() {
-                    if let Some(at) = slots.get(term) {
+                    if let Some(at) = user.get(term) {
                         reached = true;
                         let (comet, session) = (at.comet, at.session);
                         let id = self.pending.insert(PendingDelivery {
                             comet,
                             session,
-                            uid: uid.clone(),
+                            uid: uid(),
                             term,
                             kind,
                             body: body.clone(),
@@ -189,14 +193,14 @@ impl Router {
                             Some((_, commands)) => commands.push(command),
                             None => batches.push((comet, vec![command])),
                         }
-                    } else if logins.get(term).is_some() {
+                    } else if logged_in.contains(term) {
                         reached = true;
                         if term == TermType::Web {
                             self.metrics.dropped(Dropped::WebOffline).inc();
                         } else {
                             self.metrics.offline_stored(kind).inc();
                             stores.push(self.store.store_offline(vec![OfflineWrite {
-                                uid: uid.clone(),
+                                uid: uid(),
                                 term,
                                 message: offline_message(kind, flag, body.clone()),
                             }]));

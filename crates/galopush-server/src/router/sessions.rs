@@ -41,12 +41,35 @@ impl Live {
     }
 }
 
+/// One user's live terminals, read under the lock of the user's shard.
+pub struct View<'a> {
+    /// The user id as the table keeps it, to share instead of copying; `None` when the user has
+    /// no live terminal.
+    pub uid: Option<&'a Arc<str>>,
+    slots: &'a [(TermType, Location)],
+}
+
+impl View<'_> {
+    pub fn get(&self, term: TermType) -> Option<&Location> {
+        find(self.slots, term)
+    }
+
+    /// Whether the user's Web terminal is online (the flag of PUSH and IM).
+    pub fn web_online(&self) -> bool {
+        self.get(TermType::Web).is_some()
+    }
+}
+
+fn find(slots: &[(TermType, Location)], term: TermType) -> Option<&Location> {
+    slots.iter().find(|(t, _)| *t == term).map(|(_, l)| l)
+}
+
 /// One user's live terminals, seen under the lock of the user's shard.
 pub struct Slots<'a>(&'a mut Vec<(TermType, Location)>);
 
 impl Slots<'_> {
     pub fn get(&self, term: TermType) -> Option<&Location> {
-        self.0.iter().find(|(t, _)| *t == term).map(|(_, l)| l)
+        find(self.0, term)
     }
 
     /// Whether the user's Web terminal is online (the flag of PUSH and IM).
@@ -86,6 +109,23 @@ impl Sessions {
             shard.remove(uid);
         }
         result
+    }
+
+    /// Runs `f` on a user's live terminals with the user's shard locked, like
+    /// [`Sessions::locked`], for deciding without changing: a user with no live terminal costs
+    /// no entry and no copy of the uid.
+    pub fn viewed<R>(&self, uid: &str, f: impl FnOnce(View<'_>) -> R) -> R {
+        let shard = self.users.lock(uid);
+        f(match shard.get_key_value(uid) {
+            Some((key, user)) => View {
+                uid: Some(key),
+                slots: &user.slots,
+            },
+            None => View {
+                uid: None,
+                slots: &[],
+            },
+        })
     }
 
     /// Records a live terminal; returns the location it replaced, if another session held it.

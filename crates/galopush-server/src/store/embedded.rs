@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes};
-use galopush_protocol::TermType;
+use galopush_protocol::{TermMask, TermType};
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
@@ -517,11 +517,11 @@ impl Store for EmbeddedStore {
             .and_then(|l| l.get(term).cloned()))
     }
 
-    async fn logins(&self, uids: &[&str]) -> Result<Vec<UserLogins>, StoreError> {
+    async fn logged_in(&self, uids: &[&str]) -> Result<Vec<TermMask>, StoreError> {
         let logins = self.shared.logins.read();
         Ok(uids
             .iter()
-            .map(|uid| logins.get(*uid).cloned().unwrap_or_default())
+            .map(|uid| logins.get(*uid).map_or(TermMask(0), UserLogins::mask))
             .collect())
     }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use galopush_protocol::TermType;
+use galopush_protocol::{TermMask, TermType};
 use parking_lot::Mutex;
 
 use super::{
@@ -66,11 +66,11 @@ impl Store for MemoryStore {
             .and_then(|l| l.get(term).cloned()))
     }
 
-    async fn logins(&self, uids: &[&str]) -> Result<Vec<UserLogins>, StoreError> {
+    async fn logged_in(&self, uids: &[&str]) -> Result<Vec<TermMask>, StoreError> {
         let state = self.state.lock();
         Ok(uids
             .iter()
-            .map(|uid| state.logins.get(*uid).cloned().unwrap_or_default())
+            .map(|uid| state.logins.get(*uid).map_or(TermMask(0), UserLogins::mask))
             .collect())
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use galopush_protocol::TermType;
+use galopush_protocol::{TermMask, TermType};
 
 pub use offline::{Offline, OfflineKey, OfflineLimits, OfflineWrite, StoredItem, StoredPush};
 
@@ -54,6 +54,11 @@ impl UserLogins {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The terminal types that have a record.
+    pub fn mask(&self) -> TermMask {
+        self.0.iter().fold(TermMask(0), |m, (t, _)| m.with(*t))
     }
 
     /// The records, in terminal-type order.
@@ -115,8 +120,10 @@ pub trait Store: Send + Sync + 'static {
     /// One login record.
     async fn login(&self, uid: &str, term: TermType) -> Result<Option<LoginRecord>, StoreError>;
 
-    /// The login records of several users, in the order asked (one round trip where possible).
-    async fn logins(&self, uids: &[&str]) -> Result<Vec<UserLogins>, StoreError>;
+    /// Which terminal types of each user have a login record, in the order asked (one round
+    /// trip where possible). Planning a down-message needs no more than this, for every
+    /// receiver of every message, so it is kept cheaper than reading the records.
+    async fn logged_in(&self, uids: &[&str]) -> Result<Vec<TermMask>, StoreError>;
 
     /// Creates, replaces (`Some`) or removes (`None`) a login record.
     fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> StoreFuture;

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use galopush_protocol::TermType;
+use galopush_protocol::{TermMask, TermType};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, ServerErrorKind, Value};
@@ -721,7 +721,7 @@ impl Store for RedisStore {
         bulk(value)?.map(|bytes| decode_login(&bytes)).transpose()
     }
 
-    async fn logins(&self, uids: &[&str]) -> Result<Vec<UserLogins>, StoreError> {
+    async fn logged_in(&self, uids: &[&str]) -> Result<Vec<TermMask>, StoreError> {
         let calls = uids
             .iter()
             .map(|uid| {
@@ -739,7 +739,7 @@ impl Store for RedisStore {
         }
         replies
             .into_iter()
-            .map(|value| decode_logins(reply(value)?))
+            .map(|value| Ok(decode_logins(reply(value)?)?.mask()))
             .collect()
     }
 
@@ -987,9 +987,8 @@ mod tests {
         let t = TermType::Android;
         a.set_login("u", t, Some(record("c"))).await.expect("set");
         assert_eq!(b.login("u", t).await.expect("read"), Some(record("c")));
-        let logins = b.logins(&["u", "v"]).await.expect("read");
-        assert_eq!(logins[0].get(t), Some(&record("c")));
-        assert!(logins[1].is_empty());
+        let logged_in = b.logged_in(&["u", "v"]).await.expect("read");
+        assert_eq!(logged_in, [TermMask::from(t), TermMask(0)]);
 
         a.store_offline(vec![write("u", t, push("from a"))])
             .await
@@ -1116,7 +1115,7 @@ mod tests {
             matches!(r, Err(StoreError::Corrupt(_)))
         }
         assert!(corrupt(store.login("u", TermType::Android).await));
-        assert!(corrupt(store.logins(&["u"]).await));
+        assert!(corrupt(store.logged_in(&["u"]).await));
         assert!(corrupt(store.offline("u", TermType::Android).await));
         assert!(corrupt(
             store
