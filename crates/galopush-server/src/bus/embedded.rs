@@ -34,8 +34,9 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Where an inbound message's inbox sequence number comes from.
 enum Seq {
-    /// Being made durable together with the rest of its `/pub` or `/mpub`.
-    Pending(Shared<StoreFuture<Vec<u64>>>, usize),
+    /// Being made durable together with the rest of its `/pub` or `/mpub`; every message of
+    /// the request waits on the one write and reads its own number from the shared answer.
+    Pending(Shared<StoreFuture<Arc<[u64]>>>, usize),
     /// Already in the inbox.
     Known(u64),
     /// Not kept (`bus.durable = false`).
@@ -154,7 +155,10 @@ impl Intake for EmbeddedInbox {
                 .iter()
                 .map(|b| (topic_name.to_owned(), b.clone()))
                 .collect();
-            let durable = self.store.inbox_append(entries).shared();
+            let append = self.store.inbox_append(entries);
+            let durable: StoreFuture<Arc<[u64]>> =
+                Box::pin(async move { append.await.map(Arc::from) });
+            let durable = durable.shared();
             for (i, body) in bodies.into_iter().enumerate() {
                 let _ = self.queue.send(Accepted {
                     topic,
