@@ -167,6 +167,10 @@ impl Retire for NsqRetire {
         );
         self.message.req(delay);
     }
+
+    fn redelivered(&self) -> bool {
+        self.message.attempts > 1
+    }
 }
 
 /// The REQ delay after the `attempts`-th delivery failed: doubling from [`REQUEUE_DELAY`] up

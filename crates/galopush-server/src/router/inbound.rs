@@ -76,25 +76,42 @@ fn parse(topic: Topic, body: &[u8]) -> Result<Inbound, String> {
     }
 }
 
+/// A bus message that [`Router::check`] read and found well-formed, ready to apply without
+/// being parsed again.
+pub struct Checked(Inbound);
+
 impl Router {
     /// Checks a message without applying it; the reason names what is wrong.
     pub fn validate(&self, topic: Topic, body: &[u8]) -> Result<(), String> {
         parse(topic, body).map(drop)
     }
 
+    /// Checks a message and keeps what was read, for [`Router::apply_checked`].
+    pub fn check(&self, topic: Topic, body: &[u8]) -> Result<Checked, String> {
+        parse(topic, body).map(Checked)
+    }
+
     /// Applies one inbound message. `ticket` retires it once every effect is durable; a
     /// malformed message is logged, counted and retired.
     pub async fn apply(&self, topic: Topic, body: &[u8], ticket: Ticket) {
-        let counters = self.metrics.topic(topic);
-        counters.received.inc();
         match parse(topic, body) {
             Err(why) => {
+                let counters = self.metrics.topic(topic);
+                counters.received.inc();
                 counters.malformed.inc();
                 tracing::warn!(topic = topic.label(), reason = %why, "malformed bus message dropped");
             }
-            Ok(Inbound::Login(state, term)) => self.apply_login(state, term, ticket).await,
-            Ok(Inbound::Down(kind, msg)) => self.apply_down(kind, msg, ticket).await,
-            Ok(Inbound::Timeout(question, term)) => self.answer_timeout(question, term, ticket),
+            Ok(inbound) => self.apply_checked(topic, Checked(inbound), ticket).await,
+        }
+    }
+
+    /// Applies a message [`Router::check`] read, as [`Router::apply`] does.
+    pub async fn apply_checked(&self, topic: Topic, checked: Checked, ticket: Ticket) {
+        self.metrics.topic(topic).received.inc();
+        match checked.0 {
+            Inbound::Login(state, term) => self.apply_login(state, term, ticket).await,
+            Inbound::Down(kind, msg) => self.apply_down(kind, msg, ticket).await,
+            Inbound::Timeout(question, term) => self.answer_timeout(question, term, ticket),
         }
     }
 
@@ -106,11 +123,22 @@ impl Router {
                 device_token: state.device_token,
                 login: true,
             };
+            // A redelivered login may have been applied before a crash or a requeue: the
+            // terminal that registered with its code since then is not kicked by it again.
+            let own_session = ticket.redelivered().then(|| record.code.clone());
             self.hold_until_durable(
                 self.store.set_login(uid, term, Some(record)),
                 Some(ticket.clone()),
             );
-            self.kick_live(uid, term, KickReason::RepeatLogin);
+            match own_session {
+                Some(code) => {
+                    if let Some(at) = self.sessions.remove_unless_token(uid, term, &code) {
+                        self.comets.track(at.comet, -1);
+                        self.kick(&at, KickReason::RepeatLogin);
+                    }
+                }
+                None => self.kick_live(uid, term, KickReason::RepeatLogin),
+            }
             if let Some(other) = term.excluded_by_login() {
                 self.kick_live(uid, other, KickReason::MutualExclusion);
                 self.hold_until_durable(self.store.set_login(uid, other, None), Some(ticket));

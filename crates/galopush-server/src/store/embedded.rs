@@ -25,6 +25,7 @@ use super::{
     LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
     StoreFuture, StoredKey, UserLogins, resolved,
 };
+use crate::sharded::FastMap;
 
 const LOGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("logins");
 const OFFLINE: TableDefinition<(&str, u8), &[u8]> = TableDefinition::new("offline");
@@ -55,8 +56,8 @@ pub struct EmbeddedStore {
 struct Shared {
     db: Database,
     limits: OfflineLimits,
-    logins: RwLock<HashMap<Box<str>, UserLogins>>,
-    stored: Mutex<HashMap<Terminal, Stored>>,
+    logins: RwLock<FastMap<Box<str>, UserLogins>>,
+    stored: Mutex<FastMap<Terminal, Stored>>,
 }
 
 enum Op {
@@ -126,8 +127,8 @@ impl EmbeddedStore {
         txn.open_table(META).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
 
-        let mut logins = HashMap::new();
-        let mut stored = HashMap::new();
+        let mut logins = FastMap::default();
+        let mut stored = FastMap::default();
         {
             let read = db.begin_read().map_err(unavailable)?;
             let table = read.open_table(LOGINS).map_err(unavailable)?;
