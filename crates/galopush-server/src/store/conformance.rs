@@ -202,6 +202,36 @@ async fn queues(store: &dyn Store) {
         .expect("remove");
     assert!(store.inbox_load().await.expect("load").is_empty());
 
+    // Several appends, removals across them in any order, a removal repeated: what is left
+    // comes back in sequence order with its own numbers.
+    let mut all = Vec::new();
+    for batch in [&["1", "2", "3"][..], &["4"], &["5", "6"]] {
+        let messages = batch
+            .iter()
+            .map(|b| ("push".to_owned(), Bytes::from(b.to_string())))
+            .collect();
+        all.extend(store.inbox_append(messages).await.expect("append"));
+    }
+    store
+        .inbox_remove(vec![all[5], all[0], all[3]])
+        .await
+        .expect("remove");
+    store
+        .inbox_remove(vec![all[0], all[4]])
+        .await
+        .expect("remove again");
+    let left = store.inbox_load().await.expect("load");
+    let left: Vec<_> = left.iter().map(|m| (m.seq, m.body.clone())).collect();
+    assert_eq!(
+        left,
+        vec![(all[1], Bytes::from("2")), (all[2], Bytes::from("3"))]
+    );
+    store
+        .inbox_remove(vec![all[1], all[2]])
+        .await
+        .expect("remove");
+    assert!(store.inbox_load().await.expect("load").is_empty());
+
     let s1 = store
         .outbox_append("msgUpward".into(), Bytes::from("x"))
         .await

@@ -29,8 +29,16 @@ use crate::sharded::FastMap;
 
 const LOGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("logins");
 const OFFLINE: TableDefinition<(&str, u8), &[u8]> = TableDefinition::new("offline");
-const INBOX: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("inbox");
-const OUTBOX: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("outbox");
+/// The inbox and outbox as earlier versions kept them, a row per message; moved to the batch
+/// tables when a store is opened.
+const OLD_INBOX: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("inbox");
+const OLD_OUTBOX: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("outbox");
+/// The inbox and outbox: a row per append (an `/mpub` is one row), keyed by the first message's
+/// sequence number, holding the messages not yet removed with their own numbers. One B-tree
+/// insert per request and one rewrite per row per batch of removals, instead of an insert and a
+/// delete per message: callgrind had those at 16k instructions of a unicast delivery's 36k.
+const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox-batches");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox-batches");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_ID: &str = "next_id";
 /// Most operations folded into one transaction.
@@ -75,10 +83,17 @@ enum Queue {
 }
 
 impl Queue {
-    fn table(self) -> TableDefinition<'static, u64, (&'static str, &'static [u8])> {
+    fn table(self) -> TableDefinition<'static, u64, &'static [u8]> {
         match self {
             Queue::Inbox => INBOX,
             Queue::Outbox => OUTBOX,
+        }
+    }
+
+    fn old_table(self) -> TableDefinition<'static, u64, (&'static str, &'static [u8])> {
+        match self {
+            Queue::Inbox => OLD_INBOX,
+            Queue::Outbox => OLD_OUTBOX,
         }
     }
 }
@@ -119,8 +134,9 @@ impl EmbeddedStore {
             ))
         })?;
         let txn = db.begin_write().map_err(unavailable)?;
-        for table in [INBOX, OUTBOX] {
-            txn.open_table(table).map_err(unavailable)?;
+        for queue in [Queue::Inbox, Queue::Outbox] {
+            txn.open_table(queue.table()).map_err(unavailable)?;
+            migrate_queue(&txn, queue)?;
         }
         txn.open_table(LOGINS).map_err(unavailable)?;
         txn.open_table(OFFLINE).map_err(unavailable)?;
@@ -408,21 +424,100 @@ fn remove_offline(
     Ok(())
 }
 
+/// One queued message in a batch row.
+struct Queued<'a> {
+    seq: u64,
+    topic: &'a str,
+    body: &'a [u8],
+}
+
+/// A batch row: for each message, its sequence number (u64), topic (u16 length, bytes) and body
+/// (u32 length, bytes), big-endian.
+fn encode_batch<'a>(messages: impl IntoIterator<Item = Queued<'a>>) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    for m in messages {
+        let topic_len = u16::try_from(m.topic.len())
+            .map_err(|_| StoreError::Unavailable("topic name too long to queue".into()))?;
+        let body_len = u32::try_from(m.body.len())
+            .map_err(|_| StoreError::Unavailable("message too long to queue".into()))?;
+        out.put_u64(m.seq);
+        out.put_u16(topic_len);
+        out.put_slice(m.topic.as_bytes());
+        out.put_u32(body_len);
+        out.put_slice(m.body);
+    }
+    Ok(out)
+}
+
+fn decode_batch(mut data: &[u8]) -> Result<Vec<Queued<'_>>, StoreError> {
+    let bad = || StoreError::Corrupt("queued batch is cut short".into());
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 10 {
+            return Err(bad());
+        }
+        let seq = data.get_u64();
+        let topic_len = usize::from(data.get_u16());
+        let topic = data.get(..topic_len).ok_or_else(bad)?;
+        let topic = std::str::from_utf8(topic)
+            .map_err(|_| StoreError::Corrupt("queued topic is not UTF-8".into()))?;
+        data = &data[topic_len..];
+        if data.len() < 4 {
+            return Err(bad());
+        }
+        let body_len = data.get_u32() as usize;
+        let body = data.get(..body_len).ok_or_else(bad)?;
+        data = &data[body_len..];
+        out.push(Queued { seq, topic, body });
+    }
+    Ok(out)
+}
+
+/// Moves a queue kept a row per message (earlier versions) into batch rows, one per message,
+/// with their sequence numbers unchanged.
+fn migrate_queue(txn: &redb::WriteTransaction, queue: Queue) -> Result<(), StoreError> {
+    let moved = {
+        let old = txn.open_table(queue.old_table()).map_err(unavailable)?;
+        let mut rows = txn.open_table(queue.table()).map_err(unavailable)?;
+        let mut moved = 0usize;
+        for entry in old.iter().map_err(unavailable)? {
+            let (seq, value) = entry.map_err(unavailable)?;
+            let (topic, body) = value.value();
+            let seq = seq.value();
+            let row = encode_batch([Queued { seq, topic, body }])?;
+            rows.insert(seq, &row[..]).map_err(unavailable)?;
+            moved += 1;
+        }
+        moved
+    };
+    txn.delete_table(queue.old_table()).map_err(unavailable)?;
+    if moved > 0 {
+        tracing::info!(moved, "queued messages moved to batch rows");
+    }
+    Ok(())
+}
+
 fn queue_append(
     txn: &redb::WriteTransaction,
     queue: Queue,
     messages: &[(String, Bytes)],
     new_id: &mut impl FnMut() -> u64,
 ) -> Result<Vec<u64>, StoreError> {
+    let seqs: Vec<u64> = messages.iter().map(|_| new_id()).collect();
+    let Some(&first) = seqs.first() else {
+        return Ok(seqs);
+    };
+    let row = encode_batch(
+        seqs.iter()
+            .zip(messages)
+            .map(|(seq, (topic, body))| Queued {
+                seq: *seq,
+                topic,
+                body,
+            }),
+    )?;
     let mut table = txn.open_table(queue.table()).map_err(unavailable)?;
-    let mut seqs = Vec::with_capacity(messages.len());
-    for (topic, body) in messages {
-        let seq = new_id();
-        table
-            .insert(seq, (topic.as_str(), &body[..]))
-            .map_err(unavailable)?;
-        seqs.push(seq);
-    }
+    table.insert(first, &row[..]).map_err(unavailable)?;
     Ok(seqs)
 }
 
@@ -432,8 +527,55 @@ fn queue_remove(
     seqs: &[u64],
 ) -> Result<(), StoreError> {
     let mut table = txn.open_table(queue.table()).map_err(unavailable)?;
-    for seq in seqs {
-        table.remove(*seq).map_err(unavailable)?;
+    let mut gone = seqs.to_vec();
+    gone.sort_unstable();
+    gone.dedup();
+    // Walks the numbers in order: one lookup finds a row (the greatest key not above the
+    // number), and every number up to the row's last message is settled with it.
+    let mut i = 0;
+    while let Some(&seq) = gone.get(i) {
+        let row = table
+            .range(..=seq)
+            .map_err(unavailable)?
+            .next_back()
+            .transpose()
+            .map_err(unavailable)?
+            .map(|(key, _)| key.value());
+        let Some(row) = row else {
+            i += 1;
+            continue;
+        };
+        let (next, rewrite) = {
+            let Some(value) = table.get(row).map_err(unavailable)? else {
+                i += 1;
+                continue;
+            };
+            let messages = decode_batch(value.value())?;
+            let last = messages.last().map_or(row, |m| m.seq);
+            let next = i + gone[i..].partition_point(|&s| s <= last);
+            let these = &gone[i..next];
+            let before = messages.len();
+            let kept: Vec<Queued<'_>> = messages
+                .into_iter()
+                .filter(|m| these.binary_search(&m.seq).is_err())
+                .collect();
+            let rewrite = match (kept.len(), kept.len() == before) {
+                (_, true) => None,
+                (0, false) => Some(None),
+                (_, false) => Some(Some(encode_batch(kept)?)),
+            };
+            (next.max(i + 1), rewrite)
+        };
+        match rewrite {
+            None => {}
+            Some(None) => {
+                table.remove(row).map_err(unavailable)?;
+            }
+            Some(Some(rest)) => {
+                table.insert(row, &rest[..]).map_err(unavailable)?;
+            }
+        }
+        i = next;
     }
     Ok(())
 }
@@ -443,13 +585,14 @@ fn queue_load(shared: &Shared, queue: Queue) -> Result<Vec<QueuedMessage>, Store
     let table = read.open_table(queue.table()).map_err(unavailable)?;
     let mut out = Vec::new();
     for entry in table.iter().map_err(unavailable)? {
-        let (seq, value) = entry.map_err(unavailable)?;
-        let (topic, body) = value.value();
-        out.push(QueuedMessage {
-            seq: seq.value(),
-            topic: topic.to_owned(),
-            body: Bytes::copy_from_slice(body),
-        });
+        let (_, value) = entry.map_err(unavailable)?;
+        for m in decode_batch(value.value())? {
+            out.push(QueuedMessage {
+                seq: m.seq,
+                topic: m.topic.to_owned(),
+                body: Bytes::copy_from_slice(m.body),
+            });
+        }
     }
     Ok(out)
 }
@@ -607,5 +750,63 @@ impl Store for EmbeddedStore {
 
     async fn outbox_load(&self) -> Result<Vec<QueuedMessage>, StoreError> {
         self.read(|shared| queue_load(shared, Queue::Outbox)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_kept_a_row_per_message_is_moved_to_batches_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Database::create(dir.path().join("galopush.redb")).expect("create");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut inbox = txn.open_table(OLD_INBOX).expect("inbox");
+                inbox.insert(7, ("push", &b"seven"[..])).expect("insert");
+                inbox.insert(9, ("callback", &b"nine"[..])).expect("insert");
+                let mut outbox = txn.open_table(OLD_OUTBOX).expect("outbox");
+                outbox.insert(8, ("msgUpward", &b"up"[..])).expect("insert");
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert(NEXT_ID, 9).expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let store = EmbeddedStore::open(dir.path(), OfflineLimits::default()).expect("open");
+        let inbox: Vec<_> = store
+            .inbox_load()
+            .await
+            .expect("load")
+            .into_iter()
+            .map(|m| (m.seq, m.topic, m.body))
+            .collect();
+        assert_eq!(
+            inbox,
+            vec![
+                (7, "push".to_owned(), Bytes::from("seven")),
+                (9, "callback".to_owned(), Bytes::from("nine")),
+            ]
+        );
+        let outbox = store.outbox_load().await.expect("load");
+        assert_eq!(
+            (outbox[0].seq, outbox[0].body.clone()),
+            (8, Bytes::from("up"))
+        );
+        store.inbox_remove(vec![7]).await.expect("remove");
+        let fresh = store
+            .inbox_append(vec![("push".into(), Bytes::from("ten"))])
+            .await
+            .expect("append");
+        assert_eq!(fresh, vec![10], "numbers go on from the old ones");
+        let left: Vec<u64> = store
+            .inbox_load()
+            .await
+            .expect("load")
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(left, vec![9, 10]);
     }
 }
