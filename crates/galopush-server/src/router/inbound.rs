@@ -17,6 +17,31 @@ use crate::link::{CometCommand, Delivery, DeliveryKind};
 use crate::metrics::Dropped;
 use crate::store::{LoginRecord, OfflineWrite};
 
+/// The down-message being planned.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    kind: DeliveryKind,
+    body: &'a Bytes,
+    ticket: &'a Ticket,
+}
+
+/// What planning a down-message produced: deliveries by comet, and offline writes.
+#[derive(Default)]
+struct Plan {
+    batches: Vec<(CometIdx, Vec<CometCommand>)>,
+    stores: Vec<crate::store::StoreFuture>,
+}
+
+impl Plan {
+    fn deliver(&mut self, comet: CometIdx, delivery: Delivery) {
+        let command = CometCommand::Deliver(delivery);
+        match self.batches.iter_mut().find(|(c, _)| *c == comet) {
+            Some((_, commands)) => commands.push(command),
+            None => self.batches.push((comet, vec![command])),
+        }
+    }
+}
+
 /// A bus message, read and checked.
 enum Inbound {
     Login(UserOnlineState, TermType),
@@ -172,83 +197,136 @@ impl Router {
         }
     }
 
+    /// Plans a down-message: live terminals get a delivery, logged-in ones that are not live
+    /// get the offline rule. The store is asked which types are logged in only for receivers
+    /// with a wanted type that is not live — none at all when every wanted terminal is online,
+    /// which spares a Redis round trip per message in a cluster.
     async fn apply_down(&self, kind: DeliveryKind, msg: Downward, ticket: Ticket) {
-        let uids: Vec<&str> = msg.receivers.iter().map(|r| r.uid.as_str()).collect();
-        let logged_in = match self.store.logged_in(&uids).await {
-            Ok(l) => l,
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::warn!(error = %e, "cannot read login records; message will be retried");
-                ticket.fail();
-                return;
-            }
-        };
         let body = Bytes::from(msg.body);
-        let mut batches: Vec<(CometIdx, Vec<CometCommand>)> = Vec::new();
-        let mut stores = Vec::new();
-        for (receiver, logged_in) in msg.receivers.iter().zip(logged_in) {
-            // Live or stored is decided, and the write queued, under the user's lock (see
-            // `Router::register`).
-            let reached = self.sessions.viewed(&receiver.uid, |user| {
-                let flag = u8::from(user.web_online());
-                let mut uid = user.uid.cloned();
-                let mut uid = || {
-                    uid.get_or_insert_with(|| Arc::from(receiver.uid.as_str()))
-                        .clone()
-                };
-                let mut reached = false;
-                for term in TermMask(receiver.termtype).types() {
-                    if let Some(at) = user.get(term) {
-                        reached = true;
-                        let (comet, session) = (at.comet, at.session);
-                        let id = self.pending.insert(PendingDelivery {
-                            comet,
-                            session,
-                            uid: uid(),
-                            term,
-                            kind,
-                            body: body.clone(),
-                            origin: Origin::Live(ticket.clone()),
-                        });
-                        let command = CometCommand::Deliver(Delivery {
+        let down = Outgoing {
+            kind,
+            body: &body,
+            ticket: &ticket,
+        };
+        let mut plan = Plan::default();
+        let mut unresolved = Vec::new();
+        for receiver in &msg.receivers {
+            let wanted = TermMask(receiver.termtype);
+            let (reached, missing) =
+                self.plan_receiver(&mut plan, &down, &receiver.uid, wanted, None);
+            if missing.0 != 0 {
+                unresolved.push((receiver.uid.as_str(), missing, reached));
+            } else if !reached {
+                self.no_login(&receiver.uid);
+            }
+        }
+        if !unresolved.is_empty() {
+            let uids: Vec<&str> = unresolved.iter().map(|(uid, _, _)| *uid).collect();
+            let logged_in = match self.store.logged_in(&uids).await {
+                Ok(l) => l,
+                Err(e) => {
+                    self.metrics.store_errors.inc();
+                    tracing::warn!(error = %e, "cannot read login records; message will be retried");
+                    // Nothing of the message goes out: it is applied whole when retried.
+                    for (_, commands) in plan.batches {
+                        for c in commands {
+                            if let CometCommand::Deliver(d) = c {
+                                self.pending.take(d.id);
+                            }
+                        }
+                    }
+                    ticket.fail();
+                    return;
+                }
+            };
+            for ((uid, missing, reached_live), logged_in) in unresolved.into_iter().zip(logged_in) {
+                let (reached, _) =
+                    self.plan_receiver(&mut plan, &down, uid, missing, Some(logged_in));
+                if !reached && !reached_live {
+                    self.no_login(uid);
+                }
+            }
+        }
+        for (comet, commands) in plan.batches {
+            self.send(comet, commands);
+        }
+        if !plan.stores.is_empty() {
+            let all = try_join_all(plan.stores);
+            self.hold_until_durable(Box::pin(async move { all.await.map(drop) }), Some(ticket));
+        }
+    }
+
+    /// Plans one receiver's `wanted` terminal types under the user's lock, so that live or
+    /// stored is decided, and the write queued, in one step with respect to a registration
+    /// (see `Router::register`). Without `logged_in` the types that are not live are left
+    /// undecided and returned. Returns whether anything reached the user, and what is left.
+    fn plan_receiver(
+        &self,
+        plan: &mut Plan,
+        down: &Outgoing<'_>,
+        receiver: &str,
+        wanted: TermMask,
+        logged_in: Option<TermMask>,
+    ) -> (bool, TermMask) {
+        let Outgoing { kind, body, ticket } = *down;
+        self.sessions.viewed(receiver, |user| {
+            let flag = u8::from(user.web_online());
+            let mut uid = user.uid.cloned();
+            let mut uid = || uid.get_or_insert_with(|| Arc::from(receiver)).clone();
+            let mut reached = false;
+            let mut missing = TermMask(0);
+            for term in wanted.types() {
+                if let Some(at) = user.get(term) {
+                    reached = true;
+                    let (comet, session) = (at.comet, at.session);
+                    let id = self.pending.insert(PendingDelivery {
+                        comet,
+                        session,
+                        uid: uid(),
+                        term,
+                        kind,
+                        body: body.clone(),
+                        origin: Origin::Live(ticket.clone()),
+                    });
+                    plan.deliver(
+                        comet,
+                        Delivery {
                             id,
                             session,
                             kind,
                             flag,
                             body: body.clone(),
-                        });
-                        match batches.iter_mut().find(|(c, _)| *c == comet) {
-                            Some((_, commands)) => commands.push(command),
-                            None => batches.push((comet, vec![command])),
-                        }
-                    } else if logged_in.contains(term) {
-                        reached = true;
-                        if term == TermType::Web {
-                            self.metrics.dropped(Dropped::WebOffline).inc();
-                        } else {
-                            self.metrics.offline_stored(kind).inc();
-                            stores.push(self.store.store_offline(vec![OfflineWrite {
-                                uid: uid(),
-                                term,
-                                message: offline_message(kind, flag, body.clone()),
-                            }]));
-                        }
-                    }
+                        },
+                    );
+                    continue;
                 }
-                reached
-            });
-            if !reached {
-                self.metrics.dropped(Dropped::NoLogin).inc();
-                tracing::debug!(uid = %receiver.uid, "no login record and no live terminal; dropped");
+                let Some(logged_in) = logged_in else {
+                    missing = missing.with(term);
+                    continue;
+                };
+                if !logged_in.contains(term) {
+                    continue;
+                }
+                reached = true;
+                if term == TermType::Web {
+                    self.metrics.dropped(Dropped::WebOffline).inc();
+                } else {
+                    self.metrics.offline_stored(kind).inc();
+                    plan.stores
+                        .push(self.store.store_offline(vec![OfflineWrite {
+                            uid: uid(),
+                            term,
+                            message: offline_message(kind, flag, body.clone()),
+                        }]));
+                }
             }
-        }
-        for (comet, commands) in batches {
-            self.send(comet, commands);
-        }
-        if !stores.is_empty() {
-            let all = try_join_all(stores);
-            self.hold_until_durable(Box::pin(async move { all.await.map(drop) }), Some(ticket));
-        }
+            (reached, missing)
+        })
+    }
+
+    fn no_login(&self, uid: &str) {
+        self.metrics.dropped(Dropped::NoLogin).inc();
+        tracing::debug!(%uid, "no login record and no live terminal; dropped");
     }
 
     fn answer_timeout(&self, mut question: SessionTimeout, term: TermType, ticket: Ticket) {

@@ -1,0 +1,213 @@
+//! Planning a down-message asks the store which terminal types are logged in only for
+//! receivers with a wanted type that is not live, and when that question fails nothing of the
+//! message goes out (it is retried whole, so live terminals do not get it twice).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use galopush_protocol::{TermMask, TermType};
+use galopush_server::bus::{PublishError, Publisher, Retire, Ticket, Topic};
+use galopush_server::config::{AuthMode, TopicsConfig};
+use galopush_server::link::{CometCommand, CometInfo, CometLink, SessionInfo};
+use galopush_server::metrics::Metrics;
+use galopush_server::router::{Router, RouterSettings};
+use galopush_server::store::memory::MemoryStore;
+use galopush_server::store::offline::OfflineLimits;
+use galopush_server::store::{
+    LoginRecord, Offline, OfflineWrite, QueuedMessage, Store, StoreError, StoreFuture, StoredKey,
+};
+
+struct NoBus;
+
+#[async_trait]
+impl Publisher for NoBus {
+    async fn publish(&self, _topic: &str, _json: Bytes) -> Result<(), PublishError> {
+        Ok(())
+    }
+}
+
+/// The memory store, counting the `logged_in` questions and failing them on demand.
+struct Watched {
+    inner: MemoryStore,
+    questions: AtomicUsize,
+    failing: AtomicBool,
+}
+
+#[async_trait]
+impl Store for Watched {
+    async fn login(&self, uid: &str, term: TermType) -> Result<Option<LoginRecord>, StoreError> {
+        self.inner.login(uid, term).await
+    }
+    async fn logged_in(&self, uids: &[&str]) -> Result<Vec<TermMask>, StoreError> {
+        self.questions.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("test outage".into()));
+        }
+        self.inner.logged_in(uids).await
+    }
+    fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> StoreFuture {
+        self.inner.set_login(uid, term, record)
+    }
+    fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
+        self.inner.store_offline(writes)
+    }
+    fn offline(&self, uid: &str, term: TermType) -> StoreFuture<Offline> {
+        self.inner.offline(uid, term)
+    }
+    fn remove_offline(&self, keys: Vec<StoredKey>) -> StoreFuture {
+        self.inner.remove_offline(keys)
+    }
+    fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
+        self.inner.inbox_append(messages)
+    }
+    fn inbox_remove(&self, seqs: Vec<u64>) -> StoreFuture {
+        self.inner.inbox_remove(seqs)
+    }
+    async fn inbox_load(&self) -> Result<Vec<QueuedMessage>, StoreError> {
+        self.inner.inbox_load().await
+    }
+    fn outbox_append(&self, topic: String, body: Bytes) -> StoreFuture<u64> {
+        self.inner.outbox_append(topic, body)
+    }
+    fn outbox_remove(&self, seq: u64) -> StoreFuture {
+        self.inner.outbox_remove(seq)
+    }
+    async fn outbox_load(&self) -> Result<Vec<QueuedMessage>, StoreError> {
+        self.inner.outbox_load().await
+    }
+}
+
+/// A comet holding "live" on Android; records what it is sent.
+#[derive(Default)]
+struct Comet {
+    delivered: Mutex<usize>,
+}
+
+impl CometLink for Comet {
+    fn send(&self, commands: Vec<CometCommand>) {
+        let n = commands
+            .iter()
+            .filter(|c| matches!(c, CometCommand::Deliver(_)))
+            .count();
+        *self.delivered.lock().expect("lock") += n;
+    }
+
+    fn live_sessions(&self) -> Vec<SessionInfo> {
+        vec![SessionInfo {
+            session: 1,
+            uid: Arc::from("live"),
+            term: TermType::Android,
+            token: Arc::from("t"),
+        }]
+    }
+}
+
+/// Records whether the message was retired or requeued.
+struct Fate(Arc<Mutex<Option<&'static str>>>);
+
+impl Retire for Fate {
+    fn retire(self: Box<Self>) {
+        *self.0.lock().expect("lock") = Some("retired");
+    }
+    fn requeue(self: Box<Self>) {
+        *self.0.lock().expect("lock") = Some("requeued");
+    }
+    fn redelivered(&self) -> bool {
+        false
+    }
+}
+
+struct Setup {
+    router: Arc<Router>,
+    store: Arc<Watched>,
+    comet: Arc<Comet>,
+}
+
+async fn setup() -> Setup {
+    let store = Arc::new(Watched {
+        inner: MemoryStore::new(OfflineLimits::default()),
+        questions: AtomicUsize::new(0),
+        failing: AtomicBool::new(false),
+    });
+    let record = LoginRecord {
+        code: "c".into(),
+        device_token: String::new(),
+        login: true,
+    };
+    store
+        .set_login("away", TermType::Android, Some(record))
+        .await
+        .expect("login");
+    let settings = RouterSettings {
+        auth_mode: AuthMode::Business,
+        topics: TopicsConfig::default(),
+    };
+    let router = Router::new(
+        settings,
+        store.clone(),
+        Arc::new(NoBus),
+        Arc::new(Metrics::new()),
+    );
+    let comet = Arc::new(Comet::default());
+    let info = CometInfo {
+        id: "c".into(),
+        tcp: "127.0.0.1:1".into(),
+        ws: "127.0.0.1:2".into(),
+    };
+    router.join(info, comet.clone());
+    Setup {
+        router,
+        store,
+        comet,
+    }
+}
+
+async fn push(router: &Router, receivers: &str) -> Option<&'static str> {
+    let fate = Arc::new(Mutex::new(None));
+    let json = format!(r#"{{"receivers":[{receivers}],"flag":0,"body":"hi"}}"#);
+    let ticket = Ticket::new(Fate(fate.clone()));
+    router.apply(Topic::Push, json.as_bytes(), ticket).await;
+    // The ticket's clones live on in deliveries in flight; report what is known now.
+    *fate.lock().expect("lock")
+}
+
+#[tokio::test]
+async fn a_push_to_live_terminals_only_asks_the_store_nothing() {
+    let s = setup().await;
+    push(&s.router, r#"{"uid":"live","termtype":1}"#).await;
+    assert_eq!(*s.comet.delivered.lock().expect("lock"), 1);
+    assert_eq!(s.store.questions.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_push_to_an_absent_terminal_asks_once_and_stores_it() {
+    let s = setup().await;
+    push(
+        &s.router,
+        r#"{"uid":"live","termtype":1},{"uid":"away","termtype":1},{"uid":"nobody","termtype":1}"#,
+    )
+    .await;
+    assert_eq!(*s.comet.delivered.lock().expect("lock"), 1);
+    assert_eq!(s.store.questions.load(Ordering::SeqCst), 1);
+    let stored = s
+        .store
+        .offline("away", TermType::Android)
+        .await
+        .expect("read");
+    assert_eq!(stored.push.map(|p| p.count), Some(1));
+}
+
+#[tokio::test]
+async fn when_the_store_cannot_answer_nothing_goes_out_and_the_message_is_requeued() {
+    let s = setup().await;
+    s.store.failing.store(true, Ordering::SeqCst);
+    let fate = push(
+        &s.router,
+        r#"{"uid":"live","termtype":1},{"uid":"away","termtype":1}"#,
+    )
+    .await;
+    assert_eq!(*s.comet.delivered.lock().expect("lock"), 0);
+    assert_eq!(fate, Some("requeued"));
+}
