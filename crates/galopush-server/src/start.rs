@@ -116,21 +116,28 @@ pub async fn start_router(
 impl RouterParts {
     /// Starts taking inbound bus messages (applied once `gate` opens) and the router's upkeep;
     /// returns the HTTP routes of SPEC §8.
-    pub async fn serve_bus(self, config: &Config, gate: Gate) -> Result<axum::Router, StartError> {
-        let intake: Arc<dyn Intake> = match self.producer {
+    pub async fn serve_bus(
+        self,
+        config: &Config,
+        gate: Gate,
+    ) -> Result<(axum::Router, BusDrain), StartError> {
+        let (intake, drain): (Arc<dyn Intake>, BusDrain) = match self.producer {
             Some(producer) => {
                 nsq::consume(self.router.clone(), &config.bus, gate)?;
-                Arc::new(NsqIntake::new(producer, self.router.clone()))
+                let intake = Arc::new(NsqIntake::new(producer, self.router.clone()));
+                (intake, BusDrain(None))
             }
             None => {
-                EmbeddedInbox::start(
+                let inbox = EmbeddedInbox::start(
                     self.store,
                     self.router.clone(),
                     config.bus.durable,
                     config.bus.max_in_flight,
                     gate,
                 )
-                .await?
+                .await?;
+                let wait = config.delivery.ack_timeout.0 + Duration::from_secs(1);
+                (inbox.clone(), BusDrain(Some((inbox, wait))))
             }
         };
         let upkeep = self.router.clone();
@@ -141,10 +148,25 @@ impl RouterParts {
                 upkeep.housekeeping();
             }
         });
-        Ok(http::routes(HttpState {
+        let routes = http::routes(HttpState {
             router: self.router,
             intake,
             metrics: self.metrics,
-        }))
+        });
+        Ok((routes, drain))
+    }
+}
+
+/// What the bus does at shutdown, once the HTTP server has stopped taking requests: the
+/// embedded inbox lets what is in flight settle for up to `delivery.ack_timeout` + 1 s and
+/// commits the retirements, so a clean restart does not apply delivered messages again. (With
+/// NSQ, nsqd redelivers what was in flight after its message timeout.)
+pub struct BusDrain(Option<(Arc<EmbeddedInbox>, Duration)>);
+
+impl BusDrain {
+    pub async fn run(self) {
+        if let Some((inbox, wait)) = self.0 {
+            inbox.drain(wait).await;
+        }
     }
 }

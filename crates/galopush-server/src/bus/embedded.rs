@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::Shared;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::{AcceptError, Gate, Intake, PublishError, Publisher, Retire, Ticket, Topic};
 use crate::config::TopicsConfig;
@@ -63,6 +64,20 @@ pub struct EmbeddedInbox {
     queue: mpsc::UnboundedSender<Accepted>,
     /// Puts a request's messages in the apply queue in the order the store took them.
     order: parking_lot::Mutex<()>,
+    /// Stops the apply loop (shutdown).
+    stop: CancellationToken,
+    /// A permit per message applied and not yet retired.
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    retired: mpsc::UnboundedSender<Retirement>,
+}
+
+/// What the retire loop is told.
+enum Retirement {
+    /// An inbox message is done: delete it (its topic, if still configured, for the metric).
+    Done(u64, Option<Topic>),
+    /// Commit what is gathered now and answer once it is durable.
+    Flush(oneshot::Sender<()>),
 }
 
 impl EmbeddedInbox {
@@ -95,10 +110,12 @@ impl EmbeddedInbox {
                 }
                 None => {
                     tracing::warn!(topic = %m.topic, "inbox message for a topic no longer configured; dropped");
-                    let _ = retired.send(m.seq);
+                    let _ = retired.send(Retirement::Done(m.seq, None));
                 }
             }
         }
+        let stop = CancellationToken::new();
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
         let inbox = Arc::new(EmbeddedInbox {
             store: store.clone(),
             router: router.clone(),
@@ -106,17 +123,49 @@ impl EmbeddedInbox {
             durable,
             queue: queue.clone(),
             order: parking_lot::Mutex::new(()),
+            stop: stop.clone(),
+            in_flight: in_flight.clone(),
+            max_in_flight,
+            retired: retired.clone(),
         });
+        let metrics = router.metrics().clone();
         tokio::spawn(apply_loop(
             router,
-            accepted,
-            queue,
-            retired,
-            Arc::new(Semaphore::new(max_in_flight)),
+            ApplyQueues {
+                accepted,
+                requeue: queue,
+                retired,
+                in_flight,
+            },
             gate,
+            stop,
         ));
-        tokio::spawn(retire_loop(store, retirements));
+        tokio::spawn(retire_loop(store, metrics, retirements));
         Ok(inbox)
+    }
+
+    /// Shutting down: applies no more messages, gives those in flight up to `wait` to settle
+    /// (acks arrive, time-outs store what was not acked), and commits the retirements, so that a
+    /// clean restart replays only what was truly unfinished. What is cut off is applied again at
+    /// the next start (at-least-once).
+    pub async fn drain(&self, wait: Duration) {
+        self.stop.cancel();
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        match tokio::time::timeout(wait, self.in_flight.acquire_many(all)).await {
+            Ok(_) => tracing::info!("inbox drained: every applied message settled"),
+            Err(_) => {
+                let left = self.max_in_flight - self.in_flight.available_permits();
+                tracing::warn!(
+                    messages = left,
+                    ?wait,
+                    "messages still in flight at shutdown; they are applied again at the next start"
+                );
+            }
+        }
+        let (done, committed) = oneshot::channel();
+        if self.retired.send(Retirement::Flush(done)).is_ok() {
+            let _ = committed.await;
+        }
     }
 }
 
@@ -187,16 +236,34 @@ impl Intake for EmbeddedInbox {
     }
 }
 
-async fn apply_loop(
-    router: Arc<Router>,
-    mut accepted: mpsc::UnboundedReceiver<Accepted>,
+/// What the apply loop reads from and writes to.
+struct ApplyQueues {
+    accepted: mpsc::UnboundedReceiver<Accepted>,
     requeue: mpsc::UnboundedSender<Accepted>,
-    retired: mpsc::UnboundedSender<u64>,
+    retired: mpsc::UnboundedSender<Retirement>,
     in_flight: Arc<Semaphore>,
-    gate: Gate,
-) {
-    gate.wait().await;
-    while let Some(m) = accepted.recv().await {
+}
+
+async fn apply_loop(router: Arc<Router>, queues: ApplyQueues, gate: Gate, stop: CancellationToken) {
+    let ApplyQueues {
+        mut accepted,
+        requeue,
+        retired,
+        in_flight,
+    } = queues;
+    tokio::select! {
+        () = gate.wait() => {}
+        () = stop.cancelled() => return,
+    }
+    loop {
+        let m = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            m = accepted.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
         let redelivered = m.attempt > 0 || matches!(m.seq, Seq::Known(_));
         let seq = match m.seq {
             Seq::Pending(durable, i) => match durable.await {
@@ -234,16 +301,49 @@ async fn apply_loop(
 /// replays messages that were already delivered, which at-least-once allows.
 const RETIRE_WINDOW: Duration = Duration::from_millis(20);
 
-async fn retire_loop(store: Arc<dyn Store>, mut retirements: mpsc::UnboundedReceiver<u64>) {
+/// Deletes retired messages from the inbox, gathered over [`RETIRE_WINDOW`]; a message counts
+/// as retired (the metric) once its delete is durable.
+async fn retire_loop(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    mut retirements: mpsc::UnboundedReceiver<Retirement>,
+) {
     let mut batch = Vec::new();
     while retirements.recv_many(&mut batch, 4096).await > 0 {
-        tokio::time::sleep(RETIRE_WINDOW).await;
-        while !retirements.is_empty() && batch.len() < 65536 {
-            retirements.recv_many(&mut batch, 4096).await;
+        let flush = |b: &[Retirement]| b.iter().any(|r| matches!(r, Retirement::Flush(_)));
+        if !flush(&batch) {
+            tokio::time::sleep(RETIRE_WINDOW).await;
+            while !retirements.is_empty() && batch.len() < 65536 && !flush(&batch) {
+                retirements.recv_many(&mut batch, 4096).await;
+            }
         }
-        if let Err(e) = store.inbox_remove(std::mem::take(&mut batch)).await {
-            // The messages stay in the inbox and are applied again after a restart.
-            tracing::warn!(error = %e, "cannot delete retired messages from the inbox");
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut topics = Vec::with_capacity(batch.len());
+        let mut flushes = Vec::new();
+        for r in batch.drain(..) {
+            match r {
+                Retirement::Done(seq, topic) => {
+                    seqs.push(seq);
+                    topics.extend(topic);
+                }
+                Retirement::Flush(done) => flushes.push(done),
+            }
+        }
+        if !seqs.is_empty() {
+            match store.inbox_remove(seqs).await {
+                Ok(()) => {
+                    for topic in topics {
+                        metrics.topic(topic).retired.inc();
+                    }
+                }
+                // The messages stay in the inbox and are applied again after a restart.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot delete retired messages from the inbox")
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }
@@ -257,16 +357,20 @@ struct InboxEntry {
     /// Replayed from the inbox after a restart, or requeued.
     redelivered: bool,
     requeue: mpsc::UnboundedSender<Accepted>,
-    retired: mpsc::UnboundedSender<u64>,
+    retired: mpsc::UnboundedSender<Retirement>,
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Retire for InboxEntry {
     fn retire(self: Box<Self>) {
-        self.metrics.topic(self.topic).retired.inc();
-        if let Some(seq) = self.seq {
-            let _ = self.retired.send(seq);
+        match self.seq {
+            Some(seq) => {
+                let _ = self.retired.send(Retirement::Done(seq, Some(self.topic)));
+            }
+            None => {
+                self.metrics.topic(self.topic).retired.inc();
+            }
         }
     }
 

@@ -135,6 +135,27 @@ impl Gateway {
         Gateway::spawn(data, env).await
     }
 
+    /// Stops the process the way an operator does (SIGTERM, what Ctrl-C and service managers
+    /// send), waits for it to exit by itself, and starts it again on the same data directory.
+    pub async fn stop_and_restart(mut self) -> Gateway {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().expect("running").to_string();
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill runs");
+            assert!(sent.success(), "SIGTERM sent");
+            let status = tokio::time::timeout(SOON, child.wait())
+                .await
+                .expect("the gateway exits after SIGTERM")
+                .expect("wait");
+            assert!(status.success(), "clean exit, got {status}");
+        }
+        let (data, env) = (self.data.clone(), self.env.clone());
+        drop(self);
+        Gateway::spawn(data, env).await
+    }
+
     /// Changes a setting for the next restart.
     pub fn set(&mut self, key: &str, value: &str) {
         let name = env_name(key);

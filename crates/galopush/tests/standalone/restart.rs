@@ -1,5 +1,6 @@
 //! Durability across a crash: `kill -9` and a restart on the same data directory keep login
-//! records, stored offline messages and accepted-but-unretired inbox messages.
+//! records, stored offline messages and accepted-but-unretired inbox messages. A clean stop
+//! (SIGTERM) lets what is in flight settle first, so the restart applies nothing again.
 
 use bytes::Bytes;
 use galopush_protocol::TermType;
@@ -59,4 +60,30 @@ async fn outbound_messages_survive_a_crash_until_the_webhook_takes_them() {
     let got = hook.wait_for(1).await;
     assert_eq!(got[0].0, "msgUpward");
     assert_eq!(got[0].1["body"], "kept");
+}
+
+#[tokio::test]
+async fn a_clean_stop_right_after_the_acks_replays_nothing_on_restart() {
+    let g = Gateway::start(&[]).await;
+    let mut t = g.terminal("zoe", TermType::Android, TCP).await;
+    for i in 0..20 {
+        g.send_down("push", "zoe", 1, &format!("live {i}")).await;
+    }
+    for i in 0..20 {
+        let (_, down) = next_acked(&mut t).await;
+        assert_eq!(push(&down).2, Bytes::from(format!("live {i}")));
+    }
+    // Stopped at once: the last acks may still be on their way to the router.
+    let g = g.stop_and_restart().await;
+    drop(t);
+    let mut again = g
+        .register("zoe", "code-zoe-1", TermType::Android, TCP)
+        .await;
+    nothing_for(&mut again, std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        g.metric("galopush_bus_messages_total{topic=\"push\",event=\"received\"}")
+            .await,
+        0.0,
+        "no push applied again after the restart"
+    );
 }
