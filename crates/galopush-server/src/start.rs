@@ -121,11 +121,13 @@ impl RouterParts {
         config: &Config,
         gate: Gate,
     ) -> Result<(axum::Router, BusDrain), StartError> {
+        // What is in flight at shutdown gets this long to settle (acked, or stored offline).
+        let wait = config.delivery.ack_timeout.0 + Duration::from_secs(1);
         let (intake, drain): (Arc<dyn Intake>, BusDrain) = match self.producer {
             Some(producer) => {
-                nsq::consume(self.router.clone(), &config.bus, gate)?;
+                let consumers = nsq::consume(self.router.clone(), &config.bus, gate, wait)?;
                 let intake = Arc::new(NsqIntake::new(producer, self.router.clone()));
-                (intake, BusDrain(None))
+                (intake, BusDrain::Nsq(consumers))
             }
             None => {
                 let inbox = EmbeddedInbox::start(
@@ -136,8 +138,7 @@ impl RouterParts {
                     gate,
                 )
                 .await?;
-                let wait = config.delivery.ack_timeout.0 + Duration::from_secs(1);
-                (inbox.clone(), BusDrain(Some((inbox, wait))))
+                (inbox.clone(), BusDrain::Embedded(inbox, wait))
             }
         };
         let upkeep = self.router.clone();
@@ -157,16 +158,20 @@ impl RouterParts {
     }
 }
 
-/// What the bus does at shutdown, once the HTTP server has stopped taking requests: the
-/// embedded inbox lets what is in flight settle for up to `delivery.ack_timeout` + 1 s and
-/// commits the retirements, so a clean restart does not apply delivered messages again. (With
-/// NSQ, nsqd redelivers what was in flight after its message timeout.)
-pub struct BusDrain(Option<(Arc<EmbeddedInbox>, Duration)>);
+/// What the bus does at shutdown, once the HTTP server has stopped taking requests: messages in
+/// flight get up to `delivery.ack_timeout` + 1 s to settle (acked, or stored offline) and are
+/// retired — deleted from the embedded inbox, FINished on nsqd after a CLS — so a clean restart
+/// applies nothing already delivered.
+pub enum BusDrain {
+    Embedded(Arc<EmbeddedInbox>, Duration),
+    Nsq(nsq::NsqDrain),
+}
 
 impl BusDrain {
     pub async fn run(self) {
-        if let Some((inbox, wait)) = self.0 {
-            inbox.drain(wait).await;
+        match self {
+            BusDrain::Embedded(inbox, wait) => inbox.drain(wait).await,
+            BusDrain::Nsq(consumers) => consumers.run().await,
         }
     }
 }

@@ -25,6 +25,7 @@ use galopush_nsq::{
     ProducerConfig, is_valid_topic_name,
 };
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{AcceptError, Gate, Intake, PublishError, Publisher, Retire, Ticket, Topic};
 use crate::config::BusConfig;
@@ -59,7 +60,12 @@ pub fn producer(bus: &BusConfig) -> Result<Producer, NsqError> {
 
 /// Starts consuming every inbound topic for `router`. The consumers run for the life of the
 /// runtime.
-pub fn consume(router: Arc<Router>, bus: &BusConfig, gate: Gate) -> Result<(), NsqError> {
+pub fn consume(
+    router: Arc<Router>,
+    bus: &BusConfig,
+    gate: Gate,
+    close_timeout: Duration,
+) -> Result<NsqDrain, NsqError> {
     let topics = router.topics().clone();
     // With no nsqlookupd to ask, the nsqd galopush publishes to is the one it consumes from.
     let direct = if bus.nsqlookupd_http.is_empty() {
@@ -79,12 +85,15 @@ pub fn consume(router: Arc<Router>, bus: &BusConfig, gate: Gate) -> Result<(), N
             // Effects may take long to settle: a callback waits for its ack for up to
             // `delivery.callback_ack_timeout` (60 s), the default msg_timeout of nsqd.
             auto_touch: true,
+            close_timeout,
             connection: connection.clone(),
             ..ConsumerConfig::new(topic.name(&topics), bus.channel.as_str())
         })?;
         consumers.push((topic, consumer));
     }
     let pause = Arc::new(Pause::default());
+    let stop = CancellationToken::new();
+    let mut loops = Vec::with_capacity(consumers.len());
     for (topic, consumer) in consumers {
         tracing::info!(
             topic = topic.name(&topics),
@@ -94,15 +103,33 @@ pub fn consume(router: Arc<Router>, bus: &BusConfig, gate: Gate) -> Result<(), N
             max_in_flight = per_topic,
             "consuming from NSQ"
         );
-        tokio::spawn(apply_loop(
+        loops.push(tokio::spawn(apply_loop(
             topic,
             consumer,
             router.clone(),
             pause.clone(),
             gate.clone(),
-        ));
+            stop.clone(),
+        )));
     }
-    Ok(())
+    Ok(NsqDrain { stop, loops })
+}
+
+/// Shutting down the NSQ consumers: no more messages are taken, CLS goes to every nsqd, and
+/// the messages in flight get until the consumers' `close_timeout` to settle (FIN or REQ);
+/// what is cut off nsqd redelivers.
+pub struct NsqDrain {
+    stop: CancellationToken,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NsqDrain {
+    pub async fn run(self) {
+        self.stop.cancel();
+        for consumer in self.loops {
+            let _ = consumer.await;
+        }
+    }
 }
 
 /// Hands one topic's messages to the router, one at a time; their effects settle
@@ -113,12 +140,29 @@ async fn apply_loop(
     router: Arc<Router>,
     pause: Arc<Pause>,
     gate: Gate,
+    stop: CancellationToken,
 ) {
-    gate.wait().await;
+    tokio::select! {
+        () = gate.wait() => {}
+        () = stop.cancelled() => {}
+    }
     loop {
-        pause.wait().await;
-        let Some(message) = consumer.recv().await else {
-            break;
+        let next = async {
+            pause.wait().await;
+            consumer.recv().await
+        };
+        let message = tokio::select! {
+            biased;
+            () = stop.cancelled() => None,
+            message = next => match message {
+                Some(message) => Some(message),
+                None => break,
+            },
+        };
+        let Some(message) = message else {
+            tracing::info!(topic = topic.label(), "closing the NSQ consumer");
+            consumer.stop().await;
+            return;
         };
         let body = message.body.clone();
         tracing::trace!(

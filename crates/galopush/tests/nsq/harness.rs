@@ -216,6 +216,19 @@ impl Gateway {
         Gateway::spawn(data, env).await
     }
 
+    /// Sends SIGTERM (what Ctrl-C and service managers send) without waiting; returns the
+    /// process to wait on.
+    pub fn stop(mut self) -> tokio::process::Child {
+        let child = self.child.take().expect("running");
+        let pid = child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
+        child
+    }
+
     /// `POST {path}?topic=` (`/pub` or `/mpub`); returns the status and body.
     pub async fn post(&self, path: &str, topic: &str, body: impl Into<String>) -> (u16, String) {
         let r = self

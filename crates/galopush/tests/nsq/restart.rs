@@ -1,5 +1,5 @@
 //! At-least-once across failures: a galopush crash while a message is held, and an nsqd
-//! restart while messages are queued and held.
+//! restart while messages are queued and held. A clean stop finishes what it holds instead.
 
 use std::collections::BTreeSet;
 
@@ -74,4 +74,30 @@ async fn nothing_is_lost_when_nsqd_restarts() {
     t.send_im(Bytes::from("nsqd is back")).await.expect("im");
     assert_eq!(next(&mut t).await.1, Down::ImResp { code: 0 });
     assert_eq!(nsq.nsqd.published("msgUpward").len(), 1);
+}
+
+#[tokio::test]
+async fn a_clean_stop_finishes_the_message_it_holds_before_closing() {
+    let nsq = Nsq::start().await;
+    let g = Gateway::start(&nsq, &[]).await;
+    let mut t = g.terminal(&nsq, "sam", TermType::Android).await;
+    nsq.publish("push", Nsq::down("sam", 1, "held at the stop"));
+    let (tid, held) = next(&mut t).await;
+    assert_eq!(body(&held), Bytes::from("held at the stop"));
+
+    // SIGTERM while the push waits for its ack; the terminal acks during the shutdown.
+    let mut child = g.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    t.ack(tid, &held).await.expect("ack");
+    let status = tokio::time::timeout(SOON, child.wait())
+        .await
+        .expect("galopush exits after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "clean exit, got {status}");
+    let s = nsq.stats("push");
+    assert_eq!(
+        (s.finished, s.requeued, s.timed_out, s.depth, s.in_flight),
+        (1, 0, 0, 0, 0),
+        "FINished before closing, nothing left for nsqd to redeliver: {s:?}"
+    );
 }
