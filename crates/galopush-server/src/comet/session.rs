@@ -305,12 +305,19 @@ impl Session<'_> {
         }
         let idle = self.comet.settings.idle_timeout;
         let mut last_seen = Instant::now();
+        // One timer for the connection's life, moved only when something is due earlier than
+        // it is set for; when it fires early (the idle deadline moved on), it is set again.
+        let timer = sleep_until(last_seen + idle);
+        tokio::pin!(timer);
         loop {
             let idle_deadline = last_seen + idle;
             let deadline = self
                 .txns
                 .next_deadline()
                 .map_or(idle_deadline, |d| d.min(idle_deadline));
+            if deadline < timer.deadline() || timer.is_elapsed() {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
                 _ = self.conn.queued() => {
@@ -355,7 +362,7 @@ impl Session<'_> {
                     last_seen = Instant::now();
                     self.on_frame(transport, frame.encoding, frame.tid, frame.message);
                 }
-                _ = sleep_until(deadline) => {
+                () = &mut timer => {
                     let now = Instant::now();
                     for txn in self.txns.expire(now) {
                         fail(self.comet, txn.router, txn.delivery);
