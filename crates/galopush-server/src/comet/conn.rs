@@ -11,6 +11,7 @@ use galopush_protocol::Encoding;
 use galopush_protocol::message::KickReason;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use crate::link::{Delivery, SessionId, SessionInfo};
 
@@ -95,9 +96,11 @@ impl Conn {
         (std::mem::take(&mut outbox.items), slow)
     }
 
-    /// Waits until something is queued (or the connection is marked slow).
-    pub async fn queued(&self) {
-        self.notify.notified().await
+    /// Completes when something is queued (or the connection is marked slow). A connection's
+    /// task keeps one of these across its loop and makes a new one after each completion, so
+    /// it does not join and leave the waiters' list on every turn.
+    pub fn queued(&self) -> Notified<'_> {
+        self.notify.notified()
     }
 
     /// Ends the connection's queue and returns what was left in it.

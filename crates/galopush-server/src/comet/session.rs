@@ -309,6 +309,9 @@ impl Session<'_> {
         // it is set for; when it fires early (the idle deadline moved on), it is set again.
         let timer = sleep_until(last_seen + idle);
         tokio::pin!(timer);
+        let conn: &Conn = self.conn;
+        let queued = conn.queued();
+        tokio::pin!(queued);
         loop {
             let idle_deadline = last_seen + idle;
             let deadline = self
@@ -320,7 +323,8 @@ impl Session<'_> {
             }
             tokio::select! {
                 biased;
-                _ = self.conn.queued() => {
+                () = &mut queued => {
+                    queued.set(conn.queued());
                     let (items, slow) = self.conn.take();
                     let mut kicked = false;
                     for item in items {
