@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -89,8 +90,9 @@ fn read_some<'a>(
     read: &'a mut BytesMut,
 ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
     std::future::poll_fn(move |cx| {
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut buf = ReadBuf::new(&mut chunk);
+        // Not zeroed first: `ReadBuf` tracks how much the socket filled.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 read.extend_from_slice(buf.filled());
