@@ -3,6 +3,9 @@
 //! unsettled deliveries stored, a restarted router rebuilt from the comets' reports.
 //! Each test has its own processes, ports and Redis key prefix.
 
+#[path = "../common/process.rs"]
+mod process;
+
 mod nodes;
 
 use std::collections::HashSet;

@@ -2,17 +2,15 @@
 //! with fresh ports, sharing a Redis key prefix of their own, and drives them like an operator
 //! and terminals would.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use galopush_client::{Terminal, Transport};
 use galopush_protocol::message::Down;
 use galopush_protocol::{Encoding, TermType};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+
+use crate::process::Process;
+pub use crate::process::{env_name, unique};
 
 pub const SOON: Duration = Duration::from_secs(15);
 pub const TCP: Transport = Transport::Tcp {
@@ -134,28 +132,10 @@ async fn redis_command(addr: &str, args: &[&str]) -> std::io::Result<()> {
 
 /// One running process of the cluster.
 pub struct Node {
-    child: Option<Child>,
-    pub addrs: HashMap<String, String>,
+    process: Process,
     role: &'static str,
     data: Arc<tempfile::TempDir>,
     env: Vec<(String, String)>,
-    log: PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.start_kill();
-        }
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("--- {} log (last lines) ---", self.role);
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
 }
 
 impl Node {
@@ -164,56 +144,16 @@ impl Node {
         data: Arc<tempfile::TempDir>,
         env: Vec<(String, String)>,
     ) -> Node {
-        let log = data.path().join(format!("{role}-{}.log", unique()));
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_galopush"))
-            .arg(role)
-            .env_remove("RUST_LOG")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("galopush starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(SOON, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("galopush ready ") {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            panic!(
-                "{role} did not get ready; its log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-        let addrs = ready
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
         Node {
-            child: Some(child),
-            addrs,
+            process: Process::start(role, data.path(), &env).await,
             role,
             data,
             env,
-            log,
         }
     }
 
     pub fn addr(&self, name: &str) -> String {
-        self.addrs
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| panic!("{} has no {name} address", self.role))
+        self.process.addr(name)
     }
 
     /// `http://host:port` of the node's HTTP listener.
@@ -223,38 +163,24 @@ impl Node {
 
     /// Sends a signal (`STOP`, `CONT`, …) with kill(1).
     pub fn signal(&self, name: &str) {
-        let pid = self
-            .child
-            .as_ref()
-            .and_then(|c| c.id())
-            .expect("process running");
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill(1)");
-        assert!(status.success(), "kill -{name} {pid}");
+        self.process.signal(name);
     }
 
     /// SIGKILL.
-    pub async fn kill(mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill -9");
-        }
+    pub async fn kill(self) {
+        self.process.kill().await;
     }
 
     /// SIGKILL, then the same process again with the same settings except `changes`.
-    pub async fn crash_and_restart(mut self, changes: &[(&str, &str)]) -> Node {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill -9");
-        }
-        let mut env = std::mem::take(&mut self.env);
+    pub async fn crash_and_restart(self, changes: &[(&str, &str)]) -> Node {
+        let (role, data, mut env) = (self.role, self.data, self.env);
+        self.process.kill().await;
         for (k, v) in changes {
             let name = env_name(k);
             env.retain(|(n, _)| *n != name);
             env.push((name, (*v).to_owned()));
         }
-        Node::spawn(self.role, self.data.clone(), env).await
+        Node::spawn(role, data, env).await
     }
 
     /// The value of one metric line on this node.
@@ -403,18 +329,4 @@ pub fn push_body(down: &Down) -> (u16, bytes::Bytes) {
         Down::Push { offline, msg, .. } => (*offline, msg.clone()),
         other => panic!("expected PUSH, got {other:?}"),
     }
-}
-
-pub fn env_name(key: &str) -> String {
-    let (section, name) = key.split_once('.').expect("section.key");
-    format!(
-        "GALOPUSH_{}__{}",
-        section.to_ascii_uppercase(),
-        name.to_ascii_uppercase()
-    )
-}
-
-pub fn unique() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
 }

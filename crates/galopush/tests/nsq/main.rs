@@ -3,6 +3,9 @@
 //! nsqd as the business side does, and checks what terminals receive and what galopush
 //! FINished, REQueued and published.
 
+#[path = "../common/process.rs"]
+mod process;
+
 mod harness;
 
 mod delivery;

@@ -86,13 +86,10 @@ async fn a_clean_stop_finishes_the_message_it_holds_before_closing() {
     assert_eq!(body(&held), Bytes::from("held at the stop"));
 
     // SIGTERM while the push waits for its ack; the terminal acks during the shutdown.
-    let mut child = g.stop();
+    let stopping = g.stop();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     t.ack(tid, &held).await.expect("ack");
-    let status = tokio::time::timeout(SOON, child.wait())
-        .await
-        .expect("galopush exits after SIGTERM")
-        .expect("wait");
+    let status = stopping.exited().await;
     assert!(status.success(), "clean exit, got {status}");
     let s = nsq.stats("push");
     assert_eq!(

@@ -3,8 +3,6 @@
 //! SDK for terminals, `/metrics` to see what happened.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +11,10 @@ use galopush_client::{Terminal, Transport};
 use galopush_protocol::message::Down;
 use galopush_protocol::web::WebFraming;
 use galopush_protocol::{Encoding, TermType};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
+
+use crate::process::Process;
+pub use crate::process::env_name;
 
 /// Upper bound for anything the gateway should do "at once"; generous for loaded machines.
 pub const SOON: Duration = Duration::from_secs(10);
@@ -29,30 +28,13 @@ pub const WEB: Transport = Transport::Web {
 
 /// A running `galopush standalone`.
 pub struct Gateway {
-    child: Option<Child>,
+    process: Process,
     pub http: String,
     pub tcp: String,
     pub ws: String,
     data: Arc<tempfile::TempDir>,
     env: Vec<(String, String)>,
-    log: PathBuf,
     client: reqwest::Client,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.start_kill();
-        }
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- gateway log (last lines) ---");
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
 }
 
 impl Gateway {
@@ -79,80 +61,30 @@ impl Gateway {
     }
 
     async fn spawn(data: Arc<tempfile::TempDir>, env: Vec<(String, String)>) -> Gateway {
-        let log = data
-            .path()
-            .join(format!("gateway-{}.log", fastrand_suffix()));
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_galopush"));
-        command
-            .arg("standalone")
-            .env_remove("RUST_LOG")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("galopush starts");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(SOON, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("galopush ready ") {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("gateway did not get ready; its log:\n{log}")
-        });
-        let addrs: HashMap<&str, &str> = ready
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
+        let process = Process::start("standalone", data.path(), &env).await;
         Gateway {
-            child: Some(child),
-            http: format!("http://{}", addrs["http"]),
-            tcp: addrs["tcp"].to_owned(),
-            ws: addrs["ws"].to_owned(),
+            http: format!("http://{}", process.addr("http")),
+            tcp: process.addr("tcp"),
+            ws: process.addr("ws"),
+            process,
             data,
             env,
-            log,
             client: reqwest::Client::new(),
         }
     }
 
     /// Kills the process with SIGKILL and starts it again on the same data directory.
-    pub async fn crash_and_restart(mut self) -> Gateway {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill -9");
-        }
-        let (data, env) = (self.data.clone(), self.env.clone());
-        drop(self);
+    pub async fn crash_and_restart(self) -> Gateway {
+        let (data, env) = (self.data, self.env);
+        self.process.kill().await;
         Gateway::spawn(data, env).await
     }
 
     /// Stops the process the way an operator does (SIGTERM, what Ctrl-C and service managers
     /// send), waits for it to exit by itself, and starts it again on the same data directory.
-    pub async fn stop_and_restart(mut self) -> Gateway {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().expect("running").to_string();
-            let sent = std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .expect("kill runs");
-            assert!(sent.success(), "SIGTERM sent");
-            let status = tokio::time::timeout(SOON, child.wait())
-                .await
-                .expect("the gateway exits after SIGTERM")
-                .expect("wait");
-            assert!(status.success(), "clean exit, got {status}");
-        }
-        let (data, env) = (self.data.clone(), self.env.clone());
-        drop(self);
+    pub async fn stop_and_restart(self) -> Gateway {
+        let (data, env) = (self.data, self.env);
+        self.process.stop().await;
         Gateway::spawn(data, env).await
     }
 
@@ -313,20 +245,6 @@ impl Gateway {
 }
 
 /// `comet.idle_timeout` → `GALOPUSH_COMET__IDLE_TIMEOUT`.
-pub fn env_name(key: &str) -> String {
-    let (section, name) = key.split_once('.').expect("section.key");
-    format!(
-        "GALOPUSH_{}__{}",
-        section.to_ascii_uppercase(),
-        name.to_ascii_uppercase()
-    )
-}
-
-fn fastrand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
-}
-
 /// The next message, which must arrive within [`SOON`].
 pub async fn next(t: &mut Terminal) -> (u32, Down) {
     t.recv_timeout(SOON)

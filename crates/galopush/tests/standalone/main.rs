@@ -2,6 +2,9 @@
 //! own ports and data directory and talks to it over real sockets, as terminals and as the
 //! business side.
 
+#[path = "../common/process.rs"]
+mod process;
+
 mod harness;
 
 mod bus;

@@ -1,0 +1,143 @@
+//! A `galopush` child process for the end-to-end tests, shared by the standalone, NSQ, cluster
+//! and bench test binaries: started with `GALOPUSH_*` settings and its stderr in a log file,
+//! ready once it prints its `galopush ready …` line (whose `name=host:port` pairs it keeps),
+//! and killed when dropped — with the log's last lines printed when the test is failing.
+// Each test binary includes this file and uses its own part of it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a process may take to print its ready line, or to exit after SIGTERM; generous
+/// for loaded machines.
+pub const WITHIN: Duration = Duration::from_secs(10);
+
+/// One running `galopush` process.
+pub struct Process {
+    child: Child,
+    pub pid: u32,
+    /// The addresses of its ready line, by name (`http`, `tcp`, `ws`, `rpc`).
+    pub addrs: HashMap<String, String>,
+    role: String,
+    log: PathBuf,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- {} log (last lines) ---", self.role);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Process {
+    /// Runs `galopush <role>` with `env`, its log in `dir`, and waits for its ready line.
+    pub async fn start(role: &str, dir: &Path, env: &[(String, String)]) -> Process {
+        let log = dir.join(format!("{role}-{}.log", unique()));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_galopush"))
+            .arg(role)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("galopush starts");
+        let pid = child.id().expect("a running child has a pid");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(WITHIN, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("galopush ready ") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("{role} did not get ready; its log:\n{log}")
+        });
+        let addrs = ready
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Process {
+            child,
+            pid,
+            addrs,
+            role: role.to_owned(),
+            log,
+        }
+    }
+
+    /// The address of the ready line named `name`.
+    pub fn addr(&self, name: &str) -> String {
+        self.addrs
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{} has no {name} address", self.role))
+    }
+
+    /// Sends a signal (`TERM`, `STOP`, `CONT`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid.to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{name} {}", self.pid);
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill -9");
+    }
+
+    /// Waits for the process to exit by itself; it must within [`WITHIN`].
+    pub async fn exited(mut self) -> ExitStatus {
+        tokio::time::timeout(WITHIN, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit", self.role))
+            .expect("wait")
+    }
+
+    /// SIGTERM (what Ctrl-C and service managers send), then waits for a clean exit.
+    pub async fn stop(self) {
+        self.signal("TERM");
+        let status = self.exited().await;
+        assert!(status.success(), "clean exit, got {status}");
+    }
+}
+
+/// A setting's environment variable: `auth.mode` → `GALOPUSH_AUTH__MODE`.
+pub fn env_name(key: &str) -> String {
+    let (section, name) = key.split_once('.').expect("section.key");
+    format!(
+        "GALOPUSH_{}__{}",
+        section.to_ascii_uppercase(),
+        name.to_ascii_uppercase()
+    )
+}
+
+/// A number unlikely to repeat, for names that must not collide between tests.
+pub fn unique() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
