@@ -1,7 +1,7 @@
 //! Starts the real `galopush standalone` for the bench tests: fresh ports, its own data
 //! directory, killed when dropped.
 
-use crate::process::{Process, env_name};
+use crate::common::process::{Process, env_name};
 
 /// A running `galopush standalone`.
 pub struct Gateway {

@@ -2,8 +2,8 @@
 //! size against the real `galopush standalone`, over TCP and once over WebSocket. They check
 //! that nothing is lost, duplicated or failed and that the counts add up, never how fast.
 
-#[path = "../common/process.rs"]
-mod process;
+#[path = "../common/mod.rs"]
+mod common;
 
 mod gateway;
 

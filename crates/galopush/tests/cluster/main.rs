@@ -3,8 +3,8 @@
 //! unsettled deliveries stored, a restarted router rebuilt from the comets' reports.
 //! Each test has its own processes, ports and Redis key prefix.
 
-#[path = "../common/process.rs"]
-mod process;
+#[path = "../common/mod.rs"]
+mod common;
 
 mod nodes;
 

@@ -9,10 +9,10 @@ use galopush_client::{Terminal, Transport};
 use galopush_protocol::message::Down;
 use galopush_protocol::{Encoding, TermType};
 
-use crate::process::Process;
-pub use crate::process::{env_name, unique};
+use crate::common::process::Process;
+pub use crate::common::process::{env_name, unique};
+pub use crate::common::terminal::{SOON, closed, next, next_acked};
 
-pub const SOON: Duration = Duration::from_secs(15);
 pub const TCP: Transport = Transport::Tcp {
     encoding: Encoding::None,
 };
@@ -295,33 +295,6 @@ pub async fn register(addr: &str, uid: &str, code: &str, term: TermType) -> Term
         .expect("register");
     assert_eq!(regresp, 0, "REGRESP for {uid} on {addr}");
     t
-}
-
-pub async fn next(t: &mut Terminal) -> (u32, Down) {
-    t.recv_timeout(SOON)
-        .await
-        .expect("a message in time")
-        .expect("connection open")
-}
-
-pub async fn next_acked(t: &mut Terminal) -> (u32, Down) {
-    let (tid, down) = next(t).await;
-    t.ack(tid, &down).await.expect("ack");
-    (tid, down)
-}
-
-/// Reads until the server closes the connection; returns what it sent before.
-pub async fn closed(t: &mut Terminal) -> Vec<Down> {
-    let mut seen = Vec::new();
-    loop {
-        match t.recv_timeout(SOON).await {
-            Ok(Some((_, d))) => seen.push(d),
-            Ok(None)
-            | Err(galopush_client::ClientError::Io(_))
-            | Err(galopush_client::ClientError::Closed) => return seen,
-            Err(e) => panic!("expected the connection to close, got {e}"),
-        }
-    }
 }
 
 pub fn push_body(down: &Down) -> (u16, bytes::Bytes) {

@@ -2,8 +2,6 @@
 //! and bench test binaries: started with `GALOPUSH_*` settings and its stderr in a log file,
 //! ready once it prints its `galopush ready …` line (whose `name=host:port` pairs it keeps),
 //! and killed when dropped — with the log's last lines printed when the test is failing.
-// Each test binary includes this file and uses its own part of it.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -11,11 +11,9 @@ use galopush_nsq::fake::{ChannelStats, FakeLookupd, FakeNsqd};
 use galopush_protocol::message::Down;
 use galopush_protocol::{Encoding, TermType};
 
-use crate::process::Process;
-pub use crate::process::env_name;
-
-/// Upper bound for anything that should happen "at once"; generous for loaded machines.
-pub const SOON: Duration = Duration::from_secs(10);
+use crate::common::process::Process;
+pub use crate::common::process::env_name;
+pub use crate::common::terminal::{SOON, next, next_acked};
 
 /// The channel galopush consumes on (the default `bus.channel`).
 pub const CHANNEL: &str = "galopush";
@@ -223,22 +221,6 @@ impl Gateway {
         nsq.login(uid, term, &code).await;
         self.register(uid, &code, term).await
     }
-}
-
-/// `bus.kind` → `GALOPUSH_BUS__KIND`.
-/// The next message, which must arrive within [`SOON`].
-pub async fn next(t: &mut Terminal) -> (u32, Down) {
-    t.recv_timeout(SOON)
-        .await
-        .expect("a message in time")
-        .expect("connection open")
-}
-
-/// Receives the next message and acks it.
-pub async fn next_acked(t: &mut Terminal) -> (u32, Down) {
-    let (tid, down) = next(t).await;
-    t.ack(tid, &down).await.expect("ack");
-    (tid, down)
 }
 
 /// The message bytes of a PUSH or CALLBACK.

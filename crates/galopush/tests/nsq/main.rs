@@ -3,8 +3,8 @@
 //! nsqd as the business side does, and checks what terminals receive and what galopush
 //! FINished, REQueued and published.
 
-#[path = "../common/process.rs"]
-mod process;
+#[path = "../common/mod.rs"]
+mod common;
 
 mod harness;
 

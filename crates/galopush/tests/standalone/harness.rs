@@ -13,11 +13,9 @@ use galopush_protocol::web::WebFraming;
 use galopush_protocol::{Encoding, TermType};
 use tokio::sync::Mutex;
 
-use crate::process::Process;
-pub use crate::process::env_name;
-
-/// Upper bound for anything the gateway should do "at once"; generous for loaded machines.
-pub const SOON: Duration = Duration::from_secs(10);
+use crate::common::process::Process;
+pub use crate::common::process::env_name;
+pub use crate::common::terminal::{SOON, closed, next, next_acked, nothing_for};
 
 pub const TCP: Transport = Transport::Tcp {
     encoding: Encoding::None,
@@ -241,45 +239,6 @@ impl Gateway {
             .to_string(),
         )
         .await;
-    }
-}
-
-/// `comet.idle_timeout` → `GALOPUSH_COMET__IDLE_TIMEOUT`.
-/// The next message, which must arrive within [`SOON`].
-pub async fn next(t: &mut Terminal) -> (u32, Down) {
-    t.recv_timeout(SOON)
-        .await
-        .expect("a message in time")
-        .expect("connection open")
-}
-
-/// Receives the next message and acks it.
-pub async fn next_acked(t: &mut Terminal) -> (u32, Down) {
-    let (tid, down) = next(t).await;
-    t.ack(tid, &down).await.expect("ack");
-    (tid, down)
-}
-
-/// Asserts that nothing arrives for `wait`.
-pub async fn nothing_for(t: &mut Terminal, wait: Duration) {
-    match t.recv_timeout(wait).await {
-        Err(galopush_client::ClientError::Timeout(_)) => {}
-        other => panic!("expected nothing, got {other:?}"),
-    }
-}
-
-/// Asserts that the server closes the connection (after any frames it still sends).
-pub async fn closed(t: &mut Terminal) -> Vec<Down> {
-    let mut seen = Vec::new();
-    loop {
-        match t.recv_timeout(SOON).await {
-            Ok(Some((_, d))) => seen.push(d),
-            Ok(None)
-            | Err(galopush_client::ClientError::Io(_))
-            | Err(galopush_client::ClientError::Closed) => return seen,
-            Err(galopush_client::ClientError::WebSocket(_)) => return seen,
-            Err(e) => panic!("expected the connection to close, got {e}"),
-        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! own ports and data directory and talks to it over real sockets, as terminals and as the
 //! business side.
 
-#[path = "../common/process.rs"]
-mod process;
+#[path = "../common/mod.rs"]
+mod common;
 
 mod harness;
 
