@@ -53,15 +53,10 @@ pub async fn run_router(
         warm_up(&router).await;
         let _ = open.send(true);
     });
-    let (app, drain) = parts.serve_bus(&config, gate).await?;
+    let http_surface = parts.serve_bus(&config, gate).await?;
     tracing::info!(http = %http_bound, rpc = %rpc_bound, "galopush router ready");
     println!("galopush ready http={http_bound} rpc={rpc_bound}");
-    axum::serve(http_listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(StartError::Serve)?;
-    drain.run().await;
-    Ok(())
+    http_surface.serve(http_listener, shutdown).await
 }
 
 /// Waits until the comets have rejoined (or [`WARM_UP`] has passed).

@@ -23,14 +23,9 @@ pub async fn run(
     let (tcp, ws) = comet.local_addrs();
     let (listener, http) = listen(config.router.http_addr, "router.http_addr").await?;
     comet.start().await;
-    let (app, drain) = parts.serve_bus(&config, Gate::opened()).await?;
+    let http_surface = parts.serve_bus(&config, Gate::opened()).await?;
     tracing::info!(%http, %tcp, %ws, "galopush standalone ready");
     // A machine-readable line for scripts and tests that start the gateway on port 0.
     println!("galopush ready http={http} tcp={tcp} ws={ws}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(StartError::Serve)?;
-    drain.run().await;
-    Ok(())
+    http_surface.serve(listener, shutdown).await
 }

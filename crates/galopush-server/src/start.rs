@@ -116,11 +116,7 @@ pub async fn start_router(
 impl RouterParts {
     /// Starts taking inbound bus messages (applied once `gate` opens) and the router's upkeep;
     /// returns the HTTP routes of SPEC §8.
-    pub async fn serve_bus(
-        self,
-        config: &Config,
-        gate: Gate,
-    ) -> Result<(axum::Router, BusDrain), StartError> {
+    pub async fn serve_bus(self, config: &Config, gate: Gate) -> Result<RouterHttp, StartError> {
         // What is in flight at shutdown gets this long to settle (acked, or stored offline).
         let wait = config.delivery.ack_timeout.0 + Duration::from_secs(1);
         let (intake, drain): (Arc<dyn Intake>, BusDrain) = match self.producer {
@@ -154,7 +150,29 @@ impl RouterParts {
             intake,
             metrics: self.metrics,
         });
-        Ok((routes, drain))
+        Ok(RouterHttp { routes, drain })
+    }
+}
+
+/// The router's HTTP surface (SPEC §8) with the bus behind it.
+pub struct RouterHttp {
+    routes: axum::Router,
+    drain: BusDrain,
+}
+
+impl RouterHttp {
+    /// Serves on `listener` until `shutdown` resolves, then drains the bus.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        axum::serve(listener, self.routes)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(StartError::Serve)?;
+        self.drain.run().await;
+        Ok(())
     }
 }
 
@@ -162,13 +180,13 @@ impl RouterParts {
 /// flight get up to `delivery.ack_timeout` + 1 s to settle (acked, or stored offline) and are
 /// retired — deleted from the embedded inbox, FINished on nsqd after a CLS — so a clean restart
 /// applies nothing already delivered.
-pub enum BusDrain {
+enum BusDrain {
     Embedded(Arc<EmbeddedInbox>, Duration),
     Nsq(nsq::NsqDrain),
 }
 
 impl BusDrain {
-    pub async fn run(self) {
+    async fn run(self) {
         match self {
             BusDrain::Embedded(inbox, wait) => inbox.drain(wait).await,
             BusDrain::Nsq(consumers) => consumers.run().await,

@@ -43,11 +43,18 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Keeps a delivery until it settles; returns its new id.
-    pub fn insert(&self, delivery: PendingDelivery) -> DeliveryId {
+    /// Keeps a delivery until it settles; returns what to send the comet for it, with `flag`.
+    pub fn open(&self, delivery: PendingDelivery, flag: u8) -> Delivery {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let out = Delivery {
+            id,
+            session: delivery.session,
+            kind: delivery.kind,
+            flag,
+            body: delivery.body.clone(),
+        };
         self.deliveries.lock(&id).insert(id, delivery);
-        id
+        out
     }
 
     pub fn take(&self, id: DeliveryId) -> Option<PendingDelivery> {
@@ -122,26 +129,19 @@ impl Router {
             let flag = u8::from(slots.web_online());
             match slots.get(term) {
                 Some(at) if at.session != failed => {
-                    let (comet, session) = (at.comet, at.session);
-                    let id = self.pending.insert(PendingDelivery {
-                        comet,
-                        session,
-                        uid: uid.clone(),
-                        term,
-                        kind,
-                        body: body.clone(),
-                        origin: Origin::Live(ticket.clone()),
-                    });
-                    Next::Redeliver(
-                        comet,
-                        Delivery {
-                            id,
-                            session,
+                    let delivery = self.pending.open(
+                        PendingDelivery {
+                            comet: at.comet,
+                            session: at.session,
+                            uid: uid.clone(),
+                            term,
                             kind,
-                            flag,
                             body: body.clone(),
+                            origin: Origin::Live(ticket.clone()),
                         },
-                    )
+                        flag,
+                    );
+                    Next::Redeliver(at.comet, delivery)
                 }
                 _ if term == TermType::Web => Next::Dropped,
                 _ => {

@@ -278,26 +278,19 @@ impl Router {
             for term in wanted.types() {
                 if let Some(at) = user.get(term) {
                     reached = true;
-                    let (comet, session) = (at.comet, at.session);
-                    let id = self.pending.insert(PendingDelivery {
-                        comet,
-                        session,
-                        uid: uid(),
-                        term,
-                        kind,
-                        body: body.clone(),
-                        origin: Origin::Live(ticket.clone()),
-                    });
-                    plan.deliver(
-                        comet,
-                        Delivery {
-                            id,
-                            session,
+                    let delivery = self.pending.open(
+                        PendingDelivery {
+                            comet: at.comet,
+                            session: at.session,
+                            uid: uid(),
+                            term,
                             kind,
-                            flag,
                             body: body.clone(),
+                            origin: Origin::Live(ticket.clone()),
                         },
+                        flag,
                     );
+                    plan.deliver(at.comet, delivery);
                     continue;
                 }
                 let Some(logged_in) = logged_in else {

@@ -254,22 +254,16 @@ impl Router {
         let web = u8::from(self.sessions.live(&s.uid).web_online());
         let mut out = Vec::new();
         let mut add = |kind: DeliveryKind, flag: u8, body: bytes::Bytes, key: OfflineKey| {
-            let id = self.pending.insert(PendingDelivery {
+            let pending = PendingDelivery {
                 comet,
                 session: s.session,
                 uid: s.uid.clone(),
                 term: s.term,
                 kind,
-                body: body.clone(),
-                origin: Origin::Stored(key),
-            });
-            out.push(Delivery {
-                id,
-                session: s.session,
-                kind,
-                flag,
                 body,
-            });
+                origin: Origin::Stored(key),
+            };
+            out.push(self.pending.open(pending, flag));
         };
         if let Some(p) = offline.push {
             let offline = u16::try_from(p.count).unwrap_or(u16::MAX);
