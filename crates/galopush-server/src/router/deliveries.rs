@@ -1,6 +1,12 @@
 //! Deliveries in flight: what the router sent to a comet and has not seen settled, and what
 //! happens when it settles — an ack retires it (or removes the stored message it came from),
 //! a failure applies the offline rule (SPEC §6).
+//!
+//! The deliveries of one message are kept together, as one group: the message's body, kind
+//! and origin once, and a slot per receiving session. A delivery's id is its group's number and
+//! its index in the group, so settling it finds its slot without a table entry of its own, and
+//! the acks of a broadcast to 10000 terminals touch one group instead of 10000 entries of a
+//! table that grows with everything in flight.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,63 +22,198 @@ use crate::sharded::ShardedMap;
 use crate::store::offline::OfflineMessage;
 use crate::store::{OfflineKey, OfflineWrite, StoredKey};
 
-/// Where a delivery came from.
+/// Where a group's deliveries came from.
+#[derive(Clone)]
 pub enum Origin {
-    /// A live message; holds its inbound message until it settles.
+    /// A live message; holds its inbound message until its deliveries settle.
     Live(Ticket),
     /// A stored message, removed from the store when acked.
     Stored(OfflineKey),
 }
 
-/// A delivery the router is waiting to see settled.
-pub struct PendingDelivery {
+/// The session a delivery went to.
+pub struct Target {
     pub comet: CometIdx,
     pub session: SessionId,
     pub uid: Arc<str>,
     pub term: TermType,
+}
+
+/// Bits of a delivery id that number it within its group.
+const INDEX_BITS: u32 = 24;
+const GROUP_CAPACITY: usize = 1 << INDEX_BITS;
+
+fn delivery_id(group: u64, index: usize) -> DeliveryId {
+    (group << INDEX_BITS) | index as u64
+}
+
+fn split_id(id: DeliveryId) -> (u64, usize) {
+    (
+        id >> INDEX_BITS,
+        (id & (GROUP_CAPACITY as u64 - 1)) as usize,
+    )
+}
+
+/// The deliveries of one message still in flight.
+struct Group {
+    kind: DeliveryKind,
+    body: Bytes,
+    origin: Origin,
+    /// A slot per delivery, emptied when it settles.
+    targets: Vec<Option<Target>>,
+    open: usize,
+}
+
+impl Group {
+    /// Empties the slot of a settled delivery; `None` if it had settled already.
+    fn settle(&mut self, index: usize, outcome: Outcome) -> Option<Taken> {
+        let target = self.targets.get_mut(index)?.take()?;
+        self.open -= 1;
+        Some(self.taken(target, outcome))
+    }
+
+    fn taken(&self, target: Target, outcome: Outcome) -> Taken {
+        let then = match (&self.origin, outcome) {
+            (Origin::Live(_), Outcome::Acked) => Then::Count,
+            (Origin::Live(ticket), Outcome::Failed) => Then::Retry {
+                body: self.body.clone(),
+                ticket: ticket.clone(),
+            },
+            (Origin::Stored(key), Outcome::Acked) => Then::Unstore(key.clone()),
+            (Origin::Stored(_), Outcome::Failed) => Then::Keep,
+        };
+        Taken {
+            target,
+            kind: self.kind,
+            outcome,
+            then,
+        }
+    }
+}
+
+/// A settled delivery, with what settling it leaves to do.
+pub struct Taken {
+    pub target: Target,
     pub kind: DeliveryKind,
-    pub body: Bytes,
-    pub origin: Origin,
+    pub outcome: Outcome,
+    pub then: Then,
+}
+
+/// What a settled delivery leaves to do.
+pub enum Then {
+    /// A live delivery was acked: count it.
+    Count,
+    /// A live delivery failed: try the terminal's new session, or store it.
+    Retry { body: Bytes, ticket: Ticket },
+    /// A stored message was acked: remove it from the store.
+    Unstore(OfflineKey),
+    /// A stored message's delivery failed: it stays stored.
+    Keep,
 }
 
 /// The deliveries in flight.
 #[derive(Default)]
 pub struct Pending {
-    next: AtomicU64,
-    deliveries: ShardedMap<DeliveryId, PendingDelivery>,
+    next_group: AtomicU64,
+    groups: ShardedMap<u64, Group>,
 }
 
 impl Pending {
-    /// Keeps a delivery until it settles; returns what to send the comet for it, with `flag`.
-    pub fn open(&self, delivery: PendingDelivery, flag: u8) -> Delivery {
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let out = Delivery {
-            id,
-            session: delivery.session,
-            kind: delivery.kind,
-            flag,
-            body: delivery.body.clone(),
-        };
-        self.deliveries.lock(&id).insert(id, delivery);
-        out
+    /// Starts the deliveries of one message; none is kept until [`Planned::open`].
+    pub fn plan(&self, kind: DeliveryKind, body: &Bytes, origin: Origin) -> Planned<'_> {
+        Planned {
+            pending: self,
+            kind,
+            body: body.clone(),
+            origin,
+            full: Vec::new(),
+            current: None,
+        }
     }
 
-    pub fn take(&self, id: DeliveryId) -> Option<PendingDelivery> {
-        self.deliveries.lock(&id).remove(&id)
+    /// Settles a delivery; `None` if it is not in flight (settled already, or never kept).
+    pub fn take(&self, id: DeliveryId, outcome: Outcome) -> Option<Taken> {
+        let (number, index) = split_id(id);
+        let mut shard = self.groups.lock(&number);
+        let group = shard.get_mut(&number)?;
+        let taken = group.settle(index, outcome);
+        let done = (group.open == 0).then(|| shard.remove(&number));
+        drop(shard);
+        // The last delivery of a live message drops its ticket here, outside the lock.
+        drop(done);
+        taken
     }
 
-    /// Takes every delivery sent to a comet.
-    pub fn take_comet(&self, comet: CometIdx) -> Vec<PendingDelivery> {
+    /// Takes every delivery sent to a comet, as failed.
+    pub fn take_comet(&self, comet: CometIdx) -> Vec<Taken> {
         let mut out = Vec::new();
-        self.deliveries.each_shard(|shard| {
-            let ids: Vec<DeliveryId> = shard
-                .iter()
-                .filter(|(_, p)| p.comet == comet)
-                .map(|(id, _)| *id)
-                .collect();
-            out.extend(ids.into_iter().filter_map(|id| shard.remove(&id)));
+        let mut done = Vec::new();
+        self.groups.each_shard(|shard| {
+            for group in shard.values_mut() {
+                for index in 0..group.targets.len() {
+                    if let Some(target) = group.targets[index].take_if(|t| t.comet == comet) {
+                        group.open -= 1;
+                        out.push(group.taken(target, Outcome::Failed));
+                    }
+                }
+            }
+            done.extend(shard.extract_if(|_, group| group.open == 0));
         });
+        drop(done);
         out
+    }
+}
+
+/// The deliveries of one message being planned; kept by [`Planned::open`].
+pub struct Planned<'a> {
+    pending: &'a Pending,
+    kind: DeliveryKind,
+    body: Bytes,
+    origin: Origin,
+    /// Groups filled to capacity, for a message with more receivers than one group numbers.
+    full: Vec<(u64, Group)>,
+    current: Option<(u64, Group)>,
+}
+
+impl Planned<'_> {
+    /// Adds a delivery to `target`; returns what to send its comet, with `flag`.
+    pub fn add(&mut self, target: Target, flag: u8) -> Delivery {
+        if let Some((_, group)) = &self.current
+            && group.targets.len() == GROUP_CAPACITY
+        {
+            self.full.extend(self.current.take());
+        }
+        let (number, group) = self.current.get_or_insert_with(|| {
+            // Numbers wrap within the bits a delivery id leaves them; a group is long settled
+            // before its number comes round again.
+            let number = self.pending.next_group.fetch_add(1, Ordering::Relaxed) + 1;
+            let group = Group {
+                kind: self.kind,
+                body: self.body.clone(),
+                origin: self.origin.clone(),
+                targets: Vec::new(),
+                open: 0,
+            };
+            (number & (u64::MAX >> INDEX_BITS), group)
+        });
+        let id = delivery_id(*number, group.targets.len());
+        let session = target.session;
+        group.targets.push(Some(target));
+        group.open += 1;
+        Delivery {
+            id,
+            session,
+            kind: self.kind,
+            flag,
+            body: self.body.clone(),
+        }
+    }
+
+    /// Keeps the planned deliveries until they settle; call it before sending any of them.
+    pub fn open(self) {
+        for (number, group) in self.full.into_iter().chain(self.current) {
+            self.pending.groups.lock(&number).insert(number, group);
+        }
     }
 }
 
@@ -86,61 +227,59 @@ pub fn offline_message(kind: DeliveryKind, flag: u8, body: Bytes) -> OfflineMess
 }
 
 impl Router {
-    /// Settles a delivery.
-    pub(super) fn finish(&self, p: PendingDelivery, outcome: Outcome) {
-        match p.origin {
-            Origin::Live(ticket) => {
-                self.metrics.delivery(p.kind, outcome).inc();
-                if outcome == Outcome::Failed {
-                    self.retry_or_store(p.uid, p.term, p.session, p.kind, p.body, ticket);
-                }
+    /// Does what a settled delivery leaves to do.
+    pub(super) fn finish(&self, taken: Taken) {
+        let Taken {
+            target,
+            kind,
+            outcome,
+            then,
+        } = taken;
+        match then {
+            Then::Count => {
+                self.metrics.delivery(kind, outcome).inc();
             }
-            Origin::Stored(item) => {
-                if outcome == Outcome::Acked {
-                    self.metrics.offline_delivered(p.kind).inc();
-                    let key = StoredKey {
-                        uid: p.uid,
-                        term: p.term,
-                        item,
-                    };
-                    self.hold_until_durable(self.store.remove_offline(vec![key]), None);
-                }
+            Then::Retry { body, ticket } => {
+                self.metrics.delivery(kind, outcome).inc();
+                self.retry_or_store(target, kind, body, ticket);
             }
+            Then::Unstore(item) => {
+                self.metrics.offline_delivered(kind).inc();
+                let key = StoredKey {
+                    uid: target.uid,
+                    term: target.term,
+                    item,
+                };
+                self.hold_until_durable(self.store.remove_offline(vec![key]), None);
+            }
+            Then::Keep => {}
         }
     }
 
     /// A live delivery failed: if the terminal has registered again meanwhile (a new session),
     /// send it there; otherwise apply the offline rule.
-    fn retry_or_store(
-        &self,
-        uid: Arc<str>,
-        term: TermType,
-        failed: SessionId,
-        kind: DeliveryKind,
-        body: Bytes,
-        ticket: Ticket,
-    ) {
+    fn retry_or_store(&self, failed: Target, kind: DeliveryKind, body: Bytes, ticket: Ticket) {
         enum Next {
             Redeliver(CometIdx, Delivery),
             Stored,
             Dropped,
         }
+        let Target { uid, term, .. } = failed;
         let next = self.sessions.locked(&uid, |slots| {
             let flag = u8::from(slots.web_online());
             match slots.get(term) {
-                Some(at) if at.session != failed => {
-                    let delivery = self.pending.open(
-                        PendingDelivery {
+                Some(at) if at.session != failed.session => {
+                    let mut planned = self.pending.plan(kind, &body, Origin::Live(ticket.clone()));
+                    let delivery = planned.add(
+                        Target {
                             comet: at.comet,
                             session: at.session,
                             uid: uid.clone(),
                             term,
-                            kind,
-                            body: body.clone(),
-                            origin: Origin::Live(ticket.clone()),
                         },
                         flag,
                     );
+                    planned.open();
                     Next::Redeliver(at.comet, delivery)
                 }
                 _ if term == TermType::Web => Next::Dropped,
@@ -170,5 +309,135 @@ impl Router {
                 self.metrics.dropped(Dropped::WebOffline).inc();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::ticket::Retire;
+    use std::sync::atomic::AtomicBool;
+
+    struct Retired(Arc<AtomicBool>);
+
+    impl Retire for Retired {
+        fn retire(self: Box<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        fn requeue(self: Box<Self>) {}
+        fn redelivered(&self) -> bool {
+            false
+        }
+    }
+
+    fn target(comet: CometIdx, session: SessionId) -> Target {
+        Target {
+            comet,
+            session,
+            uid: Arc::from(format!("u{session}")),
+            term: TermType::Android,
+        }
+    }
+
+    fn broadcast(pending: &Pending, targets: Vec<Target>) -> (Vec<Delivery>, Arc<AtomicBool>) {
+        let retired = Arc::new(AtomicBool::new(false));
+        let origin = Origin::Live(Ticket::new(Retired(retired.clone())));
+        let mut planned = pending.plan(DeliveryKind::Im, &Bytes::from_static(b"hi"), origin);
+        let deliveries = targets.into_iter().map(|t| planned.add(t, 0)).collect();
+        planned.open();
+        (deliveries, retired)
+    }
+
+    #[test]
+    fn a_message_retires_when_its_last_delivery_settles() {
+        let pending = Pending::default();
+        let (d, retired) = broadcast(&pending, vec![target(0, 1), target(0, 2), target(1, 3)]);
+        let ids: Vec<DeliveryId> = d.iter().map(|d| d.id).collect();
+        assert_eq!(d.iter().map(|d| d.session).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(ids.windows(2).all(|w| w[0] != w[1]), "ids are distinct");
+
+        let acked = pending.take(ids[0], Outcome::Acked).expect("in flight");
+        assert!(matches!(acked.then, Then::Count));
+        assert_eq!(acked.target.session, 1);
+        assert!(
+            pending.take(ids[0], Outcome::Acked).is_none(),
+            "settled once"
+        );
+
+        let failed = pending.take(ids[2], Outcome::Failed).expect("in flight");
+        let Then::Retry { body, ticket } = failed.then else {
+            panic!("a failed live delivery is retried or stored");
+        };
+        assert_eq!(&body[..], b"hi");
+        assert_eq!(&*failed.target.uid, "u3");
+        drop(ticket);
+        assert!(
+            !retired.load(Ordering::SeqCst),
+            "one delivery still in flight"
+        );
+
+        pending.take(ids[1], Outcome::Acked).expect("in flight");
+        assert!(
+            retired.load(Ordering::SeqCst),
+            "retired with its last delivery"
+        );
+        assert!(pending.take(ids[1], Outcome::Failed).is_none());
+    }
+
+    #[test]
+    fn planned_deliveries_not_opened_are_not_in_flight() {
+        let pending = Pending::default();
+        let retired = Arc::new(AtomicBool::new(false));
+        let origin = Origin::Live(Ticket::new(Retired(retired.clone())));
+        let mut planned = pending.plan(DeliveryKind::Callback, &Bytes::new(), origin);
+        let d = planned.add(target(0, 1), 0);
+        drop(planned);
+        assert!(pending.take(d.id, Outcome::Acked).is_none());
+        assert!(retired.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_comet_that_leaves_fails_only_its_own_deliveries() {
+        let pending = Pending::default();
+        let (first, _) = broadcast(&pending, vec![target(0, 1), target(1, 2)]);
+        let (second, retired) = broadcast(&pending, vec![target(1, 3)]);
+        let mut gone: Vec<SessionId> = pending
+            .take_comet(1)
+            .into_iter()
+            .map(|t| {
+                assert!(matches!(t.then, Then::Retry { .. }));
+                t.target.session
+            })
+            .collect();
+        gone.sort_unstable();
+        assert_eq!(gone, [2, 3]);
+        assert!(
+            retired.load(Ordering::SeqCst),
+            "the second message had only comet 1"
+        );
+        assert!(pending.take(second[0].id, Outcome::Acked).is_none());
+        assert!(pending.take(first[1].id, Outcome::Acked).is_none());
+        assert!(pending.take(first[0].id, Outcome::Acked).is_some());
+    }
+
+    #[test]
+    fn a_stored_message_is_removed_only_when_acked() {
+        let pending = Pending::default();
+        let open = |id| {
+            let key = OfflineKey::Callback { id };
+            let mut planned =
+                pending.plan(DeliveryKind::Callback, &Bytes::new(), Origin::Stored(key));
+            let d = planned.add(target(0, 1), 0);
+            planned.open();
+            d.id
+        };
+        let (a, b) = (open(7), open(8));
+        let acked = pending.take(a, Outcome::Acked).expect("in flight");
+        assert!(matches!(
+            acked.then,
+            Then::Unstore(OfflineKey::Callback { id: 7 })
+        ));
+        let failed = pending.take(b, Outcome::Failed).expect("in flight");
+        assert!(matches!(failed.then, Then::Keep));
     }
 }

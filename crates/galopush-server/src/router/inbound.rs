@@ -10,31 +10,27 @@ use galopush_protocol::bus::{self, Downward, SessionTimeout, UserOnlineState};
 use galopush_protocol::message::KickReason;
 use galopush_protocol::{TermMask, TermType};
 
-use super::deliveries::{Origin, PendingDelivery, offline_message};
+use super::deliveries::{Origin, Planned, Target, offline_message};
 use super::{CometIdx, Router};
 use crate::bus::{Ticket, Topic};
-use crate::link::{CometCommand, Delivery, DeliveryKind};
+use crate::link::{CometCommand, DeliveryKind};
 use crate::metrics::Dropped;
 use crate::store::{LoginRecord, OfflineWrite};
 
-/// The down-message being planned.
-#[derive(Clone, Copy)]
-struct Outgoing<'a> {
+/// What planning a down-message produced: its deliveries, batched by comet, and offline
+/// writes.
+struct Plan<'a> {
     kind: DeliveryKind,
     body: &'a Bytes,
-    ticket: &'a Ticket,
-}
-
-/// What planning a down-message produced: deliveries by comet, and offline writes.
-#[derive(Default)]
-struct Plan {
+    deliveries: Planned<'a>,
     batches: Vec<(CometIdx, Vec<CometCommand>)>,
     stores: Vec<crate::store::StoreFuture>,
 }
 
-impl Plan {
-    fn deliver(&mut self, comet: CometIdx, delivery: Delivery) {
-        let command = CometCommand::Deliver(delivery);
+impl Plan<'_> {
+    fn deliver(&mut self, target: Target, flag: u8) {
+        let comet = target.comet;
+        let command = CometCommand::Deliver(self.deliveries.add(target, flag));
         match self.batches.iter_mut().find(|(c, _)| *c == comet) {
             Some((_, commands)) => commands.push(command),
             None => self.batches.push((comet, vec![command])),
@@ -203,17 +199,17 @@ impl Router {
     /// which spares a Redis round trip per message in a cluster.
     async fn apply_down(&self, kind: DeliveryKind, msg: Downward, ticket: Ticket) {
         let body = Bytes::from(msg.body);
-        let down = Outgoing {
+        let mut plan = Plan {
             kind,
             body: &body,
-            ticket: &ticket,
+            deliveries: self.pending.plan(kind, &body, Origin::Live(ticket.clone())),
+            batches: Vec::new(),
+            stores: Vec::new(),
         };
-        let mut plan = Plan::default();
         let mut unresolved = Vec::new();
         for receiver in &msg.receivers {
             let wanted = TermMask(receiver.termtype);
-            let (reached, missing) =
-                self.plan_receiver(&mut plan, &down, &receiver.uid, wanted, None);
+            let (reached, missing) = self.plan_receiver(&mut plan, &receiver.uid, wanted, None);
             if missing.0 != 0 {
                 unresolved.push((receiver.uid.as_str(), missing, reached));
             } else if !reached {
@@ -227,26 +223,20 @@ impl Router {
                 Err(e) => {
                     self.metrics.store_errors.inc();
                     tracing::warn!(error = %e, "cannot read login records; message will be retried");
-                    // Nothing of the message goes out: it is applied whole when retried.
-                    for (_, commands) in plan.batches {
-                        for c in commands {
-                            if let CometCommand::Deliver(d) = c {
-                                self.pending.take(d.id);
-                            }
-                        }
-                    }
+                    // Nothing of the message goes out (its planned deliveries are never kept):
+                    // it is applied whole when retried.
                     ticket.fail();
                     return;
                 }
             };
             for ((uid, missing, reached_live), logged_in) in unresolved.into_iter().zip(logged_in) {
-                let (reached, _) =
-                    self.plan_receiver(&mut plan, &down, uid, missing, Some(logged_in));
+                let (reached, _) = self.plan_receiver(&mut plan, uid, missing, Some(logged_in));
                 if !reached && !reached_live {
                     self.no_login(uid);
                 }
             }
         }
+        plan.deliveries.open();
         for (comet, commands) in plan.batches {
             self.send(comet, commands);
         }
@@ -262,13 +252,12 @@ impl Router {
     /// undecided and returned. Returns whether anything reached the user, and what is left.
     fn plan_receiver(
         &self,
-        plan: &mut Plan,
-        down: &Outgoing<'_>,
+        plan: &mut Plan<'_>,
         receiver: &str,
         wanted: TermMask,
         logged_in: Option<TermMask>,
     ) -> (bool, TermMask) {
-        let Outgoing { kind, body, ticket } = *down;
+        let (kind, body) = (plan.kind, plan.body);
         self.sessions.viewed(receiver, |user| {
             let flag = u8::from(user.web_online());
             let mut uid = user.uid.cloned();
@@ -278,19 +267,13 @@ impl Router {
             for term in wanted.types() {
                 if let Some(at) = user.get(term) {
                     reached = true;
-                    let delivery = self.pending.open(
-                        PendingDelivery {
-                            comet: at.comet,
-                            session: at.session,
-                            uid: uid(),
-                            term,
-                            kind,
-                            body: body.clone(),
-                            origin: Origin::Live(ticket.clone()),
-                        },
-                        flag,
-                    );
-                    plan.deliver(at.comet, delivery);
+                    let target = Target {
+                        comet: at.comet,
+                        session: at.session,
+                        uid: uid(),
+                        term,
+                    };
+                    plan.deliver(target, flag);
                     continue;
                 }
                 let Some(logged_in) = logged_in else {

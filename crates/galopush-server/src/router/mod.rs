@@ -27,7 +27,7 @@ use crate::link::{
 use crate::metrics::Metrics;
 use crate::store::{LoginRecord, OfflineKey, Store, StoreError};
 use comets::{CometSummary, Comets};
-use deliveries::{Origin, Pending, PendingDelivery};
+use deliveries::{Origin, Pending, Target};
 pub use sessions::CometIdx;
 use sessions::{Location, Sessions};
 
@@ -113,8 +113,8 @@ impl Router {
             unsettled = unsettled.len(),
             "comet left"
         );
-        for p in unsettled {
-            self.finish(p, crate::link::Outcome::Failed);
+        for taken in unsettled {
+            self.finish(taken);
         }
     }
 
@@ -159,9 +159,9 @@ impl Router {
             None => {
                 for c in commands {
                     if let CometCommand::Deliver(d) = c
-                        && let Some(p) = self.pending.take(d.id)
+                        && let Some(taken) = self.pending.take(d.id, crate::link::Outcome::Failed)
                     {
-                        self.finish(p, crate::link::Outcome::Failed);
+                        self.finish(taken);
                     }
                 }
             }
@@ -254,16 +254,15 @@ impl Router {
         let web = u8::from(self.sessions.live(&s.uid).web_online());
         let mut out = Vec::new();
         let mut add = |kind: DeliveryKind, flag: u8, body: bytes::Bytes, key: OfflineKey| {
-            let pending = PendingDelivery {
+            let mut planned = self.pending.plan(kind, &body, Origin::Stored(key));
+            let target = Target {
                 comet,
                 session: s.session,
                 uid: s.uid.clone(),
                 term: s.term,
-                kind,
-                body,
-                origin: Origin::Stored(key),
             };
-            out.push(self.pending.open(pending, flag));
+            out.push(planned.add(target, flag));
+            planned.open();
         };
         if let Some(p) = offline.push {
             let offline = u16::try_from(p.count).unwrap_or(u16::MAX);
@@ -313,8 +312,8 @@ impl Router {
 
     /// A delivery ended.
     pub fn settled(&self, settle: Settle) {
-        if let Some(p) = self.pending.take(settle.id) {
-            self.finish(p, settle.outcome);
+        if let Some(taken) = self.pending.take(settle.id, settle.outcome) {
+            self.finish(taken);
         }
     }
 
