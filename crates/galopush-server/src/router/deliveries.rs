@@ -32,6 +32,7 @@ pub enum Origin {
 }
 
 /// The session a delivery went to.
+#[derive(Clone)]
 pub struct Target {
     pub comet: CometIdx,
     pub session: SessionId,
@@ -59,41 +60,55 @@ struct Group {
     kind: DeliveryKind,
     body: Bytes,
     origin: Origin,
-    /// A slot per delivery, emptied when it settles.
-    targets: Vec<Option<Target>>,
+    targets: Vec<Target>,
+    /// A bit per delivery, set when it settles: an ack touches only this, not its target.
+    settled: Vec<u64>,
     open: usize,
 }
 
 impl Group {
-    /// Empties the slot of a settled delivery; `None` if it had settled already.
-    fn settle(&mut self, index: usize, outcome: Outcome) -> Option<Taken> {
-        let target = self.targets.get_mut(index)?.take()?;
-        self.open -= 1;
-        Some(self.taken(target, outcome))
+    fn push(&mut self, target: Target) -> usize {
+        let index = self.targets.len();
+        if index.is_multiple_of(64) {
+            self.settled.push(0);
+        }
+        self.targets.push(target);
+        self.open += 1;
+        index
     }
 
-    fn taken(&self, target: Target, outcome: Outcome) -> Taken {
+    /// Marks a delivery settled; `None` if it had settled already.
+    fn settle(&mut self, index: usize, outcome: Outcome) -> Option<Taken> {
+        let bit = 1u64 << (index % 64);
+        let word = self.settled.get_mut(index / 64)?;
+        if *word & bit != 0 || index >= self.targets.len() {
+            return None;
+        }
+        *word |= bit;
+        self.open -= 1;
         let then = match (&self.origin, outcome) {
             (Origin::Live(_), Outcome::Acked) => Then::Count,
             (Origin::Live(ticket), Outcome::Failed) => Then::Retry {
+                target: self.targets[index].clone(),
                 body: self.body.clone(),
                 ticket: ticket.clone(),
             },
-            (Origin::Stored(key), Outcome::Acked) => Then::Unstore(key.clone()),
+            (Origin::Stored(key), Outcome::Acked) => Then::Unstore {
+                target: self.targets[index].clone(),
+                key: key.clone(),
+            },
             (Origin::Stored(_), Outcome::Failed) => Then::Keep,
         };
-        Taken {
-            target,
+        Some(Taken {
             kind: self.kind,
             outcome,
             then,
-        }
+        })
     }
 }
 
 /// A settled delivery, with what settling it leaves to do.
 pub struct Taken {
-    pub target: Target,
     pub kind: DeliveryKind,
     pub outcome: Outcome,
     pub then: Then,
@@ -104,9 +119,13 @@ pub enum Then {
     /// A live delivery was acked: count it.
     Count,
     /// A live delivery failed: try the terminal's new session, or store it.
-    Retry { body: Bytes, ticket: Ticket },
+    Retry {
+        target: Target,
+        body: Bytes,
+        ticket: Ticket,
+    },
     /// A stored message was acked: remove it from the store.
-    Unstore(OfflineKey),
+    Unstore { target: Target, key: OfflineKey },
     /// A stored message's delivery failed: it stays stored.
     Keep,
 }
@@ -151,9 +170,10 @@ impl Pending {
         self.groups.each_shard(|shard| {
             for group in shard.values_mut() {
                 for index in 0..group.targets.len() {
-                    if let Some(target) = group.targets[index].take_if(|t| t.comet == comet) {
-                        group.open -= 1;
-                        out.push(group.taken(target, Outcome::Failed));
+                    if group.targets[index].comet == comet
+                        && let Some(taken) = group.settle(index, Outcome::Failed)
+                    {
+                        out.push(taken);
                     }
                 }
             }
@@ -192,14 +212,13 @@ impl Planned<'_> {
                 body: self.body.clone(),
                 origin: self.origin.clone(),
                 targets: Vec::new(),
+                settled: Vec::new(),
                 open: 0,
             };
             (number & (u64::MAX >> INDEX_BITS), group)
         });
-        let id = delivery_id(*number, group.targets.len());
         let session = target.session;
-        group.targets.push(Some(target));
-        group.open += 1;
+        let id = delivery_id(*number, group.push(target));
         Delivery {
             id,
             session,
@@ -230,7 +249,6 @@ impl Router {
     /// Does what a settled delivery leaves to do.
     pub(super) fn finish(&self, taken: Taken) {
         let Taken {
-            target,
             kind,
             outcome,
             then,
@@ -239,16 +257,20 @@ impl Router {
             Then::Count => {
                 self.metrics.delivery(kind, outcome).inc();
             }
-            Then::Retry { body, ticket } => {
+            Then::Retry {
+                target,
+                body,
+                ticket,
+            } => {
                 self.metrics.delivery(kind, outcome).inc();
                 self.retry_or_store(target, kind, body, ticket);
             }
-            Then::Unstore(item) => {
+            Then::Unstore { target, key } => {
                 self.metrics.offline_delivered(kind).inc();
                 let key = StoredKey {
                     uid: target.uid,
                     term: target.term,
-                    item,
+                    item: key,
                 };
                 self.hold_until_durable(self.store.remove_offline(vec![key]), None);
             }
@@ -358,18 +380,22 @@ mod tests {
 
         let acked = pending.take(ids[0], Outcome::Acked).expect("in flight");
         assert!(matches!(acked.then, Then::Count));
-        assert_eq!(acked.target.session, 1);
         assert!(
             pending.take(ids[0], Outcome::Acked).is_none(),
             "settled once"
         );
 
         let failed = pending.take(ids[2], Outcome::Failed).expect("in flight");
-        let Then::Retry { body, ticket } = failed.then else {
+        let Then::Retry {
+            target,
+            body,
+            ticket,
+        } = failed.then
+        else {
             panic!("a failed live delivery is retried or stored");
         };
         assert_eq!(&body[..], b"hi");
-        assert_eq!(&*failed.target.uid, "u3");
+        assert_eq!((&*target.uid, target.session), ("u3", 3));
         drop(ticket);
         assert!(
             !retired.load(Ordering::SeqCst),
@@ -404,9 +430,9 @@ mod tests {
         let mut gone: Vec<SessionId> = pending
             .take_comet(1)
             .into_iter()
-            .map(|t| {
-                assert!(matches!(t.then, Then::Retry { .. }));
-                t.target.session
+            .map(|t| match t.then {
+                Then::Retry { target, .. } => target.session,
+                _ => panic!("a live delivery on a comet that left is retried or stored"),
             })
             .collect();
         gone.sort_unstable();
@@ -433,10 +459,10 @@ mod tests {
         };
         let (a, b) = (open(7), open(8));
         let acked = pending.take(a, Outcome::Acked).expect("in flight");
-        assert!(matches!(
-            acked.then,
-            Then::Unstore(OfflineKey::Callback { id: 7 })
-        ));
+        let Then::Unstore { target, key } = acked.then else {
+            panic!("an acked stored message is removed");
+        };
+        assert_eq!((target.session, key), (1, OfflineKey::Callback { id: 7 }));
         let failed = pending.take(b, Outcome::Failed).expect("in flight");
         assert!(matches!(failed.then, Then::Keep));
     }
