@@ -23,7 +23,6 @@ use super::transport::{Transport, TransportError};
 use crate::link::{
     Delivery, DeliveryId, DeliveryKind, ImUp, Outcome, Registration, SessionInfo, Settle,
 };
-use crate::sharded::FastMap;
 
 /// Serves one connection from accept to close.
 pub async fn serve<T: Transport>(comet: Arc<CometShared>, mut transport: T) {
@@ -71,7 +70,7 @@ fn settle_leftovers(comet: &CometShared, conn: &Conn, txns: &mut Transactions) {
             fail(comet, router, delivery.id);
         }
     }
-    for (_, txn) in txns.open.drain() {
+    for txn in txns.drain() {
         fail(comet, txn.router, txn.delivery);
     }
 }
@@ -218,9 +217,15 @@ struct Txn {
 }
 
 /// A connection's open transactions.
+///
+/// TIDs are given in sequence, so the transaction a TID names is found by its distance from
+/// the oldest one still open: no hashing, and a burst fills one deque. An acked transaction
+/// leaves a hole until the ones before it end.
 #[derive(Default)]
 struct Transactions {
-    open: FastMap<u32, Txn>,
+    /// Open transactions from TID `first` on.
+    open: VecDeque<Option<Txn>>,
+    first: u32,
     /// Deadlines of pushes and IMs (`delivery.ack_timeout`), oldest first.
     short: VecDeque<(Instant, u32)>,
     /// Deadlines of callbacks (`delivery.callback_ack_timeout`), oldest first.
@@ -237,27 +242,55 @@ impl Transactions {
         }
     }
 
+    /// Opens the transaction of `tid`, a TID given after every open one.
+    fn open(&mut self, tid: u32, txn: Txn) {
+        if self.open.is_empty() {
+            self.first = tid;
+        }
+        let index = tid.wrapping_sub(self.first) as usize;
+        while self.open.len() < index {
+            self.open.push_back(None);
+        }
+        self.open.push_back(Some(txn));
+    }
+
+    /// Ends the transaction of `tid`, if it is open.
+    fn end(&mut self, tid: u32) -> Option<Txn> {
+        let index = tid.wrapping_sub(self.first) as usize;
+        let txn = self.open.get_mut(index)?.take();
+        while let Some(None) = self.open.front() {
+            self.open.pop_front();
+            self.first = self.first.wrapping_add(1);
+        }
+        txn
+    }
+
     /// Removes the transactions whose deadline has passed.
     fn expire(&mut self, now: Instant) -> Vec<Txn> {
         let mut out = Vec::new();
-        for queue in [&mut self.short, &mut self.long] {
-            while let Some((deadline, tid)) = queue.front().copied() {
+        for class in [Class::Short, Class::Long] {
+            while let Some((deadline, tid)) = self.deadlines(class).front().copied() {
                 if deadline > now {
                     break;
                 }
-                queue.pop_front();
-                if let Some(txn) = self.open.remove(&tid) {
-                    out.push(txn);
-                }
+                self.deadlines(class).pop_front();
+                out.extend(self.end(tid));
             }
         }
         self.shrink();
         out
     }
 
+    fn deadlines(&mut self, class: Class) -> &mut VecDeque<(Instant, u32)> {
+        match class {
+            Class::Short => &mut self.short,
+            Class::Long => &mut self.long,
+        }
+    }
+
     /// Ends the transaction a terminal acked.
     fn ack(&mut self, tid: u32) -> Option<Txn> {
-        let txn = self.open.remove(&tid);
+        let txn = self.end(tid);
         if self.open.is_empty() {
             self.short.clear();
             self.long.clear();
@@ -269,11 +302,27 @@ impl Transactions {
     /// Gives memory back once a burst is over.
     fn shrink(&mut self) {
         if self.open.is_empty() && self.open.capacity() > 0 {
-            self.open = FastMap::default();
+            self.open = VecDeque::new();
             self.short = VecDeque::new();
             self.long = VecDeque::new();
         }
     }
+
+    /// Ends every open transaction.
+    fn drain(&mut self) -> impl Iterator<Item = Txn> + '_ {
+        self.short.clear();
+        self.long.clear();
+        self.open.drain(..).flatten()
+    }
+}
+
+/// Which deadlines a transaction keeps.
+#[derive(Clone, Copy)]
+enum Class {
+    /// Pushes and IMs.
+    Short,
+    /// Callbacks.
+    Long,
 }
 
 /// A registered connection.
@@ -296,8 +345,9 @@ impl Session<'_> {
     ) {
         // Stored messages go first, each as a transaction with the router that made them (the
         // one that authenticated the terminal).
+        let now = Instant::now();
         for delivery in stored {
-            self.deliver(transport, auth_router, delivery);
+            self.deliver(transport, auth_router, delivery, now);
         }
         if let Err(e) = flush(self.comet, transport).await {
             log_error(self.comet, self.conn, &e);
@@ -327,10 +377,12 @@ impl Session<'_> {
                     queued.set(conn.queued());
                     let (items, slow) = self.conn.take();
                     let mut kicked = false;
+                    // One clock reading for what arrived together.
+                    let now = Instant::now();
                     for item in items {
                         match item {
                             Outbound::Deliver { router, delivery } => {
-                                self.deliver(transport, router, delivery)
+                                self.deliver(transport, router, delivery, now)
                             }
                             Outbound::Kick(reason) => {
                                 let tid = self.tid();
@@ -391,10 +443,16 @@ impl Session<'_> {
         self.next_tid
     }
 
-    /// Writes a delivery and opens its transaction.
-    fn deliver<T: Transport>(&mut self, transport: &mut T, router: RouterIdx, d: Delivery) {
+    /// Writes a delivery and opens its transaction, due an ack from `now` on.
+    fn deliver<T: Transport>(
+        &mut self,
+        transport: &mut T,
+        router: RouterIdx,
+        d: Delivery,
+        now: Instant,
+    ) {
         let tid = self.tid();
-        let (message, ack_timeout, queue) = match d.kind {
+        let (message, ack_timeout, class) = match d.kind {
             DeliveryKind::Push { offline } => (
                 Down::Push {
                     offline,
@@ -402,12 +460,12 @@ impl Session<'_> {
                     msg: d.body,
                 },
                 self.comet.settings.ack_timeout,
-                &mut self.txns.short,
+                Class::Short,
             ),
             DeliveryKind::Callback => (
                 Down::Callback { msg: d.body },
                 self.comet.settings.callback_ack_timeout,
-                &mut self.txns.long,
+                Class::Long,
             ),
             DeliveryKind::Im => (
                 Down::Im {
@@ -415,20 +473,19 @@ impl Session<'_> {
                     msg: d.body,
                 },
                 self.comet.settings.ack_timeout,
-                &mut self.txns.short,
+                Class::Short,
             ),
         };
-        queue.push_back((Instant::now() + ack_timeout, tid));
-        if let Some(stale) = self.txns.open.insert(
+        self.txns
+            .deadlines(class)
+            .push_back((now + ack_timeout, tid));
+        self.txns.open(
             tid,
             Txn {
                 router,
                 delivery: d.id,
             },
-        ) {
-            // The TID counter wrapped onto a transaction still open: it cannot be acked now.
-            fail(self.comet, stale.router, stale.delivery);
-        }
+        );
         transport.write(self.encoding, tid, message);
     }
 
@@ -476,5 +533,86 @@ impl Session<'_> {
             Up::Register(_) => transport.write(encoding, tid, Down::RegResp { code: REGRESP_OK }),
             Up::KickResp { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn txn(delivery: DeliveryId) -> Txn {
+        Txn {
+            router: 0,
+            delivery,
+        }
+    }
+
+    fn acked(txns: &mut Transactions, tid: u32) -> Option<DeliveryId> {
+        txns.ack(tid).map(|t| t.delivery)
+    }
+
+    #[test]
+    fn acks_in_any_order_end_each_transaction_once() {
+        let mut txns = Transactions::default();
+        let start = u32::MAX - 1; // the TIDs wrap through 0
+        for i in 0..4u32 {
+            txns.open(start.wrapping_add(i), txn(u64::from(i)));
+        }
+        assert_eq!(acked(&mut txns, start.wrapping_add(2)), Some(2));
+        assert_eq!(acked(&mut txns, start.wrapping_add(2)), None, "acked twice");
+        assert_eq!(acked(&mut txns, start), Some(0));
+        assert_eq!(acked(&mut txns, start.wrapping_add(9)), None, "never given");
+        assert_eq!(
+            acked(&mut txns, start.wrapping_sub(1)),
+            None,
+            "before the first"
+        );
+        assert_eq!(acked(&mut txns, start.wrapping_add(3)), Some(3));
+        assert_eq!(acked(&mut txns, start.wrapping_add(1)), Some(1));
+        assert_eq!(
+            txns.open.capacity(),
+            0,
+            "memory given back when all are done"
+        );
+    }
+
+    #[test]
+    fn a_skipped_tid_leaves_a_hole_that_is_never_acked() {
+        let mut txns = Transactions::default();
+        txns.open(10, txn(10));
+        txns.open(12, txn(12));
+        assert_eq!(acked(&mut txns, 11), None);
+        assert_eq!(acked(&mut txns, 10), Some(10));
+        assert_eq!(acked(&mut txns, 12), Some(12));
+        txns.open(20, txn(20));
+        assert_eq!(acked(&mut txns, 20), Some(20));
+    }
+
+    #[test]
+    fn expired_transactions_end_and_acked_ones_do_not_expire() {
+        let mut txns = Transactions::default();
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        for (tid, class, due) in [
+            (1, Class::Short, now + second),
+            (2, Class::Long, now + 5 * second),
+            (3, Class::Short, now + 2 * second),
+            (4, Class::Short, now + 3 * second),
+        ] {
+            txns.deadlines(class).push_back((due, tid));
+            txns.open(tid, txn(u64::from(tid)));
+        }
+        assert_eq!(acked(&mut txns, 3), Some(3));
+        assert_eq!(txns.next_deadline(), Some(now + second));
+        let ended: Vec<_> = txns
+            .expire(now + 3 * second)
+            .iter()
+            .map(|t| t.delivery)
+            .collect();
+        assert_eq!(ended, [1, 4]);
+        assert_eq!(txns.next_deadline(), Some(now + 5 * second));
+        let ended: Vec<_> = txns.drain().map(|t| t.delivery).collect();
+        assert_eq!(ended, [2]);
     }
 }
