@@ -297,7 +297,10 @@ async fn receive(
             () = &mut stopped => return,
             next = terminal.recv() => next,
         };
-        loop {
+        // What one read brought arrived at one time, and is counted in one go.
+        let now_us = fleet.now_us();
+        let received_before = outcome.received;
+        let go_on = loop {
             let (tid, down) = match next {
                 Ok(Some(message)) => message,
                 Ok(None) => {
@@ -305,24 +308,31 @@ async fn receive(
                         FailureKind::Protocol,
                         format!("{}: the comet closed the connection", spec.uid),
                     );
-                    return;
+                    break false;
                 }
                 Err(e) => {
                     outcome.fail(FailureKind::Protocol, format!("{}: {e}", spec.uid));
-                    return;
+                    break false;
                 }
             };
             if let Err(e) = terminal.feed_ack(tid, &down).await {
                 outcome.fail(FailureKind::Protocol, format!("{}: ack: {e}", spec.uid));
-                return;
+                break false;
             }
-            if !check(&down, spec, fleet, &mut seen, outcome) {
-                return;
+            if !check(&down, spec, fleet, now_us, &mut seen, outcome) {
+                break false;
             }
             match terminal.try_recv() {
                 Some(more) => next = more,
-                None => break,
+                None => break true,
             }
+        };
+        fleet
+            .progress
+            .delivered
+            .fetch_add(outcome.received - received_before, Ordering::Relaxed);
+        if !go_on {
+            return;
         }
         if let Err(e) = terminal.flush().await {
             outcome.fail(FailureKind::Protocol, format!("{}: ack: {e}", spec.uid));
@@ -331,12 +341,13 @@ async fn receive(
     }
 }
 
-/// Checks one message against what the terminal expects and records it; false when the
-/// terminal is to stop (it was kicked).
+/// Checks one message, received at `now_us`, against what the terminal expects and records it;
+/// false when the terminal is to stop (it was kicked).
 fn check(
     down: &Down,
     spec: &TerminalSpec,
     fleet: &Fleet,
+    now_us: u64,
     seen: &mut [u64],
     outcome: &mut Outcome,
 ) -> bool {
@@ -361,7 +372,6 @@ fn check(
             return true;
         }
     };
-    let now_us = fleet.now_us();
     let slot = body::parse(msg)
         .and_then(|(seq, sent_us)| Some((fleet.expectation.slot(spec.index, seq)?, sent_us)));
     let Some((slot, sent_us)) = slot else {
@@ -385,7 +395,6 @@ fn check(
             outcome
                 .latencies
                 .push(u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX));
-            fleet.progress.delivered.fetch_add(1, Ordering::Relaxed);
         }
         None => outcome.fail(
             FailureKind::Protocol,
