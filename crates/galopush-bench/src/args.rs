@@ -127,8 +127,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// Messages per second to publish at (0: as fast as the server accepts them). With a rate,
-    /// the send time in each body is the time its batch was due, so a publisher that falls
-    /// behind shows up as latency instead of hiding it.
+    /// a batch sent behind schedule carries the time it was due as its send time, so a
+    /// publisher held up by the server shows up as latency instead of hiding it; a batch on
+    /// schedule carries the time it left (the timer wakes up to a millisecond late).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// `/mpub` requests in flight at once.
