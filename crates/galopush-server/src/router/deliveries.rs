@@ -138,13 +138,21 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Starts the deliveries of one message; none is kept until [`Planned::open`].
-    pub fn plan(&self, kind: DeliveryKind, body: &Bytes, origin: Origin) -> Planned<'_> {
+    /// Starts the deliveries of one message, to about `receivers` sessions; none is kept until
+    /// [`Planned::open`].
+    pub fn plan(
+        &self,
+        kind: DeliveryKind,
+        body: &Bytes,
+        origin: Origin,
+        receivers: usize,
+    ) -> Planned<'_> {
         Planned {
             pending: self,
             kind,
             body: body.clone(),
             origin,
+            receivers: receivers.min(GROUP_CAPACITY),
             full: Vec::new(),
             current: None,
         }
@@ -190,6 +198,8 @@ pub struct Planned<'a> {
     kind: DeliveryKind,
     body: Bytes,
     origin: Origin,
+    /// How many deliveries a group is sized for.
+    receivers: usize,
     /// Groups filled to capacity, for a message with more receivers than one group numbers.
     full: Vec<(u64, Group)>,
     current: Option<(u64, Group)>,
@@ -211,8 +221,8 @@ impl Planned<'_> {
                 kind: self.kind,
                 body: self.body.clone(),
                 origin: self.origin.clone(),
-                targets: Vec::new(),
-                settled: Vec::new(),
+                targets: Vec::with_capacity(self.receivers),
+                settled: Vec::with_capacity(self.receivers.div_ceil(64)),
                 open: 0,
             };
             (number & (u64::MAX >> INDEX_BITS), group)
@@ -291,7 +301,9 @@ impl Router {
             let flag = u8::from(slots.web_online());
             match slots.get(term) {
                 Some(at) if at.session != failed.session => {
-                    let mut planned = self.pending.plan(kind, &body, Origin::Live(ticket.clone()));
+                    let mut planned =
+                        self.pending
+                            .plan(kind, &body, Origin::Live(ticket.clone()), 1);
                     let delivery = planned.add(
                         Target {
                             comet: at.comet,
@@ -364,7 +376,7 @@ mod tests {
     fn broadcast(pending: &Pending, targets: Vec<Target>) -> (Vec<Delivery>, Arc<AtomicBool>) {
         let retired = Arc::new(AtomicBool::new(false));
         let origin = Origin::Live(Ticket::new(Retired(retired.clone())));
-        let mut planned = pending.plan(DeliveryKind::Im, &Bytes::from_static(b"hi"), origin);
+        let mut planned = pending.plan(DeliveryKind::Im, &Bytes::from_static(b"hi"), origin, 3);
         let deliveries = targets.into_iter().map(|t| planned.add(t, 0)).collect();
         planned.open();
         (deliveries, retired)
@@ -415,7 +427,7 @@ mod tests {
         let pending = Pending::default();
         let retired = Arc::new(AtomicBool::new(false));
         let origin = Origin::Live(Ticket::new(Retired(retired.clone())));
-        let mut planned = pending.plan(DeliveryKind::Callback, &Bytes::new(), origin);
+        let mut planned = pending.plan(DeliveryKind::Callback, &Bytes::new(), origin, 1);
         let d = planned.add(target(0, 1), 0);
         drop(planned);
         assert!(pending.take(d.id, Outcome::Acked).is_none());
@@ -451,8 +463,12 @@ mod tests {
         let pending = Pending::default();
         let open = |id| {
             let key = OfflineKey::Callback { id };
-            let mut planned =
-                pending.plan(DeliveryKind::Callback, &Bytes::new(), Origin::Stored(key));
+            let mut planned = pending.plan(
+                DeliveryKind::Callback,
+                &Bytes::new(),
+                Origin::Stored(key),
+                1,
+            );
             let d = planned.add(target(0, 1), 0);
             planned.open();
             d.id

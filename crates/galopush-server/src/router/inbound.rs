@@ -202,7 +202,12 @@ impl Router {
         let mut plan = Plan {
             kind,
             body: &body,
-            deliveries: self.pending.plan(kind, &body, Origin::Live(ticket.clone())),
+            deliveries: self.pending.plan(
+                kind,
+                &body,
+                Origin::Live(ticket.clone()),
+                msg.receivers.len(),
+            ),
             batches: Vec::new(),
             stores: Vec::new(),
         };

@@ -254,7 +254,7 @@ impl Router {
         let web = u8::from(self.sessions.live(&s.uid).web_online());
         let mut out = Vec::new();
         let mut add = |kind: DeliveryKind, flag: u8, body: bytes::Bytes, key: OfflineKey| {
-            let mut planned = self.pending.plan(kind, &body, Origin::Stored(key));
+            let mut planned = self.pending.plan(kind, &body, Origin::Stored(key), 1);
             let target = Target {
                 comet,
                 session: s.session,
