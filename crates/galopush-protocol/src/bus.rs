@@ -30,10 +30,111 @@ pub struct Receiver {
     pub termtype: u8,
 }
 
+/// One receiver in a [`Receivers`] list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReceiverRef<'a> {
+    pub uid: &'a str,
+    pub termtype: u8,
+}
+
+/// The receivers of a down-message, every uid in one string: reading a broadcast to 10000
+/// users makes two growing buffers instead of 10000 strings (in the JSON the list is the usual
+/// `[{"uid": str, "termtype": int}]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receivers {
+    uids: String,
+    /// Where each uid ends in `uids`, and its termtype mask.
+    ends: Vec<(u32, u8)>,
+}
+
+impl Receivers {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Adds a receiver; `false` (and nothing added) once the uids would pass 4 GiB together.
+    pub fn push(&mut self, uid: &str, termtype: u8) -> bool {
+        let Ok(end) = u32::try_from(self.uids.len() + uid.len()) else {
+            return false;
+        };
+        self.uids.push_str(uid);
+        self.ends.push((end, termtype));
+        true
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = ReceiverRef<'_>> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(end, termtype)| {
+            let uid = &self.uids[start..end as usize];
+            start = end as usize;
+            ReceiverRef { uid, termtype }
+        })
+    }
+}
+
+impl From<Vec<Receiver>> for Receivers {
+    fn from(list: Vec<Receiver>) -> Receivers {
+        let mut out = Receivers::default();
+        for r in &list {
+            out.push(&r.uid, r.termtype);
+        }
+        out
+    }
+}
+
+impl Serialize for Receivers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Receivers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Receivers, D::Error> {
+        /// A receiver as read: the uid borrowed from the input unless it had escapes.
+        #[derive(Deserialize)]
+        struct Incoming<'a> {
+            #[serde(borrow)]
+            uid: std::borrow::Cow<'a, str>,
+            termtype: u8,
+        }
+
+        struct List;
+
+        impl<'de> serde::de::Visitor<'de> for List {
+            type Value = Receivers;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of receivers")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Receivers, A::Error> {
+                let mut out = Receivers::default();
+                // Not trusted beyond what a read-ahead should reserve.
+                out.ends.reserve(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(r) = seq.next_element::<Incoming<'de>>()? {
+                    if !out.push(&r.uid, r.termtype) {
+                        return Err(serde::de::Error::custom("receivers' uids pass 4 GiB"));
+                    }
+                }
+                Ok(out)
+            }
+        }
+
+        deserializer.deserialize_seq(List)
+    }
+}
+
 /// `push`, `callback` and `msgDownward`: a body for a list of receivers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Downward {
-    pub receivers: Vec<Receiver>,
+    pub receivers: Receivers,
     #[serde(default)]
     pub flag: u8,
     pub body: String,
@@ -100,5 +201,50 @@ pub fn encode<T: Serialize>(msg: &T, base64: bool) -> Vec<u8> {
         general_purpose::STANDARD.encode(json).into_bytes()
     } else {
         json
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receivers_read_borrowed_or_escaped_and_write_back_the_same_json() {
+        let json = br#"{"receivers":[{"uid":"a","termtype":1},{"termtype":12,"uid":"b\"\u00e9"},{"uid":"","termtype":0,"extra":[1]}],"body":"x"}"#;
+        let down: Downward = decode(json).expect("valid");
+        let got: Vec<(&str, u8)> = down.receivers.iter().map(|r| (r.uid, r.termtype)).collect();
+        assert_eq!(got, [("a", 1), ("b\"é", 12), ("", 0)]);
+        assert_eq!(down.receivers.len(), 3);
+        let again: Downward = decode(&encode(&down, false)).expect("written back");
+        assert_eq!(again, down);
+        let value: serde_json::Value = serde_json::from_slice(&encode(&down, false)).expect("json");
+        assert_eq!(
+            value["receivers"][1],
+            serde_json::json!({"uid": "b\"é", "termtype": 12})
+        );
+    }
+
+    #[test]
+    fn malformed_receivers_are_refused() {
+        for json in [
+            &br#"{"receivers":[{"uid":"a"}],"body":"x"}"#[..],
+            br#"{"receivers":[{"termtype":1}],"body":"x"}"#,
+            br#"{"receivers":{"uid":"a","termtype":1},"body":"x"}"#,
+            br#"{"receivers":[{"uid":7,"termtype":1}],"body":"x"}"#,
+            br#"{"receivers":[{"uid":"a","termtype":256}],"body":"x"}"#,
+        ] {
+            assert!(
+                decode::<Downward>(json).is_err(),
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_list_is_a_list() {
+        let down: Downward = decode(br#"{"receivers":[],"body":""}"#).expect("valid");
+        assert!(down.receivers.is_empty());
+        assert_eq!(down.receivers.iter().count(), 0);
     }
 }

@@ -155,7 +155,7 @@ proptest! {
         };
         prop_assert_eq!(bus::decode::<UserOnlineState>(&bus::encode(&state, base64)).expect("state"), state);
         let down = Downward {
-            receivers: vec![Receiver { uid: uid.clone(), termtype }], flag, body: body.clone(),
+            receivers: vec![Receiver { uid: uid.clone(), termtype }].into(), flag, body: body.clone(),
         };
         prop_assert_eq!(bus::decode::<Downward>(&bus::encode(&down, base64)).expect("downward"), down);
         let up = MsgUpward { uid, termtype, body };

@@ -226,13 +226,13 @@ impl Router {
             stores: Vec::new(),
         };
         let mut unresolved = Vec::new();
-        for receiver in &msg.receivers {
+        for receiver in msg.receivers.iter() {
             let wanted = TermMask(receiver.termtype);
-            let (reached, missing) = self.plan_receiver(&mut plan, &receiver.uid, wanted, None);
+            let (reached, missing) = self.plan_receiver(&mut plan, receiver.uid, wanted, None);
             if missing.0 != 0 {
-                unresolved.push((receiver.uid.as_str(), missing, reached));
+                unresolved.push((receiver.uid, missing, reached));
             } else if !reached {
-                self.no_login(&receiver.uid);
+                self.no_login(receiver.uid);
             }
         }
         if !unresolved.is_empty() {
