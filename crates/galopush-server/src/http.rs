@@ -162,11 +162,10 @@ async fn publish_many(
     };
     let mut lines: Vec<Bytes> = Vec::new();
     let mut start = 0;
-    for (i, b) in body.iter().enumerate() {
-        if *b == b'\n' {
-            lines.push(body.slice(start..i));
-            start = i + 1;
-        }
+    // memchr finds the newlines of a megabyte broadcast batch a word at a time.
+    for i in memchr::memchr_iter(b'\n', &body) {
+        lines.push(body.slice(start..i));
+        start = i + 1;
     }
     if start < body.len() {
         lines.push(body.slice(start..));

@@ -433,8 +433,13 @@ struct Queued<'a> {
 
 /// A batch row: for each message, its sequence number (u64), topic (u16 length, bytes) and body
 /// (u32 length, bytes), big-endian.
-fn encode_batch<'a>(messages: impl IntoIterator<Item = Queued<'a>>) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::new();
+fn encode_batch(messages: &[Queued<'_>]) -> Result<Vec<u8>, StoreError> {
+    // Sized up front: a broadcast's row is megabytes, which doubling would copy over and over.
+    let size = messages
+        .iter()
+        .map(|m| 14 + m.topic.len() + m.body.len())
+        .sum();
+    let mut out = Vec::with_capacity(size);
     for m in messages {
         let topic_len = u16::try_from(m.topic.len())
             .map_err(|_| StoreError::Unavailable("topic name too long to queue".into()))?;
@@ -484,7 +489,7 @@ fn migrate_queue(txn: &redb::WriteTransaction, queue: Queue) -> Result<(), Store
             let (seq, value) = entry.map_err(unavailable)?;
             let (topic, body) = value.value();
             let seq = seq.value();
-            let row = encode_batch([Queued { seq, topic, body }])?;
+            let row = encode_batch(&[Queued { seq, topic, body }])?;
             rows.insert(seq, &row[..]).map_err(unavailable)?;
             moved += 1;
         }
@@ -507,15 +512,16 @@ fn queue_append(
     let Some(&first) = seqs.first() else {
         return Ok(seqs);
     };
-    let row = encode_batch(
-        seqs.iter()
-            .zip(messages)
-            .map(|(seq, (topic, body))| Queued {
-                seq: *seq,
-                topic,
-                body,
-            }),
-    )?;
+    let queued: Vec<Queued<'_>> = seqs
+        .iter()
+        .zip(messages)
+        .map(|(seq, (topic, body))| Queued {
+            seq: *seq,
+            topic,
+            body,
+        })
+        .collect();
+    let row = encode_batch(&queued)?;
     let mut table = txn.open_table(queue.table()).map_err(unavailable)?;
     table.insert(first, &row[..]).map_err(unavailable)?;
     Ok(seqs)
@@ -562,7 +568,7 @@ fn queue_remove(
             let rewrite = match (kept.len(), kept.len() == before) {
                 (_, true) => None,
                 (0, false) => Some(None),
-                (_, false) => Some(Some(encode_batch(kept)?)),
+                (_, false) => Some(Some(encode_batch(&kept)?)),
             };
             (next.max(i + 1), rewrite)
         };
