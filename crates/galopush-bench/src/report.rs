@@ -151,6 +151,9 @@ pub struct Phase {
     /// The bench's CPU time over the wall time of all cores (1.0: every core busy).
     pub bench_cores_share: f64,
     pub server_cpu_seconds: Option<f64>,
+    /// Of `server_cpu_seconds`, in the server's own code and in the kernel for it.
+    pub server_user_seconds: Option<f64>,
+    pub server_system_seconds: Option<f64>,
     pub server_cores_share: Option<f64>,
 }
 
@@ -290,22 +293,31 @@ impl Report {
         }
         writeln!(
             out,
-            "phase      {:>8} {:>10} {:>10} {:>7} {:>10} {:>7}",
-            "wall s", "bench usr", "bench sys", "share", "server cpu", "share"
+            "phase      {:>8} {:>10} {:>10} {:>7} {:>10} {:>7} {:>10} {:>10}",
+            "wall s",
+            "bench usr",
+            "bench sys",
+            "share",
+            "server cpu",
+            "share",
+            "server usr",
+            "server sys"
         )?;
+        let seconds = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.2}"));
         for p in &self.phases {
             writeln!(
                 out,
-                "{:<10} {:>8.2} {:>10.2} {:>10.2} {:>6.0}% {:>10} {:>7}",
+                "{:<10} {:>8.2} {:>10.2} {:>10.2} {:>6.0}% {:>10} {:>7} {:>10} {:>10}",
                 p.name,
                 p.wall_seconds,
                 p.bench_user_seconds,
                 p.bench_system_seconds,
                 p.bench_cores_share * 100.0,
-                p.server_cpu_seconds
-                    .map_or("-".to_owned(), |s| format!("{s:.2}")),
+                seconds(p.server_cpu_seconds),
                 p.server_cores_share
                     .map_or("-".to_owned(), |s| format!("{:.0}%", s * 100.0)),
+                seconds(p.server_user_seconds),
+                seconds(p.server_system_seconds),
             )?;
         }
         if let Some(s) = &self.server {

@@ -576,7 +576,7 @@ impl PhaseClock {
         let server_cpu = self.server.as_ref().and_then(ServerProcess::cpu);
         let bench = bench_cpu.since(self.bench_cpu);
         let server = match (server_cpu, self.server_cpu) {
-            (Some(now), Some(then)) => Some(now.since(then).total().as_secs_f64()),
+            (Some(now), Some(then)) => Some(now.since(then)),
             _ => None,
         };
         let share = |cpu: f64| {
@@ -592,8 +592,10 @@ impl PhaseClock {
             bench_user_seconds: bench.user.as_secs_f64(),
             bench_system_seconds: bench.system.as_secs_f64(),
             bench_cores_share: share(bench.total().as_secs_f64()),
-            server_cpu_seconds: server,
-            server_cores_share: server.map(share),
+            server_cpu_seconds: server.map(|s| s.total().as_secs_f64()),
+            server_user_seconds: server.map(|s| s.user.as_secs_f64()),
+            server_system_seconds: server.map(|s| s.system.as_secs_f64()),
+            server_cores_share: server.map(|s| share(s.total().as_secs_f64())),
         });
         self.since = Instant::now();
         self.bench_cpu = bench_cpu;

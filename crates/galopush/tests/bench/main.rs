@@ -71,7 +71,20 @@ async fn idle_tcp_through_the_dispatcher_with_server_memory() {
     assert!(server.rss_bytes_per_connection.is_some());
     let names: Vec<&str> = report.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["dispatch", "login", "connect", "hold", "stop"]);
-    assert!(report.phases.iter().all(|p| p.server_cpu_seconds.is_some()));
+    for p in &report.phases {
+        let (Some(total), Some(user), Some(system)) = (
+            p.server_cpu_seconds,
+            p.server_user_seconds,
+            p.server_system_seconds,
+        ) else {
+            panic!("phase {} lacks the server's CPU time", p.name);
+        };
+        assert!(
+            (user + system - total).abs() < 1e-9,
+            "{}: {user} + {system} != {total}",
+            p.name
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
