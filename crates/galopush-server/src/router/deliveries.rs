@@ -240,7 +240,13 @@ impl Planned<'_> {
 
     /// Keeps the planned deliveries until they settle; call it before sending any of them.
     pub fn open(self) {
-        for (number, group) in self.full.into_iter().chain(self.current) {
+        for (number, mut group) in self.full.into_iter().chain(self.current) {
+            // Sized for every receiver, a group of a broadcast that reached few of them gives
+            // the rest back before it waits for acks.
+            if group.targets.capacity() > 2 * group.targets.len() {
+                group.targets.shrink_to_fit();
+                group.settled.shrink_to_fit();
+            }
             self.pending.groups.lock(&number).insert(number, group);
         }
     }
