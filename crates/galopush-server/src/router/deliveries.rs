@@ -429,6 +429,28 @@ mod tests {
     }
 
     #[test]
+    fn a_broadcast_that_reached_few_keeps_room_for_few() {
+        let pending = Pending::default();
+        let origin = Origin::Live(Ticket::detached());
+        let mut planned = pending.plan(DeliveryKind::Im, &Bytes::new(), origin, 100_000);
+        let d = planned.add(target(0, 1), 0);
+        planned.open();
+        let (number, _) = split_id(d.id);
+        let shard = pending.groups.lock(&number);
+        let group = shard.get(&number).expect("kept");
+        assert!(
+            group.targets.capacity() < 100,
+            "{}",
+            group.targets.capacity()
+        );
+        assert!(
+            group.settled.capacity() < 100,
+            "{}",
+            group.settled.capacity()
+        );
+    }
+
+    #[test]
     fn planned_deliveries_not_opened_are_not_in_flight() {
         let pending = Pending::default();
         let retired = Arc::new(AtomicBool::new(false));
