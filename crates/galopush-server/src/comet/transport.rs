@@ -20,6 +20,8 @@ use galopush_protocol::{Encoding, FrameError, WebError};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Why a connection cannot be read on.
@@ -162,10 +164,17 @@ impl Transport for TcpTransport {
 
 /// JSON messages in WebSocket text frames, in the framing the terminal chose with its first
 /// frame.
+///
+/// Down-messages are framed with tungstenite's `Frame` and written straight to the socket, all
+/// that is pending in one write: tungstenite's own write path either makes a system call per
+/// message (`write_buffer_size(0)`, as configured for its control frames) or keeps a buffer of
+/// the largest burst for the connection's life, where this one is dropped once written.
 pub struct WsTransport {
     ws: WebSocketStream<TcpStream>,
     framing: Option<WebFraming>,
     pending: Vec<String>,
+    /// The terminal closed: nothing more is written but tungstenite's close reply.
+    closing: bool,
 }
 
 impl WsTransport {
@@ -174,6 +183,7 @@ impl WsTransport {
             ws,
             framing: None,
             pending: Vec::new(),
+            closing: false,
         }
     }
 }
@@ -182,10 +192,16 @@ impl Transport for WsTransport {
     async fn recv(&mut self) -> Result<Option<Frame<Up>>, TransportError> {
         loop {
             let message = match self.ws.next().await {
-                None => return Ok(None),
+                None => {
+                    self.closing = true;
+                    return Ok(None);
+                }
                 Some(Err(
                     tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                )) => return Ok(None),
+                )) => {
+                    self.closing = true;
+                    return Ok(None);
+                }
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(m)) => m,
             };
@@ -194,7 +210,10 @@ impl Transport for WsTransport {
                 Message::Binary(b) => {
                     std::str::from_utf8(b).map_err(|_| TransportError::NotText)?
                 }
-                Message::Close(_) => return Ok(None),
+                Message::Close(_) => {
+                    self.closing = true;
+                    return Ok(None);
+                }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
             let framing = *self.framing.get_or_insert_with(|| WebFraming::detect(text));
@@ -213,10 +232,22 @@ impl Transport for WsTransport {
     }
 
     async fn flush(&mut self) -> Result<(), TransportError> {
-        for text in std::mem::take(&mut self.pending) {
-            self.ws.feed(Message::text(text)).await?;
-        }
+        // Whatever tungstenite holds (a pong, the rest of a frame) goes first, whole, so frames
+        // never interleave.
         self.ws.flush().await?;
+        let pending = std::mem::take(&mut self.pending);
+        if self.closing || pending.is_empty() {
+            return Ok(());
+        }
+        let frames: Vec<WsFrame> = pending
+            .into_iter()
+            .map(|text| WsFrame::message(text, OpCode::Data(Data::Text), true))
+            .collect();
+        let mut out = Vec::with_capacity(frames.iter().map(WsFrame::len).sum());
+        for frame in frames {
+            frame.format(&mut out)?;
+        }
+        self.ws.get_mut().write_all(&out).await?;
         Ok(())
     }
 

@@ -94,3 +94,74 @@ async fn upgrade_on_another_path_is_refused() {
     let refused = tokio_tungstenite::connect_async(format!("ws://{}/other", g.ws)).await;
     assert!(refused.is_err());
 }
+
+/// Down-messages that leave together are each their own text frame, whole and in order, and a
+/// pong the server owes goes out between frames, never inside one.
+#[tokio::test]
+async fn messages_written_together_are_separate_frames_in_order() {
+    let g = Gateway::start(&[("auth.mode", "open")]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", g.ws))
+        .await
+        .expect("upgrade on /");
+    ws.send(Message::text(
+        r#"{"cmd":1,"tid":1,"data":{"version":1,"termType":8,"id":"many","token":"t"}}"#,
+    ))
+    .await
+    .expect("send");
+    let answer = ws.next().await.expect("answer").expect("frame");
+    assert_eq!(
+        answer.to_text().expect("text"),
+        r#"{"cmd":2,"tid":1,"data":{"code":0}}"#
+    );
+
+    const N: usize = 40;
+    let lines: Vec<String> = (0..N)
+        .map(|i| {
+            format!(r#"{{"receivers":[{{"uid":"many","termtype":8}}],"flag":0,"body":"m{i}"}}"#)
+        })
+        .collect();
+    let r = g
+        .client()
+        .post(format!("{}/mpub", g.http))
+        .query(&[("topic", "push")])
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .expect("POST /mpub");
+    assert_eq!(r.status().as_u16(), 200);
+    ws.send(Message::Ping(Bytes::from_static(b"still there?")))
+        .await
+        .expect("ping");
+
+    let mut bodies = Vec::new();
+    let mut pongs = 0;
+    while bodies.len() < N {
+        let frame = tokio::time::timeout(SOON, ws.next())
+            .await
+            .expect("the pushes arrive")
+            .expect("open")
+            .expect("a whole frame");
+        match frame {
+            Message::Text(text) => {
+                let (_, down) = galopush_protocol::web::decode_down(&text, WebFraming::Plain)
+                    .expect("a down-message");
+                bodies.push(push(&down).2);
+            }
+            Message::Pong(data) => {
+                assert_eq!(&data[..], b"still there?");
+                pongs += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let expected: Vec<Bytes> = (0..N).map(|i| Bytes::from(format!("m{i}"))).collect();
+    assert_eq!(bodies, expected);
+    if pongs == 0 {
+        let pong = tokio::time::timeout(SOON, ws.next())
+            .await
+            .expect("the pong arrives")
+            .expect("open")
+            .expect("frame");
+        assert!(matches!(pong, Message::Pong(_)), "{pong:?}");
+    }
+}
