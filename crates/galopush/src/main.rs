@@ -170,6 +170,12 @@ fn serve(config: Option<&PathBuf>, part: Part) -> ExitCode {
         Err(code) => return code,
     };
     galopush_server::logging::init(&config.log);
+    // jemalloc purges freed memory only when it is next called, so a server that goes quiet
+    // after a burst kept its peak RSS for good (165 MiB after a million fan-out deliveries);
+    // its background thread gives it back within the decay time (10 s).
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "jemalloc background purging not available");
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
