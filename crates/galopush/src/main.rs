@@ -19,6 +19,11 @@ use galopush_server::start::StartError;
 /// across threads, and glibc's malloc was a fifth of the server's user-space instructions. In
 /// interleaved runs (BENCHMARKS.md) jemalloc cut the server's CPU per unicast delivery by 17%
 /// with the same RSS per idle connection; mimalloc, tried first, grew RSS by ~45%.
+///
+/// Built with its `background_threads` feature: jemalloc otherwise returns freed pages only when
+/// it is next called, so a server gone quiet after a burst kept its peak RSS for good (165 MiB
+/// after a million fan-out deliveries); its background thread gives it back within the decay
+/// time (20 MiB 20 s later).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -170,12 +175,6 @@ fn serve(config: Option<&PathBuf>, part: Part) -> ExitCode {
         Err(code) => return code,
     };
     galopush_server::logging::init(&config.log);
-    // jemalloc purges freed memory only when it is next called, so a server that goes quiet
-    // after a burst kept its peak RSS for good (165 MiB after a million fan-out deliveries);
-    // its background thread gives it back within the decay time (10 s).
-    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-        tracing::warn!(error = %e, "jemalloc background purging not available");
-    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
