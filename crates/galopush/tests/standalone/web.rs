@@ -41,16 +41,18 @@ async fn web_terminal_in_both_framings() {
     .await;
 }
 
-/// The server answers in the framing the terminal used, byte for byte as SPEC §4 shows.
-#[tokio::test]
-async fn raw_websocket_frames_are_answered_in_kind() {
-    let g = Gateway::start(&[("auth.mode", "open")]).await;
+type RawWebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket on `/`, registered as Web terminal `uid` in the plain framing (open auth), its
+/// REGRESP checked byte for byte.
+async fn raw_web_terminal(g: &Gateway, uid: &str) -> RawWebSocket {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", g.ws))
         .await
         .expect("upgrade on /");
-    ws.send(Message::text(
-        r#"{"cmd":1,"tid":1,"data":{"version":1,"termType":8,"id":"raw","token":"t"}}"#,
-    ))
+    ws.send(Message::text(format!(
+        r#"{{"cmd":1,"tid":1,"data":{{"version":1,"termType":8,"id":"{uid}","token":"t"}}}}"#
+    )))
     .await
     .expect("send");
     let answer = ws.next().await.expect("answer").expect("frame");
@@ -58,6 +60,14 @@ async fn raw_websocket_frames_are_answered_in_kind() {
         answer.to_text().expect("text"),
         r#"{"cmd":2,"tid":1,"data":{"code":0}}"#
     );
+    ws
+}
+
+/// The server answers in the framing the terminal used, byte for byte as SPEC §4 shows.
+#[tokio::test]
+async fn raw_websocket_frames_are_answered_in_kind() {
+    let g = Gateway::start(&[("auth.mode", "open")]).await;
+    let mut ws = raw_web_terminal(&g, "raw").await;
 
     let (mut compat, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", g.ws))
         .await
@@ -100,19 +110,7 @@ async fn upgrade_on_another_path_is_refused() {
 #[tokio::test]
 async fn messages_written_together_are_separate_frames_in_order() {
     let g = Gateway::start(&[("auth.mode", "open")]).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", g.ws))
-        .await
-        .expect("upgrade on /");
-    ws.send(Message::text(
-        r#"{"cmd":1,"tid":1,"data":{"version":1,"termType":8,"id":"many","token":"t"}}"#,
-    ))
-    .await
-    .expect("send");
-    let answer = ws.next().await.expect("answer").expect("frame");
-    assert_eq!(
-        answer.to_text().expect("text"),
-        r#"{"cmd":2,"tid":1,"data":{"code":0}}"#
-    );
+    let mut ws = raw_web_terminal(&g, "many").await;
 
     const N: usize = 40;
     let lines: Vec<String> = (0..N)
