@@ -206,6 +206,19 @@ pub struct Planned<'a> {
 }
 
 impl Planned<'_> {
+    pub fn kind(&self) -> DeliveryKind {
+        self.kind
+    }
+
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// How many deliveries a group is sized for.
+    pub fn receivers(&self) -> usize {
+        self.receivers
+    }
+
     /// Adds a delivery to `target`; returns what to send its comet, with `flag`.
     pub fn add(&mut self, target: Target, flag: u8) -> Delivery {
         if let Some((_, group)) = &self.current

@@ -20,11 +20,7 @@ use crate::store::{LoginRecord, OfflineWrite};
 /// What planning a down-message produced: its deliveries, batched by comet, and offline
 /// writes.
 struct Plan<'a> {
-    kind: DeliveryKind,
-    body: &'a Bytes,
     deliveries: Planned<'a>,
-    /// How many receivers the message has.
-    receivers: usize,
     batches: Vec<(CometIdx, Vec<CometCommand>)>,
     stores: Vec<crate::store::StoreFuture>,
 }
@@ -39,7 +35,7 @@ impl Plan<'_> {
                 // The first comet's batch is sized for every receiver (a broadcast to 10000
                 // grew it through 14 reallocations, copying 0.7 MB); later ones grow.
                 let capacity = if self.batches.is_empty() {
-                    self.receivers
+                    self.deliveries.receivers()
                 } else {
                     1
                 };
@@ -213,15 +209,12 @@ impl Router {
     async fn apply_down(&self, kind: DeliveryKind, msg: Downward, ticket: Ticket) {
         let body = Bytes::from(msg.body);
         let mut plan = Plan {
-            kind,
-            body: &body,
             deliveries: self.pending.plan(
                 kind,
                 &body,
                 Origin::Live(ticket.clone()),
                 msg.receivers.len(),
             ),
-            receivers: msg.receivers.len(),
             batches: Vec::new(),
             stores: Vec::new(),
         };
@@ -276,7 +269,7 @@ impl Router {
         wanted: TermMask,
         logged_in: Option<TermMask>,
     ) -> (bool, TermMask) {
-        let (kind, body) = (plan.kind, plan.body);
+        let kind = plan.deliveries.kind();
         self.sessions.viewed(receiver, |user| {
             let flag = u8::from(user.web_online());
             let mut uid = user.uid.cloned();
@@ -307,11 +300,12 @@ impl Router {
                     self.metrics.dropped(Dropped::WebOffline).inc();
                 } else {
                     self.metrics.offline_stored(kind).inc();
+                    let message = offline_message(kind, flag, plan.deliveries.body().clone());
                     plan.stores
                         .push(self.store.store_offline(vec![OfflineWrite {
                             uid: uid(),
                             term,
-                            message: offline_message(kind, flag, body.clone()),
+                            message,
                         }]));
                 }
             }
