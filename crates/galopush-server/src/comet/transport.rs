@@ -239,13 +239,10 @@ impl Transport for WsTransport {
         if self.closing || pending.is_empty() {
             return Ok(());
         }
-        let frames: Vec<WsFrame> = pending
-            .into_iter()
-            .map(|text| WsFrame::message(text, OpCode::Data(Data::Text), true))
-            .collect();
-        let mut out = Vec::with_capacity(frames.iter().map(WsFrame::len).sum());
-        for frame in frames {
-            frame.format(&mut out)?;
+        // A server's frame header is at most 10 bytes (no mask).
+        let mut out = Vec::with_capacity(pending.iter().map(|text| text.len() + 10).sum());
+        for text in pending {
+            WsFrame::message(text, OpCode::Data(Data::Text), true).format(&mut out)?;
         }
         self.ws.get_mut().write_all(&out).await?;
         Ok(())
