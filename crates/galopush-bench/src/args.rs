@@ -84,10 +84,14 @@ pub struct BenchArgs {
     /// The comet's WebSocket listener `host:port`, instead of asking the dispatcher.
     #[arg(long)]
     pub comet_ws: Option<String>,
-    /// HTTP base with nsqd's `/pub` and `/mpub` semantics (galopush's router or nsqd itself),
-    /// e.g. http://127.0.0.1:5150. Logins and messages are published there.
-    #[arg(long)]
-    pub pub_url: Option<String>,
+    /// HTTP base with nsqd's `/pub` and `/mpub` semantics: galopush's business API
+    /// (`api.addr`, e.g. http://127.0.0.1:5152) or nsqd itself. Logins and messages are
+    /// published there.
+    #[arg(long, alias = "pub-url")]
+    pub api_url: Option<String>,
+    /// The business API's bearer token (`api.token`), sent with every publish.
+    #[arg(long, env = "GALOPUSH_API__TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// Do not publish `userOnlineState` logins first (the server must run with
     /// auth.mode = "open").
     #[arg(long)]

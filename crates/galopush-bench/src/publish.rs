@@ -17,18 +17,20 @@ const LOGIN_BATCH: usize = 1000;
 /// Largest `/mpub` body the bench sends (nsqd refuses bodies over 5 MiB by default).
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// An HTTP endpoint with `/pub` and `/mpub`.
+/// An HTTP endpoint with `/pub` and `/mpub`, and the bearer token it takes.
 #[derive(Debug, Clone)]
 pub(crate) struct Bus {
     client: reqwest::Client,
     base: String,
+    token: Option<Arc<str>>,
 }
 
 impl Bus {
-    pub fn new(client: reqwest::Client, base: &str) -> Bus {
+    pub fn new(client: reqwest::Client, base: &str, token: Option<&str>) -> Bus {
         Bus {
             client,
             base: base.trim_end_matches('/').to_owned(),
+            token: token.filter(|t| !t.is_empty()).map(Arc::from),
         }
     }
 
@@ -44,10 +46,11 @@ impl Bus {
 
     /// POSTs `body` to `url`; anything but a 2xx answer is an error, described.
     pub async fn post(&self, url: &str, body: Vec<u8>) -> Result<(), String> {
-        let response = self
-            .client
-            .post(url)
-            .body(body)
+        let mut request = self.client.post(url).body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| format!("POST {url}: {e}"))?;

@@ -69,10 +69,10 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let dispatch = dispatched.then(|| Rate::new(uids.len() as u64, clock.lap("dispatch")));
     let sources = sources(args, &addrs).await?;
 
-    let login = match (&args.pub_url, args.no_login) {
-        (Some(pub_url), false) => {
+    let login = match (&args.api_url, args.no_login) {
+        (Some(api_url), false) => {
             let login_deadline = Instant::now() + args.register_timeout;
-            let bus = Bus::new(http.clone(), pub_url);
+            let bus = Bus::new(http.clone(), api_url, args.api_token.as_deref());
             let logins: Vec<(String, String)> =
                 uids.iter().cloned().zip(codes.iter().cloned()).collect();
             bus.login_all(&args.login_topic, &logins, term.bit(), args.publishers)
@@ -141,7 +141,11 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         }
         Scenario::Storm => {}
         Scenario::Unicast | Scenario::Fanout => {
-            let bus = Bus::new(http.clone(), args.pub_url.as_deref().unwrap_or_default());
+            let bus = Bus::new(
+                http.clone(),
+                args.api_url.as_deref().unwrap_or_default(),
+                args.api_token.as_deref(),
+            );
             let topic = args
                 .topic
                 .clone()
@@ -264,8 +268,8 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
         return bad("give --dispatch-url, or --comet-tcp / --comet-ws for the transport");
     }
     let publishes = matches!(args.scenario, Scenario::Unicast | Scenario::Fanout);
-    if args.pub_url.is_none() && (publishes || !args.no_login) {
-        return bad("--pub-url is needed to log the terminals in and to publish messages");
+    if args.api_url.is_none() && (publishes || !args.no_login) {
+        return bad("--api-url is needed to log the terminals in and to publish messages");
     }
     if let Some(prefix) = &args.uid_prefix {
         let longest = prefix.len() + (args.terminals - 1).to_string().len().max("probe".len());

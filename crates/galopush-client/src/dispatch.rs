@@ -1,5 +1,5 @@
 //! The router's HTTP side as a terminal sees it: which comet to connect to (SPEC §8) and, for
-//! demos, a login published on the embedded bus (SPEC §7).
+//! demos, a login published through the business API (SPEC §7, §8).
 
 use std::time::Duration;
 
@@ -55,9 +55,29 @@ impl Dispatcher {
             .await?;
         comet_addr_from(response).await
     }
+}
+
+/// The business API (`api.addr`, SPEC §8) as far as a demo terminal uses it: to log itself in.
+#[derive(Debug, Clone)]
+pub struct BusinessApi {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl BusinessApi {
+    /// A client for the API at `api_base`, e.g. `http://127.0.0.1:5152`, with its bearer token
+    /// (`api.token`) when it has one.
+    pub fn new(api_base: &str, token: Option<&str>) -> Result<BusinessApi> {
+        Ok(BusinessApi {
+            client: reqwest::Client::builder().timeout(HTTP_TIMEOUT).build()?,
+            base: api_base.trim_end_matches('/').to_owned(),
+            token: token.filter(|t| !t.is_empty()).map(str::to_owned),
+        })
+    }
 
     /// Logs terminal `uid`/`term` in with `token` as its code, by publishing a
-    /// `userOnlineState` message (raw JSON) on the embedded bus with `POST /pub`.
+    /// `userOnlineState` message (raw JSON) with `POST /pub`.
     pub async fn login(&self, uid: &str, term: TermType, token: &str) -> Result<()> {
         let state = UserOnlineState {
             uid: uid.to_owned(),
@@ -66,14 +86,15 @@ impl Dispatcher {
             device_token: String::new(),
             online: true,
         };
-        let response = self
+        let mut request = self
             .client
             .post(format!("{}/pub", self.base))
             .query(&[("topic", USER_ONLINE_STATE_TOPIC)])
-            .header(CONTENT_TYPE, "application/json")
-            .body(bus::encode(&state, false))
-            .send()
-            .await?;
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(api_token) = &self.token {
+            request = request.bearer_auth(api_token);
+        }
+        let response = request.body(bus::encode(&state, false)).send().await?;
         let status = response.status();
         if status.is_success() {
             return Ok(());

@@ -14,7 +14,7 @@ pub mod error;
 pub mod shell;
 pub mod terminal;
 
-pub use dispatch::{Dispatcher, dispatch, dispatch_get};
+pub use dispatch::{BusinessApi, Dispatcher, dispatch, dispatch_get};
 pub use error::{ClientError, Result};
 pub use terminal::{Terminal, Transport};
 

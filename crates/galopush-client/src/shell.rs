@@ -11,7 +11,7 @@ use galopush_protocol::{Down, TermType, Up};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{BusinessApi, Dispatcher};
 use crate::error::{ClientError, Result};
 use crate::terminal::{Terminal, Transport};
 
@@ -21,8 +21,12 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(60);
 /// What `galopush client` was asked to do.
 #[derive(Debug, Clone)]
 pub struct ShellOptions {
-    /// The router's HTTP base, e.g. `http://127.0.0.1:5150`.
+    /// The router's public HTTP base (the dispatcher), e.g. `http://127.0.0.1:5150`.
     pub http: String,
+    /// The business API's base (for `login`), e.g. `http://127.0.0.1:5152`.
+    pub api: String,
+    /// The business API's bearer token, when it has one.
+    pub api_token: Option<String>,
     pub uid: String,
     pub token: String,
     pub term: TermType,
@@ -46,7 +50,9 @@ pub async fn run(
 ) -> Result<()> {
     let dispatcher = Dispatcher::new(&opts.http)?;
     if opts.login {
-        dispatcher.login(&opts.uid, opts.term, &opts.token).await?;
+        BusinessApi::new(&opts.api, opts.api_token.as_deref())?
+            .login(&opts.uid, opts.term, &opts.token)
+            .await?;
         say(
             &mut output,
             &format!("logged in uid={} termtype={}", opts.uid, opts.term),

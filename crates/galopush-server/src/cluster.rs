@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::Gate;
 use crate::comet::{Comet, CometSettings};
 use crate::config::Config;
-use crate::http;
+use crate::http::{self, ApiToken, HttpLimits};
 use crate::link::RouterLink;
 use crate::link::grpc::comet_side::GrpcRouterLink;
 use crate::link::grpc::router_side::LinkService;
 use crate::link::grpc::{HEARTBEAT, SILENCE};
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::start::{StartError, listen, start_router};
+use crate::start::{HttpListeners, StartError, listen, start_router};
 
 /// How long a starting router waits for comets to rejoin before it applies bus messages, so a
 /// restarted router knows where terminals are before it routes to them.
@@ -34,7 +35,7 @@ pub async fn run_router(
     let parts = start_router(&config, metrics).await?;
     let router = parts.router.clone();
     let (rpc, rpc_bound) = listen(config.router.rpc_addr, "router.rpc_addr").await?;
-    let (http_listener, http_bound) = listen(config.router.http_addr, "router.http_addr").await?;
+    let (listeners, http_bound, api_bound) = HttpListeners::bind(&config).await?;
     let service = LinkService::new(router.clone()).into_server();
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
@@ -54,9 +55,9 @@ pub async fn run_router(
         let _ = open.send(true);
     });
     let http_surface = parts.serve_bus(&config, gate).await?;
-    tracing::info!(http = %http_bound, rpc = %rpc_bound, "galopush router ready");
-    println!("galopush ready http={http_bound} rpc={rpc_bound}");
-    http_surface.serve(http_listener, shutdown).await
+    tracing::info!(http = %http_bound, api = %api_bound, rpc = %rpc_bound, "galopush router ready");
+    println!("galopush ready http={http_bound} api={api_bound} rpc={rpc_bound}");
+    http_surface.serve(listeners, shutdown).await
 }
 
 /// Waits until the comets have rejoined (or [`WARM_UP`] has passed).
@@ -89,12 +90,24 @@ pub async fn run_comet(
     }
     let comet = Comet::bind(CometSettings::from_config(&config), links, metrics.clone()).await?;
     let (tcp, ws) = comet.local_addrs();
-    let (http_listener, http_bound) = listen(config.comet.rpc_addr, "comet.rpc_addr").await?;
+    let (http_listener, http_bound) = listen(config.comet.http_addr, "comet.http_addr").await?;
     comet.start().await;
     tracing::info!(tcp = %tcp, ws = %ws, http = %http_bound, "galopush comet ready");
     println!("galopush ready tcp={tcp} ws={ws} http={http_bound}");
-    axum::serve(http_listener, http::comet_routes(metrics))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(StartError::Serve)
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.cancel();
+    });
+    let routes = http::comet_routes(metrics.clone(), ApiToken::new(&config.api.token));
+    http::serve(
+        http_listener,
+        routes,
+        HttpLimits::from_config(&config.limits),
+        metrics,
+        stop,
+    )
+    .await;
+    Ok(())
 }

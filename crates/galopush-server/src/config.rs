@@ -20,6 +20,7 @@ pub const ENV_PREFIX: &str = "GALOPUSH_";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub router: RouterConfig,
+    pub api: ApiConfig,
     pub comet: CometConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
@@ -34,7 +35,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterConfig {
-    /// HTTP of SPEC §8.
+    /// The public HTTP of SPEC §8, reached by terminals: the dispatcher and `/healthz`.
     pub http_addr: SocketAddr,
     /// The router's RPC listener that comets join (cluster).
     pub rpc_addr: SocketAddr,
@@ -46,6 +47,36 @@ impl Default for RouterConfig {
             http_addr: addr("0.0.0.0:5150"),
             rpc_addr: addr("0.0.0.0:5151"),
         }
+    }
+}
+
+/// [ext] The business API of SPEC §8: `/pub`, `/mpub`, `/v1/…`, `/metrics`, reached by business
+/// services and operators.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub addr: SocketAddr,
+    /// The bearer token every API request but `/healthz` must carry; empty means none, which
+    /// is allowed only on a loopback `addr`.
+    pub token: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            addr: addr("127.0.0.1:5152"),
+            token: String::new(),
+        }
+    }
+}
+
+/// Never prints the token.
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("addr", &self.addr)
+            .field("token", &if self.token.is_empty() { "" } else { "<set>" })
+            .finish()
     }
 }
 
@@ -61,14 +92,12 @@ pub struct CometConfig {
     pub advertise_tcp: String,
     /// `host:port` the dispatcher hands out for Web terminals; port 0 means the bound port.
     pub advertise_ws: String,
-    /// The comet's RPC listener (cluster).
-    pub rpc_addr: SocketAddr,
+    /// A cluster comet's `/metrics` and `/healthz` (SPEC §8).
+    pub http_addr: SocketAddr,
     /// Routers the comet joins (cluster).
     pub router_rpc: Vec<String>,
     pub register_timeout: Duration,
     pub idle_timeout: Duration,
-    /// [ext] Frames queued for one terminal before it counts as not reading and is disconnected.
-    pub write_queue: usize,
     /// [ext] How long a write to a terminal may block before the terminal is disconnected.
     pub write_timeout: Duration,
 }
@@ -81,11 +110,10 @@ impl Default for CometConfig {
             ws_addr: addr("0.0.0.0:5162"),
             advertise_tcp: "127.0.0.1:5161".into(),
             advertise_ws: "127.0.0.1:5162".into(),
-            rpc_addr: addr("0.0.0.0:5160"),
+            http_addr: addr("127.0.0.1:5160"),
             router_rpc: vec!["127.0.0.1:5151".into()],
             register_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(660),
-            write_queue: 1024,
             write_timeout: Duration::from_secs(10),
         }
     }
@@ -112,21 +140,54 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// Per-comet limits.
+/// Everything a terminal or an HTTP client can make the server hold (SPEC §10). Going over a
+/// bound is refused as SPEC says and counted in `galopush_refused_total{reason="<key>"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Largest frame body accepted from a terminal, in bytes.
+    /// Largest frame or WebSocket message body accepted from a registered terminal, in bytes;
+    /// also the largest `/pub` body.
     pub max_body: u32,
-    /// Terminal connections one comet accepts at once.
+    /// [ext] Largest frame or WebSocket message before REGISTER has succeeded.
+    pub max_unregistered_frame: u32,
+    /// Terminal connections one comet holds at once.
     pub max_connections: usize,
+    /// [ext] Terminal connections one comet holds from one source address; 0 = no limit.
+    pub connections_per_ip: usize,
+    /// [ext] IMs of one connection not yet answered; beyond it the connection is not read.
+    pub im_inflight: usize,
+    /// [ext] Bytes of down-messages queued for one connection before it is closed as not
+    /// reading.
+    pub conn_queue_bytes: usize,
+    /// [ext] Messages accepted by `/pub` and `/mpub` and not yet retired.
+    pub inbox_pending: usize,
+    /// [ext] Outbound messages not yet taken by the webhook or nsqd.
+    pub outbox_pending: usize,
+    /// [ext] Bytes of one `/mpub` request.
+    pub max_mpub: usize,
+    /// [ext] Requests in progress on one HTTP listener.
+    pub http_concurrency: usize,
+    /// [ext] How long an HTTP client may take to send a request's headers.
+    pub http_header_timeout: Duration,
+    /// [ext] How long one HTTP request may take, body included.
+    pub http_request_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_body: galopush_protocol::DEFAULT_MAX_BODY,
+            max_unregistered_frame: 1024,
             max_connections: 1_000_000,
+            connections_per_ip: 0,
+            im_inflight: 16,
+            conn_queue_bytes: 256 * 1024,
+            inbox_pending: 100_000,
+            outbox_pending: 100_000,
+            max_mpub: 16 * 1024 * 1024,
+            http_concurrency: 1024,
+            http_header_timeout: Duration::from_secs(10),
+            http_request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -463,9 +524,17 @@ impl Config {
         if self.comet.id.is_empty() {
             return invalid("comet.id", "must not be empty");
         }
-        if self.comet.write_queue == 0 {
-            return invalid("comet.write_queue", "must be at least 1");
+        if !self.api.addr.ip().is_loopback() && self.api.token.is_empty() {
+            return invalid(
+                "api.addr",
+                &format!(
+                    "{} is not a loopback address and api.token is empty: set api.token (the \
+                     business API must not be open to the network)",
+                    self.api.addr
+                ),
+            );
         }
+        self.limits.validate()?;
         if self.delivery.max_offline_callbacks == 0 || self.delivery.max_offline_im == 0 {
             return invalid("delivery.max_offline_*", "must be at least 1");
         }
@@ -484,6 +553,50 @@ impl Config {
         }
         if let Err(e) = tracing_filter_ok(&self.log.level) {
             return invalid("log.level", &e);
+        }
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &str, why: String| Err(ConfigError::Invalid(format!("limits.{key}: {why}")));
+        // A REGISTER frame has a 66-byte body; a WebSocket one is ~150 bytes of JSON, a third
+        // more in the compatible framing.
+        const REGISTER_ROOM: u32 = 256;
+        if self.max_unregistered_frame < REGISTER_ROOM {
+            return invalid(
+                "max_unregistered_frame",
+                format!("must be at least {REGISTER_ROOM} to fit a REGISTER"),
+            );
+        }
+        if self.max_body < self.max_unregistered_frame {
+            return invalid(
+                "max_body",
+                "must not be smaller than limits.max_unregistered_frame".into(),
+            );
+        }
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            ("im_inflight", self.im_inflight),
+            ("conn_queue_bytes", self.conn_queue_bytes),
+            ("inbox_pending", self.inbox_pending),
+            ("outbox_pending", self.outbox_pending),
+            ("max_mpub", self.max_mpub),
+            ("http_concurrency", self.http_concurrency),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        for (key, value) in [
+            ("http_header_timeout", self.http_header_timeout),
+            ("http_request_timeout", self.http_request_timeout),
+        ] {
+            if value.get().is_zero() {
+                return invalid(key, "must be longer than 0s".into());
+            }
         }
         Ok(())
     }
@@ -580,7 +693,9 @@ mod tests {
         assert_eq!(c.comet.ws_addr.to_string(), "0.0.0.0:5162");
         assert_eq!(c.comet.advertise_tcp, "127.0.0.1:5161");
         assert_eq!(c.comet.advertise_ws, "127.0.0.1:5162");
-        assert_eq!(c.comet.rpc_addr.to_string(), "0.0.0.0:5160");
+        assert_eq!(c.comet.http_addr.to_string(), "127.0.0.1:5160");
+        assert_eq!(c.api.addr.to_string(), "127.0.0.1:5152");
+        assert_eq!(c.api.token, "");
         assert_eq!(c.comet.router_rpc, vec!["127.0.0.1:5151"]);
         assert_eq!(c.comet.register_timeout, Duration::from_secs(10));
         assert_eq!(c.comet.idle_timeout, Duration::from_secs(660));
@@ -590,6 +705,17 @@ mod tests {
         assert_eq!(c.delivery.max_offline_im, 50);
         assert_eq!(c.limits.max_body, 1_048_576);
         assert_eq!(c.limits.max_connections, 1_000_000);
+        let l = &c.limits;
+        assert_eq!(l.max_unregistered_frame, 1024);
+        assert_eq!(l.connections_per_ip, 0);
+        assert_eq!(l.im_inflight, 16);
+        assert_eq!(l.conn_queue_bytes, 262_144);
+        assert_eq!(l.inbox_pending, 100_000);
+        assert_eq!(l.outbox_pending, 100_000);
+        assert_eq!(l.max_mpub, 16_777_216);
+        assert_eq!(l.http_concurrency, 1024);
+        assert_eq!(l.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(l.http_request_timeout, Duration::from_secs(30));
         assert_eq!(c.auth.mode, AuthMode::Business);
         assert_eq!(c.bus.kind, BusKind::Embedded);
         assert_eq!(c.bus.nsqd_tcp, "127.0.0.1:4150");
@@ -678,6 +804,65 @@ mod tests {
 
         let e = Config::load(None, env(&[("GALOPUSH_AUTH__MODE", "closed")])).expect_err("enum");
         assert!(e.to_string().contains("GALOPUSH_AUTH__MODE"), "{e}");
+    }
+
+    #[test]
+    fn an_open_api_needs_a_token() {
+        let e = Config::load(None, env(&[("GALOPUSH_API__ADDR", "0.0.0.0:5152")]))
+            .expect_err("no token");
+        assert!(
+            e.to_string().contains("api.addr") && e.to_string().contains("api.token"),
+            "{e}"
+        );
+        let c = Config::load(
+            None,
+            env(&[
+                ("GALOPUSH_API__ADDR", "0.0.0.0:5152"),
+                ("GALOPUSH_API__TOKEN", "s3cret"),
+            ]),
+        )
+        .expect("a token makes it fine");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the token is not logged"
+        );
+        Config::load(None, env(&[("GALOPUSH_API__ADDR", "[::1]:5152")])).expect("loopback v6");
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused() {
+        for (var, value, key) in [
+            ("GALOPUSH_LIMITS__IM_INFLIGHT", "0", "limits.im_inflight"),
+            (
+                "GALOPUSH_LIMITS__INBOX_PENDING",
+                "0",
+                "limits.inbox_pending",
+            ),
+            (
+                "GALOPUSH_LIMITS__HTTP_CONCURRENCY",
+                "0",
+                "limits.http_concurrency",
+            ),
+            (
+                "GALOPUSH_LIMITS__HTTP_HEADER_TIMEOUT",
+                "0s",
+                "limits.http_header_timeout",
+            ),
+            (
+                "GALOPUSH_LIMITS__MAX_UNREGISTERED_FRAME",
+                "60",
+                "limits.max_unregistered_frame",
+            ),
+            ("GALOPUSH_LIMITS__MAX_BODY", "512", "limits.max_body"),
+            (
+                "GALOPUSH_LIMITS__CONN_QUEUE_BYTES",
+                "-1",
+                "GALOPUSH_LIMITS__CONN_QUEUE_BYTES",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(var, value)])).expect_err(var);
+            assert!(e.to_string().contains(key), "{var}={value}: {e}");
+        }
     }
 
     #[test]

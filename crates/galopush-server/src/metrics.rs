@@ -1,5 +1,11 @@
 //! Prometheus metrics (SPEC §8 `/metrics`). Every label combination is created at start and
 //! kept as a handle, so counting on the hot path is one atomic add, never a map lookup.
+//!
+//! Refusals of SPEC §10 are counted here too, each with a warning logged at most once a second
+//! per reason: a flood of refusals must not become a flood of log lines.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use galopush_protocol::TermType;
 use galopush_protocol::message::KickReason;
@@ -33,6 +39,99 @@ pub enum Dropped {
     WebOffline,
 }
 
+/// A bound of SPEC §10 that something went over; the label is the `[limits]` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    MaxBody,
+    MaxUnregisteredFrame,
+    MaxConnections,
+    ConnectionsPerIp,
+    ImInflight,
+    ConnQueueBytes,
+    InboxPending,
+    OutboxPending,
+    MaxMpub,
+    HttpConcurrency,
+    HttpHeaderTimeout,
+    HttpRequestTimeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 12] = [
+        Refusal::MaxBody,
+        Refusal::MaxUnregisteredFrame,
+        Refusal::MaxConnections,
+        Refusal::ConnectionsPerIp,
+        Refusal::ImInflight,
+        Refusal::ConnQueueBytes,
+        Refusal::InboxPending,
+        Refusal::OutboxPending,
+        Refusal::MaxMpub,
+        Refusal::HttpConcurrency,
+        Refusal::HttpHeaderTimeout,
+        Refusal::HttpRequestTimeout,
+    ];
+
+    /// The `[limits]` key, which is also the metric's `reason` label.
+    pub fn key(self) -> &'static str {
+        match self {
+            Refusal::MaxBody => "max_body",
+            Refusal::MaxUnregisteredFrame => "max_unregistered_frame",
+            Refusal::MaxConnections => "max_connections",
+            Refusal::ConnectionsPerIp => "connections_per_ip",
+            Refusal::ImInflight => "im_inflight",
+            Refusal::ConnQueueBytes => "conn_queue_bytes",
+            Refusal::InboxPending => "inbox_pending",
+            Refusal::OutboxPending => "outbox_pending",
+            Refusal::MaxMpub => "max_mpub",
+            Refusal::HttpConcurrency => "http_concurrency",
+            Refusal::HttpHeaderTimeout => "http_header_timeout",
+            Refusal::HttpRequestTimeout => "http_request_timeout",
+        }
+    }
+
+    /// What going over the bound does, for the log line.
+    fn consequence(self) -> &'static str {
+        match self {
+            Refusal::MaxBody | Refusal::MaxUnregisteredFrame => "connection closed",
+            Refusal::MaxConnections | Refusal::ConnectionsPerIp => "new connection closed",
+            Refusal::ImInflight => "connection not read until an IM is answered",
+            Refusal::ConnQueueBytes => {
+                "terminal not reading: connection closed, its messages go to the offline rule"
+            }
+            Refusal::InboxPending => "answered 503 with Retry-After",
+            Refusal::OutboxPending => "IM answered IMRESP 1 / answer requeued",
+            Refusal::MaxMpub => "answered 413",
+            Refusal::HttpConcurrency => "answered 503",
+            Refusal::HttpHeaderTimeout => "connection closed",
+            Refusal::HttpRequestTimeout => "answered 408",
+        }
+    }
+}
+
+/// How one refusal reason is counted and logged.
+#[derive(Default)]
+struct RefusalCounter {
+    counter: Counter,
+    /// When a refusal of this reason was last logged, in ms since the epoch.
+    logged_at: AtomicU64,
+    /// Refusals counted at the last log line, to say how many went unlogged since.
+    logged_count: AtomicU64,
+}
+
+/// What `galopush_dispatch_total` counts: how the dispatcher answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchResult {
+    /// An address, for a known terminal type and an id.
+    Ok,
+    /// `termtype` missing or not one of SPEC §2: answered as a non-Web terminal.
+    UnknownTermtype,
+    /// `id` missing or empty: answered with the least-loaded comet.
+    NoId,
+    /// No comet to send the terminal to: `503`.
+    Unavailable,
+}
+
 /// All metrics of a process.
 pub struct Metrics {
     registry: Registry,
@@ -53,7 +152,10 @@ pub struct Metrics {
     pub webhook_delivered: Counter,
     pub webhook_failures: Counter,
     pub outbox_pending: Gauge,
+    pub inbox_pending: Gauge,
     pub store_errors: Counter,
+    refusals: [RefusalCounter; 12],
+    dispatches: [Counter; 4],
 }
 
 fn kind_index(kind: DeliveryKind) -> usize {
@@ -205,6 +307,27 @@ impl Metrics {
             outbox_pending.clone(),
         );
 
+        let inbox_pending = Gauge::default();
+        registry.register(
+            "inbox_pending",
+            "Messages accepted by /pub and /mpub and not yet retired (limits.inbox_pending)",
+            inbox_pending.clone(),
+        );
+        let refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "refused",
+            "Refusals by the limits.* bound that was reached (SPEC §10)",
+            refused.clone(),
+        );
+        let refusals = Refusal::ALL.map(|r| RefusalCounter {
+            counter: refused.get_or_create(&[("reason", r.key())]).clone(),
+            ..RefusalCounter::default()
+        });
+        let dispatch = Family::<Labels, Counter>::default();
+        registry.register("dispatch", "Dispatcher answers by result", dispatch.clone());
+        let dispatches = ["ok", "unknown_termtype", "no_id", "unavailable"]
+            .map(|r| dispatch.get_or_create(&[("result", r)]).clone());
+
         // Each handle is taken in its own statement: a family's lookup guard lives until the end
         // of the statement, and two in one would deadlock.
         let label = |family: &Family<Labels, Counter>, value: &'static str| -> Counter {
@@ -234,7 +357,10 @@ impl Metrics {
             webhook_delivered,
             webhook_failures,
             outbox_pending,
+            inbox_pending,
             store_errors,
+            refusals,
+            dispatches,
             registry,
         }
     }
@@ -269,6 +395,40 @@ impl Metrics {
 
     pub fn kick(&self, reason: KickReason) -> &Counter {
         &self.kicks[reason as usize - 1]
+    }
+
+    /// Counts a refusal and logs it, at most once a second per reason.
+    pub fn refused(&self, why: Refusal) {
+        let r = &self.refusals[why as usize];
+        r.counter.inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = r.logged_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && r.logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let total = r.counter.get();
+            let since = total - r.logged_count.swap(total, Ordering::Relaxed);
+            tracing::warn!(
+                limit = format_args!("limits.{}", why.key()),
+                refusals_since_last_line = since,
+                total,
+                "{}",
+                why.consequence()
+            );
+        }
+    }
+
+    /// How many refusals of a reason were counted.
+    pub fn refusals(&self, why: Refusal) -> u64 {
+        self.refusals[why as usize].counter.get()
+    }
+
+    pub fn dispatched(&self, result: DispatchResult) -> &Counter {
+        &self.dispatches[result as usize]
     }
 
     /// The Prometheus text exposition.
@@ -315,5 +475,21 @@ mod tests {
             text.contains("galopush_registrations_total{result=\"refused\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_refusal_reason_is_a_series_from_the_start() {
+        let m = Metrics::new();
+        m.refused(Refusal::ConnQueueBytes);
+        m.refused(Refusal::ConnQueueBytes);
+        m.dispatched(DispatchResult::NoId).inc();
+        let text = m.render();
+        for r in Refusal::ALL {
+            let n = if r == Refusal::ConnQueueBytes { 2 } else { 0 };
+            let line = format!("galopush_refused_total{{reason=\"{}\"}} {n}", r.key());
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+        assert!(text.contains("galopush_dispatch_total{result=\"no_id\"} 1"));
+        assert_eq!(m.refusals(Refusal::ConnQueueBytes), 2);
     }
 }

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::link::RouterLink;
 use crate::link::local::LocalRouterLink;
 use crate::metrics::Metrics;
-use crate::start::{StartError, listen, start_router};
+use crate::start::{HttpListeners, StartError, start_router};
 
 /// Runs the gateway until `shutdown` resolves.
 pub async fn run(
@@ -21,11 +21,11 @@ pub async fn run(
     let link: Arc<dyn RouterLink> = LocalRouterLink::new(parts.router.clone());
     let comet = Comet::bind(CometSettings::from_config(&config), vec![link], metrics).await?;
     let (tcp, ws) = comet.local_addrs();
-    let (listener, http) = listen(config.router.http_addr, "router.http_addr").await?;
+    let (listeners, http, api) = HttpListeners::bind(&config).await?;
     comet.start().await;
     let http_surface = parts.serve_bus(&config, Gate::opened()).await?;
-    tracing::info!(%http, %tcp, %ws, "galopush standalone ready");
+    tracing::info!(%http, %api, %tcp, %ws, "galopush standalone ready");
     // A machine-readable line for scripts and tests that start the gateway on port 0.
-    println!("galopush ready http={http} tcp={tcp} ws={ws}");
-    http_surface.serve(listener, shutdown).await
+    println!("galopush ready http={http} api={api} tcp={tcp} ws={ws}");
+    http_surface.serve(listeners, shutdown).await
 }

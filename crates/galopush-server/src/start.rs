@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::bus::embedded::{EmbeddedInbox, EmbeddedOutbox};
+use crate::bus::embedded::{EmbeddedInbox, EmbeddedOutbox, InboxSettings};
 use crate::bus::nsq::{self, NsqIntake, NsqPublisher};
 use crate::bus::{Gate, Intake, Publisher};
 use crate::comet::BindError;
 use crate::config::{BusKind, Config, StoreKind};
-use crate::http::{self, HttpState};
+use crate::http::api::ApiState;
+use crate::http::public::PublicState;
+use crate::http::{self, ApiToken, HttpLimits};
 use crate::metrics::Metrics;
 use crate::router::{Router, RouterSettings};
 use crate::store::embedded::EmbeddedStore;
@@ -37,8 +40,6 @@ pub enum StartError {
     Nsq(#[from] galopush_nsq::Error),
     #[error("{0}")]
     Unsupported(String),
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// The offline limits of the configuration.
@@ -94,9 +95,19 @@ pub async fn start_router(
         BusKind::Embedded => None,
     };
     let publisher: Arc<dyn Publisher> = match &producer {
-        Some(producer) => Arc::new(NsqPublisher::new(producer.clone(), config.bus.base64)),
+        Some(producer) => Arc::new(NsqPublisher::new(
+            producer.clone(),
+            config.bus.base64,
+            config.limits.outbox_pending,
+        )),
         None => {
-            EmbeddedOutbox::start(store.clone(), &config.bus.webhook_url, metrics.clone()).await?
+            EmbeddedOutbox::start(
+                store.clone(),
+                &config.bus.webhook_url,
+                metrics.clone(),
+                config.limits.outbox_pending,
+            )
+            .await?
         }
     };
     let router = Router::new(
@@ -115,7 +126,7 @@ pub async fn start_router(
 
 impl RouterParts {
     /// Starts taking inbound bus messages (applied once `gate` opens) and the router's upkeep;
-    /// returns the HTTP routes of SPEC §8.
+    /// returns the HTTP listeners' routes of SPEC §8.
     pub async fn serve_bus(self, config: &Config, gate: Gate) -> Result<RouterHttp, StartError> {
         // What is in flight at shutdown gets this long to settle (acked, or stored offline).
         let wait = config.delivery.ack_timeout.0 + Duration::from_secs(1);
@@ -126,14 +137,13 @@ impl RouterParts {
                 (intake, BusDrain::Nsq(consumers))
             }
             None => {
-                let inbox = EmbeddedInbox::start(
-                    self.store,
-                    self.router.clone(),
-                    config.bus.durable,
-                    config.bus.max_in_flight,
-                    gate,
-                )
-                .await?;
+                let settings = InboxSettings {
+                    durable: config.bus.durable,
+                    max_in_flight: config.bus.max_in_flight,
+                    inbox_pending: config.limits.inbox_pending,
+                };
+                let inbox =
+                    EmbeddedInbox::start(self.store, self.router.clone(), settings, gate).await?;
                 (inbox.clone(), BusDrain::Embedded(inbox, wait))
             }
         };
@@ -145,32 +155,79 @@ impl RouterParts {
                 upkeep.housekeeping();
             }
         });
-        let routes = http::routes(HttpState {
-            router: self.router,
-            intake,
-            metrics: self.metrics,
+        let public = http::public::routes(PublicState {
+            router: self.router.clone(),
+            metrics: self.metrics.clone(),
         });
-        Ok(RouterHttp { routes, drain })
+        let api = http::api::routes(
+            ApiState {
+                router: self.router,
+                intake,
+                metrics: self.metrics.clone(),
+                max_pub: config.limits.max_body as usize,
+                max_mpub: config.limits.max_mpub,
+            },
+            ApiToken::new(&config.api.token),
+        );
+        Ok(RouterHttp {
+            public,
+            api,
+            limits: HttpLimits::from_config(&config.limits),
+            metrics: self.metrics,
+            drain,
+        })
+    }
+}
+
+/// The public and the business API listeners, bound.
+pub struct HttpListeners {
+    pub public: TcpListener,
+    pub api: TcpListener,
+}
+
+impl HttpListeners {
+    /// Binds `router.http_addr` and `api.addr`; returns them with their bound addresses.
+    pub async fn bind(
+        config: &Config,
+    ) -> Result<(HttpListeners, SocketAddr, SocketAddr), StartError> {
+        let (public, public_bound) = listen(config.router.http_addr, "router.http_addr").await?;
+        let (api, api_bound) = listen(config.api.addr, "api.addr").await?;
+        Ok((HttpListeners { public, api }, public_bound, api_bound))
     }
 }
 
 /// The router's HTTP surface (SPEC §8) with the bus behind it.
 pub struct RouterHttp {
-    routes: axum::Router,
+    public: axum::Router,
+    api: axum::Router,
+    limits: HttpLimits,
+    metrics: Arc<Metrics>,
     drain: BusDrain,
 }
 
 impl RouterHttp {
-    /// Serves on `listener` until `shutdown` resolves, then drains the bus.
+    /// Serves both listeners until `shutdown` resolves, then drains the bus.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listeners: HttpListeners,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        axum::serve(listener, self.routes)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(StartError::Serve)?;
+        let stop = CancellationToken::new();
+        let stopping = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopping.cancel();
+        });
+        tokio::join!(
+            http::serve(
+                listeners.public,
+                self.public,
+                self.limits,
+                self.metrics.clone(),
+                stop.clone()
+            ),
+            http::serve(listeners.api, self.api, self.limits, self.metrics, stop),
+        );
         self.drain.run().await;
         Ok(())
     }

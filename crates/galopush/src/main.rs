@@ -58,9 +58,15 @@ enum Command {
 /// How `galopush client` connects.
 #[derive(clap::Args)]
 struct ClientArgs {
-    /// The router's HTTP address (dispatcher and, with --login, /pub).
+    /// The router's public HTTP address (the dispatcher).
     #[arg(long, default_value = "http://127.0.0.1:5150")]
     http: String,
+    /// The business API's address, where --login publishes.
+    #[arg(long, default_value = "http://127.0.0.1:5152")]
+    api: String,
+    /// The business API's bearer token (api.token), for --login.
+    #[arg(long, env = "GALOPUSH_API__TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     /// The user id to register as.
     #[arg(long)]
     uid: String,
@@ -109,6 +115,8 @@ impl ClientArgs {
         };
         ShellOptions {
             http: self.http,
+            api: self.api,
+            api_token: self.api_token,
             uid: self.uid,
             token: self.token,
             term: self.termtype,

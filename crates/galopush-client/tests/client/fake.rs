@@ -199,6 +199,7 @@ pub struct HttpRequest {
     pub method: String,
     pub target: String,
     pub content_type: Option<String>,
+    pub authorization: Option<String>,
     pub body: String,
 }
 
@@ -239,6 +240,7 @@ async fn read_request(stream: &mut BufReader<TcpStream>) -> HttpRequest {
     let target = parts.next().expect("target").to_owned();
     let mut content_length = 0;
     let mut content_type = None;
+    let mut authorization = None;
     loop {
         let mut header = String::new();
         stream.read_line(&mut header).await.expect("header line");
@@ -252,6 +254,8 @@ async fn read_request(stream: &mut BufReader<TcpStream>) -> HttpRequest {
             content_length = value.parse().expect("content length");
         } else if name.eq_ignore_ascii_case("content-type") {
             content_type = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.to_owned());
         }
     }
     let mut body = vec![0; content_length];
@@ -260,6 +264,7 @@ async fn read_request(stream: &mut BufReader<TcpStream>) -> HttpRequest {
         method,
         target,
         content_type,
+        authorization,
         body: String::from_utf8(body).expect("UTF-8 body"),
     }
 }

@@ -12,6 +12,8 @@ use crate::fake::{TcpComet, WebComet, bounded, http_responder};
 fn options(addr: Option<String>, transport: Transport) -> ShellOptions {
     ShellOptions {
         http: "http://127.0.0.1:9".to_owned(),
+        api: "http://127.0.0.1:9".to_owned(),
+        api_token: None,
         uid: "shell-user".to_owned(),
         token: "shell-token".to_owned(),
         term: TermType::Android,
@@ -148,7 +150,9 @@ async fn logs_in_dispatches_and_sends_input_lines_as_ims_over_web() {
             framing: WebFraming::Compatible,
         },
     );
-    opts.http = http;
+    opts.http = http.clone();
+    opts.api = http;
+    opts.api_token = Some("api-secret".to_owned());
     opts.term = TermType::Web;
     opts.login = true;
     let input: &[u8] = b"hello comet\n\nsecond line\r\n";
@@ -160,6 +164,15 @@ async fn logs_in_dispatches_and_sends_input_lines_as_ims_over_web() {
     let requests = router.await.expect("fake router");
     assert_eq!(requests[0].method, "POST");
     assert_eq!(requests[0].target, "/pub?topic=userOnlineState");
+    assert_eq!(
+        requests[0].authorization.as_deref(),
+        Some("Bearer api-secret"),
+        "the login goes to the business API with its token"
+    );
+    assert_eq!(
+        requests[1].authorization, None,
+        "the dispatcher needs no token"
+    );
     let login: serde_json::Value = serde_json::from_str(&requests[0].body).expect("raw JSON");
     assert_eq!(
         login,

@@ -7,8 +7,17 @@
 //! Outbound: messages for the business side go to the outbox in the store and are POSTed to
 //! `bus.webhook_url` (raw JSON, `?topic=T`), retried with back-off until a 2xx answer, then
 //! deleted.
+//!
+//! Both are bounded (SPEC §10). Every inbox message holds an [`InboxSlot`] from acceptance to
+//! retirement, one of `limits.inbox_pending`; when none is free, `/pub` and `/mpub` take
+//! nothing and answer `503`. So the apply queue, the messages in flight and the inbox on disk
+//! together never hold more than that (a replayed inbox that is larger, from a run with a
+//! higher limit, is applied whole and takes new messages once it is under the limit). The
+//! outbox takes at most `limits.outbox_pending` messages not yet POSTed; beyond that
+//! [`Publisher::publish`] answers [`PublishError::Full`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,6 +54,19 @@ enum Seq {
     Volatile,
 }
 
+/// A message's place in the inbox bound (`limits.inbox_pending`), held from acceptance to
+/// retirement; `None` for a message replayed when the inbox was over the bound.
+struct InboxSlot {
+    _permit: Option<OwnedSemaphorePermit>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for InboxSlot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 struct Accepted {
     topic: Topic,
     body: Bytes,
@@ -53,6 +75,7 @@ struct Accepted {
     checked: Option<Checked>,
     seq: Seq,
     attempt: u32,
+    slot: InboxSlot,
 }
 
 /// The inbound side: `/pub` into the inbox, applied in order.
@@ -70,6 +93,21 @@ pub struct EmbeddedInbox {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     retired: mpsc::UnboundedSender<Retirement>,
+    /// A permit per message accepted and not yet retired (`limits.inbox_pending`).
+    pending: Arc<Semaphore>,
+    inbox_pending: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// How the inbox is bounded and applied.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxSettings {
+    /// Keep each accepted message durably before answering (`bus.durable`).
+    pub durable: bool,
+    /// Messages applied and not yet retired (`bus.max_in_flight`).
+    pub max_in_flight: usize,
+    /// Messages accepted and not yet retired (`limits.inbox_pending`).
+    pub inbox_pending: usize,
 }
 
 /// What the retire loop is told.
@@ -81,18 +119,24 @@ enum Retirement {
 }
 
 impl EmbeddedInbox {
-    /// Replays the inbox, then starts applying. `max_in_flight` bounds the messages applied but
-    /// not yet retired.
+    /// Replays the inbox, then starts applying.
     pub async fn start(
         store: Arc<dyn Store>,
         router: Arc<Router>,
-        durable: bool,
-        max_in_flight: usize,
+        settings: InboxSettings,
         gate: Gate,
     ) -> Result<Arc<EmbeddedInbox>, StoreError> {
+        let InboxSettings {
+            durable,
+            max_in_flight,
+            inbox_pending,
+        } = settings;
+        // Unbounded channels whose content is bounded by the slots each message holds.
         let (queue, accepted) = mpsc::unbounded_channel();
         let (retired, retirements) = mpsc::unbounded_channel();
         let topics = router.topics().clone();
+        let metrics = router.metrics().clone();
+        let pending = Arc::new(Semaphore::new(inbox_pending));
         let replay = store.inbox_load().await?;
         if !replay.is_empty() {
             tracing::info!(messages = replay.len(), "replaying the inbox");
@@ -100,12 +144,18 @@ impl EmbeddedInbox {
         for m in replay {
             match Topic::from_name(&m.topic, &topics) {
                 Some(topic) => {
+                    metrics.inbox_pending.inc();
+                    let slot = InboxSlot {
+                        _permit: pending.clone().try_acquire_owned().ok(),
+                        gauge: metrics.inbox_pending.clone(),
+                    };
                     let _ = queue.send(Accepted {
                         topic,
                         body: m.body,
                         checked: None,
                         seq: Seq::Known(m.seq),
                         attempt: 0,
+                        slot,
                     });
                 }
                 None => {
@@ -127,8 +177,10 @@ impl EmbeddedInbox {
             in_flight: in_flight.clone(),
             max_in_flight,
             retired: retired.clone(),
+            pending,
+            inbox_pending,
+            metrics: metrics.clone(),
         });
-        let metrics = router.metrics().clone();
         tokio::spawn(apply_loop(
             router,
             ApplyQueues {
@@ -196,6 +248,7 @@ impl Intake for EmbeddedInbox {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut slots = self.slots(bodies.len())?;
         if !self.durable {
             for (body, checked) in bodies.into_iter().zip(checked) {
                 let _ = self.queue.send(Accepted {
@@ -204,6 +257,7 @@ impl Intake for EmbeddedInbox {
                     checked: Some(checked),
                     seq: Seq::Volatile,
                     attempt: 0,
+                    slot: slots.next_slot(),
                 });
             }
             return Ok(());
@@ -225,6 +279,7 @@ impl Intake for EmbeddedInbox {
                     checked: Some(checked),
                     seq: Seq::Pending(durable.clone(), i),
                     attempt: 0,
+                    slot: slots.next_slot(),
                 });
             }
             durable
@@ -233,6 +288,42 @@ impl Intake for EmbeddedInbox {
             .await
             .map(drop)
             .map_err(|e| AcceptError::Unavailable(format!("message not stored: {e}")))
+    }
+}
+
+impl EmbeddedInbox {
+    /// Takes `n` inbox slots at once, or none.
+    fn slots(&self, n: usize) -> Result<Slots, AcceptError> {
+        let limit = self.inbox_pending;
+        if n > limit {
+            return Err(AcceptError::TooMany { limit });
+        }
+        let permits = u32::try_from(n).map_err(|_| AcceptError::TooMany { limit })?;
+        let permits = self
+            .pending
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| AcceptError::Full { limit })?;
+        self.metrics.inbox_pending.inc_by(n as i64);
+        Ok(Slots {
+            permits,
+            gauge: self.metrics.inbox_pending.clone(),
+        })
+    }
+}
+
+/// Slots taken together for one request, handed out one per message.
+struct Slots {
+    permits: OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Slots {
+    fn next_slot(&mut self) -> InboxSlot {
+        InboxSlot {
+            _permit: self.permits.split(1),
+            gauge: self.gauge.clone(),
+        }
     }
 }
 
@@ -287,6 +378,7 @@ async fn apply_loop(router: Arc<Router>, queues: ApplyQueues, gate: Gate, stop: 
             retired: retired.clone(),
             metrics: router.metrics().clone(),
             _permit: permit,
+            slot: m.slot,
         });
         match m.checked {
             Some(checked) => router.apply_checked(m.topic, checked, ticket).await,
@@ -360,6 +452,9 @@ struct InboxEntry {
     retired: mpsc::UnboundedSender<Retirement>,
     metrics: Arc<Metrics>,
     _permit: OwnedSemaphorePermit,
+    /// Given back once the message is retired: its inbox delete is then queued, so the inbox on
+    /// disk stays within the bound.
+    slot: InboxSlot,
 }
 
 impl Retire for InboxEntry {
@@ -386,6 +481,7 @@ impl Retire for InboxEntry {
             checked: None,
             seq: self.seq.map_or(Seq::Volatile, Seq::Known),
             attempt: self.attempt + 1,
+            slot: self.slot,
         };
         let delay = backoff(self.attempt);
         let queue = self.requeue;
@@ -399,19 +495,26 @@ impl Retire for InboxEntry {
 /// The outbound side: the outbox and its webhook.
 pub struct EmbeddedOutbox {
     store: Arc<dyn Store>,
+    /// Bounded by `pending`: a message is sent here only with a place in the count.
     webhook: Option<mpsc::UnboundedSender<QueuedMessage>>,
     metrics: Arc<Metrics>,
+    /// Messages taken and not yet POSTed (or, without a webhook, kept).
+    pending: Arc<AtomicUsize>,
+    outbox_pending: usize,
 }
 
 impl EmbeddedOutbox {
-    /// Loads what the outbox still holds and starts POSTing to `webhook_url` (if set).
+    /// Loads what the outbox still holds and starts POSTing to `webhook_url` (if set). At most
+    /// `outbox_pending` messages are kept waiting.
     pub async fn start(
         store: Arc<dyn Store>,
         webhook_url: &str,
         metrics: Arc<Metrics>,
+        outbox_pending: usize,
     ) -> Result<Arc<EmbeddedOutbox>, StoreError> {
         let pending = store.outbox_load().await?;
         metrics.outbox_pending.set(pending.len() as i64);
+        let count = Arc::new(AtomicUsize::new(pending.len()));
         let webhook = if webhook_url.is_empty() {
             tracing::warn!(
                 pending = pending.len(),
@@ -428,6 +531,7 @@ impl EmbeddedOutbox {
                 webhook_url.to_owned(),
                 rx,
                 metrics.clone(),
+                count.clone(),
             ));
             Some(tx)
         };
@@ -435,6 +539,8 @@ impl EmbeddedOutbox {
             store,
             webhook,
             metrics,
+            pending: count,
+            outbox_pending,
         }))
     }
 }
@@ -442,11 +548,23 @@ impl EmbeddedOutbox {
 #[async_trait]
 impl Publisher for EmbeddedOutbox {
     async fn publish(&self, topic: &str, json: Bytes) -> Result<(), PublishError> {
-        let seq = self
+        let limit = self.outbox_pending;
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| PublishError::Full { limit })?;
+        let seq = match self
             .store
             .outbox_append(topic.to_owned(), json.clone())
             .await
-            .map_err(|e| PublishError(e.to_string()))?;
+        {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                return Err(e.into());
+            }
+        };
         self.metrics.outbox_pending.inc();
         if let Some(webhook) = &self.webhook {
             let _ = webhook.send(QueuedMessage {
@@ -465,6 +583,7 @@ async fn webhook_loop(
     url: String,
     mut queue: mpsc::UnboundedReceiver<QueuedMessage>,
     metrics: Arc<Metrics>,
+    pending: Arc<AtomicUsize>,
 ) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -501,6 +620,7 @@ async fn webhook_loop(
         }
         metrics.webhook_delivered.inc();
         metrics.outbox_pending.dec();
+        pending.fetch_sub(1, Ordering::AcqRel);
         if let Err(e) = store.outbox_remove(m.seq).await {
             // It is sent again after a restart: a duplicate, not a loss.
             tracing::warn!(error = %e, "cannot delete a delivered message from the outbox");

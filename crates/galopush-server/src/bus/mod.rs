@@ -6,10 +6,13 @@ pub mod embedded;
 pub mod nsq;
 pub mod ticket;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::TopicsConfig;
+use crate::store::StoreError;
 pub use ticket::{Retire, Ticket};
 
 /// The inbound topics, by meaning.
@@ -85,8 +88,21 @@ impl Gate {
 
 /// Why an outbound message was not taken.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("bus did not take the message: {0}")]
-pub struct PublishError(pub String);
+pub enum PublishError {
+    /// `limits.outbox_pending` outbound messages are waiting already (SPEC §10): the caller
+    /// may try again later.
+    #[error("the outbox holds {limit} messages not yet sent on (limits.outbox_pending)")]
+    Full { limit: usize },
+    /// The outbox could not keep the message.
+    #[error("outbox: {0}")]
+    Store(#[from] StoreError),
+    /// nsqd did not take the message.
+    #[error("nsqd {address}: {source}")]
+    Nsqd {
+        address: String,
+        source: Arc<galopush_nsq::Error>,
+    },
+}
 
 /// Where the router sends outbound messages (msgUpward, sessionTimeout answers).
 #[async_trait]
@@ -102,6 +118,13 @@ pub enum AcceptError {
     /// Malformed input (HTTP 400).
     #[error("{0}")]
     Malformed(String),
+    /// `limits.inbox_pending` messages are accepted and not yet retired (HTTP 503 with
+    /// `Retry-After`); nothing of the request was taken.
+    #[error("the inbox is full ({limit} messages, limits.inbox_pending)")]
+    Full { limit: usize },
+    /// More messages in one request than the inbox ever holds (HTTP 413).
+    #[error("more messages than the inbox holds ({limit}, limits.inbox_pending)")]
+    TooMany { limit: usize },
     /// Could not be made durable (HTTP 503).
     #[error("{0}")]
     Unavailable(String),

@@ -24,6 +24,7 @@ use galopush_nsq::{
     ConnectionConfig, Consumer, ConsumerConfig, Error as NsqError, Message, Producer,
     ProducerConfig, is_valid_topic_name,
 };
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -289,18 +290,32 @@ impl Pause {
 pub struct NsqPublisher {
     producer: Producer,
     base64: bool,
+    /// A permit per publish waiting for nsqd's answer (`limits.outbox_pending`).
+    waiting: Semaphore,
+    outbox_pending: usize,
 }
 
 impl NsqPublisher {
-    /// Publishes through `producer`, as base64 of the JSON when `base64` is set.
-    pub fn new(producer: Producer, base64: bool) -> NsqPublisher {
-        NsqPublisher { producer, base64 }
+    /// Publishes through `producer`, as base64 of the JSON when `base64` is set, with at most
+    /// `outbox_pending` publishes waiting for nsqd.
+    pub fn new(producer: Producer, base64: bool, outbox_pending: usize) -> NsqPublisher {
+        NsqPublisher {
+            producer,
+            base64,
+            waiting: Semaphore::new(outbox_pending),
+            outbox_pending,
+        }
     }
 }
 
 #[async_trait]
 impl Publisher for NsqPublisher {
     async fn publish(&self, topic: &str, json: Bytes) -> Result<(), PublishError> {
+        let Ok(_waiting) = self.waiting.try_acquire() else {
+            return Err(PublishError::Full {
+                limit: self.outbox_pending,
+            });
+        };
         let body = if self.base64 {
             Bytes::from(general_purpose::STANDARD.encode(&json))
         } else {
@@ -309,7 +324,10 @@ impl Publisher for NsqPublisher {
         self.producer
             .publish(topic, body)
             .await
-            .map_err(|e| PublishError(format!("nsqd {}: {e}", self.producer.nsqd_address())))
+            .map_err(|e| PublishError::Nsqd {
+                address: self.producer.nsqd_address().to_owned(),
+                source: Arc::new(e),
+            })
     }
 }
 

@@ -1,8 +1,10 @@
 //! A connection's shared handle: the bounded queue through which routers (deliveries, kicks)
 //! and IM tasks (their answers) reach the task that owns the socket.
 //!
-//! An idle connection's queue holds no allocation. A full queue means a terminal that does not
-//! read: the connection is marked slow and closed, and what it held settles as failed.
+//! The queue is bounded in bytes (`limits.conn_queue_bytes`, SPEC §10): a terminal that does
+//! not read while messages arrive fills it, and is then marked slow and closed; what the queue
+//! held settles as failed, so it goes to the offline rule. An idle connection's queue holds no
+//! allocation.
 
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -34,9 +36,34 @@ pub enum Outbound {
     },
 }
 
+impl Outbound {
+    /// What the item counts for against `limits.conn_queue_bytes`: a delivery its body and
+    /// about what its frame and transaction add; anything else a little.
+    fn weight(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        match self {
+            Outbound::Deliver { delivery, .. } => delivery.body.len() + OVERHEAD,
+            Outbound::Kick(_) | Outbound::ImResult { .. } => OVERHEAD,
+        }
+    }
+}
+
+/// Whether [`Conn::push`] queued an item.
+#[derive(Debug)]
+pub enum Pushed {
+    Queued,
+    /// The connection has ended, or is closing as slow: the item is given back.
+    Closed(Outbound),
+    /// This item would have taken the queue over its bound: the connection is now marked slow
+    /// (it closes) and the item is given back.
+    Overflowed(Outbound),
+}
+
 #[derive(Default)]
 struct Outbox {
     items: VecDeque<Outbound>,
+    /// What `items` weigh together.
+    bytes: usize,
     /// The terminal stopped reading: close it.
     slow: bool,
     /// The connection task has ended; nothing more is taken.
@@ -70,30 +97,43 @@ impl Conn {
         let _ = self.registered.set(info);
     }
 
-    /// Queues an item for the connection. Gives it back if the connection has ended, or if the
-    /// queue holds `limit` items already (the connection is then marked slow).
-    pub fn push(&self, item: Outbound, limit: usize) -> Result<(), Outbound> {
+    /// Queues an item for the connection, unless the connection has ended or the queue would
+    /// weigh more than `limit` bytes with it (then the connection is marked slow). A kick is
+    /// always taken, and so is any item when the queue is empty: one message bigger than the
+    /// bound still reaches a terminal that reads.
+    pub fn push(&self, item: Outbound, limit: usize) -> Pushed {
         let mut outbox = self.outbox.lock();
         if outbox.closed || outbox.slow {
-            return Err(item);
+            return Pushed::Closed(item);
         }
-        if outbox.items.len() >= limit && !matches!(item, Outbound::Kick(_)) {
+        let weight = item.weight();
+        if !outbox.items.is_empty()
+            && outbox.bytes + weight > limit
+            && !matches!(item, Outbound::Kick(_))
+        {
             outbox.slow = true;
             drop(outbox);
             self.notify.notify_one();
-            return Err(item);
+            return Pushed::Overflowed(item);
         }
+        outbox.bytes += weight;
         outbox.items.push_back(item);
         drop(outbox);
         self.notify.notify_one();
-        Ok(())
+        Pushed::Queued
     }
 
     /// Takes everything queued; `true` if the terminal was marked slow.
     pub fn take(&self) -> (VecDeque<Outbound>, bool) {
         let mut outbox = self.outbox.lock();
+        outbox.bytes = 0;
         let slow = outbox.slow;
         (std::mem::take(&mut outbox.items), slow)
+    }
+
+    /// Whether the terminal was marked slow.
+    pub fn is_slow(&self) -> bool {
+        self.outbox.lock().slow
     }
 
     /// Completes when something is queued (or the connection is marked slow). A connection's
@@ -107,6 +147,80 @@ impl Conn {
     pub fn close(&self) -> VecDeque<Outbound> {
         let mut outbox = self.outbox.lock();
         outbox.closed = true;
+        outbox.bytes = 0;
         std::mem::take(&mut outbox.items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::{Delivery, DeliveryKind};
+    use bytes::Bytes;
+
+    fn delivery(id: u64, size: usize) -> Outbound {
+        Outbound::Deliver {
+            router: 0,
+            delivery: Delivery {
+                id,
+                session: 1,
+                kind: DeliveryKind::Im,
+                flag: 0,
+                body: Bytes::from(vec![b'x'; size]),
+            },
+        }
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let conn = Conn::new(1);
+        let limit = 1000;
+        // One message over the bound is taken when nothing is queued.
+        assert!(matches!(
+            conn.push(delivery(1, 5000), limit),
+            Pushed::Queued
+        ));
+        let (items, slow) = conn.take();
+        assert_eq!((items.len(), slow), (1, false));
+        // Small ones up to the bound, then the connection is slow and takes nothing more.
+        for id in 0..3 {
+            assert!(matches!(
+                conn.push(delivery(id, 200), limit),
+                Pushed::Queued
+            ));
+        }
+        assert!(matches!(
+            conn.push(delivery(3, 200), limit),
+            Pushed::Overflowed(_)
+        ));
+        assert!(matches!(
+            conn.push(delivery(4, 1), limit),
+            Pushed::Closed(_)
+        ));
+        assert!(conn.is_slow());
+        assert!(
+            matches!(
+                conn.push(Outbound::Kick(KickReason::RepeatLogin), limit),
+                Pushed::Closed(_)
+            ),
+            "a slow connection is closing already"
+        );
+        let left = conn.close();
+        assert_eq!(
+            left.len(),
+            3,
+            "what was queued is handed back to settle as failed"
+        );
+    }
+
+    #[test]
+    fn a_kick_goes_in_whatever_the_queue_holds() {
+        let conn = Conn::new(1);
+        assert!(matches!(conn.push(delivery(1, 900), 1000), Pushed::Queued));
+        assert!(matches!(
+            conn.push(Outbound::Kick(KickReason::RepeatLogin), 1000),
+            Pushed::Queued
+        ));
+        assert!(!conn.is_slow());
     }
 }

@@ -8,27 +8,29 @@
 pub mod conn;
 pub mod session;
 pub mod transport;
+pub mod websocket;
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::future::join_all;
+use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::time::Instant;
 
 use crate::config::{Config, host_port};
 use crate::link::{
     CometCommand, CometInfo, CometLink, ImUp, LinkError, Outcome, Registration, RouterLink,
     SessionId, SessionInfo, Settle,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
 use crate::sharded::ShardedMap;
-use conn::{Conn, Outbound, RouterIdx};
+use conn::{Conn, Outbound, Pushed, RouterIdx};
 use transport::{TcpTransport, WsTransport};
 
 /// What a comet needs from the configuration.
@@ -43,10 +45,13 @@ pub struct CometSettings {
     pub idle_timeout: Duration,
     pub ack_timeout: Duration,
     pub callback_ack_timeout: Duration,
-    pub write_queue: usize,
     pub write_timeout: Duration,
     pub max_body: u32,
+    pub max_unregistered_frame: u32,
     pub max_connections: usize,
+    pub connections_per_ip: usize,
+    pub im_inflight: usize,
+    pub conn_queue_bytes: usize,
 }
 
 impl CometSettings {
@@ -61,10 +66,13 @@ impl CometSettings {
             idle_timeout: config.comet.idle_timeout.get(),
             ack_timeout: config.delivery.ack_timeout.get(),
             callback_ack_timeout: config.delivery.callback_ack_timeout.get(),
-            write_queue: config.comet.write_queue,
             write_timeout: config.comet.write_timeout.get(),
             max_body: config.limits.max_body,
+            max_unregistered_frame: config.limits.max_unregistered_frame,
             max_connections: config.limits.max_connections,
+            connections_per_ip: config.limits.connections_per_ip,
+            im_inflight: config.limits.im_inflight,
+            conn_queue_bytes: config.limits.conn_queue_bytes,
         }
     }
 }
@@ -86,7 +94,10 @@ pub struct CometShared {
     hasher: RandomState,
     conns: ShardedMap<SessionId, Arc<Conn>>,
     next_session: AtomicU64,
+    /// Connections open, within `limits.max_connections`.
     open: AtomicUsize,
+    /// Connections open per source address, when `limits.connections_per_ip` is set.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// A comet with its listeners bound.
@@ -137,6 +148,7 @@ impl Comet {
             conns: ShardedMap::default(),
             next_session,
             open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
         });
         Ok(Comet {
             shared,
@@ -180,84 +192,105 @@ impl Comet {
 
 async fn accept_tcp(shared: Arc<CometShared>, listener: TcpListener) {
     loop {
-        let Some(stream) = accept(&shared, &listener).await else {
+        let Some((stream, slot)) = accept(&shared, &listener).await else {
             continue;
         };
         let comet = shared.clone();
         tokio::spawn(async move {
-            let transport = TcpTransport::new(stream, comet.settings.max_body);
-            session::serve(comet, transport).await;
+            let deadline = Instant::now() + comet.settings.register_timeout;
+            let transport = TcpTransport::new(stream, comet.settings.max_unregistered_frame);
+            session::serve(comet, transport, slot, deadline).await;
         });
     }
 }
-
-/// The WebSocket read buffer each connection keeps. Web terminals send acks and short IMs: a
-/// small buffer keeps idle connections lean (SPEC targets ≤ 4 KiB per Web terminal), and a
-/// longer frame is still read whole, only in more reads.
-const WS_READ_BUFFER: usize = 256;
 
 async fn accept_ws(shared: Arc<CometShared>, listener: TcpListener) {
-    let config = WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(Some(shared.settings.max_body as usize))
-        .max_frame_size(Some(shared.settings.max_body as usize));
     loop {
-        let Some(stream) = accept(&shared, &listener).await else {
+        let Some((mut stream, slot)) = accept(&shared, &listener).await else {
             continue;
         };
         let comet = shared.clone();
         tokio::spawn(async move {
-            let handshake =
-                tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config));
-            match tokio::time::timeout(comet.settings.register_timeout, handshake).await {
-                Ok(Ok(ws)) => session::serve(comet, WsTransport::new(ws)).await,
-                Ok(Err(e)) => {
-                    comet.open.fetch_sub(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "websocket handshake failed");
+            // The handshake and the REGISTER share one `comet.register_timeout`.
+            let deadline = Instant::now() + comet.settings.register_timeout;
+            let mut read = BytesMut::new();
+            let handshake = websocket::accept(&mut stream, &mut read);
+            match tokio::time::timeout_at(deadline, handshake).await {
+                Ok(Ok(())) => {
+                    let max = comet.settings.max_unregistered_frame;
+                    let transport = WsTransport::new(stream, read, max);
+                    session::serve(comet, transport, slot, deadline).await;
                 }
+                Ok(Err(e)) => tracing::debug!(error = %e, "websocket handshake failed"),
                 Err(_) => {
-                    comet.open.fetch_sub(1, Ordering::Relaxed);
-                    tracing::debug!("websocket handshake timed out");
+                    tracing::debug!("websocket handshake not done within comet.register_timeout")
                 }
             }
         });
     }
 }
 
-/// Accepts the WebSocket upgrade on `/ws` and `/` only.
-#[allow(clippy::result_large_err)]
-fn check_path(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
-    match request.uri().path() {
-        "/ws" | "/" => Ok(response),
-        other => {
-            tracing::debug!(path = other, "websocket upgrade on an unknown path");
-            let mut refusal = ErrorResponse::new(Some("not found".into()));
-            *refusal.status_mut() = StatusCode::NOT_FOUND;
-            Err(refusal)
+/// A connection's place within `limits.max_connections` and `limits.connections_per_ip`,
+/// given back when it is dropped (when the connection's task ends, however it ends).
+pub struct ConnSlot {
+    comet: Arc<CometShared>,
+    /// The source address, when connections per address are counted.
+    ip: Option<IpAddr>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.comet.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.comet.per_ip.lock();
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
         }
     }
 }
 
-/// Takes one connection, within `limits.max_connections`.
-async fn accept(shared: &CometShared, listener: &TcpListener) -> Option<TcpStream> {
-    match listener.accept().await {
-        Ok((stream, _)) => {
-            if shared.open.fetch_add(1, Ordering::Relaxed) >= shared.settings.max_connections {
-                shared.open.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!("limits.max_connections reached; connection refused");
-                return None;
-            }
-            let _ = stream.set_nodelay(true);
-            Some(stream)
-        }
+/// Takes one connection if the limits let it in; one over them is closed at once (dropped).
+async fn accept(
+    shared: &Arc<CometShared>,
+    listener: &TcpListener,
+) -> Option<(TcpStream, ConnSlot)> {
+    let (stream, peer) = match listener.accept().await {
+        Ok(accepted) => accepted,
         Err(e) => {
             // Out of file descriptors and the like: back off instead of spinning.
             tracing::warn!(error = %e, "accept failed");
             tokio::time::sleep(Duration::from_millis(100)).await;
-            None
+            return None;
         }
+    };
+    let settings = &shared.settings;
+    if shared.open.fetch_add(1, Ordering::Relaxed) >= settings.max_connections {
+        shared.open.fetch_sub(1, Ordering::Relaxed);
+        shared.metrics.refused(Refusal::MaxConnections);
+        return None;
     }
+    let mut slot = ConnSlot {
+        comet: shared.clone(),
+        ip: None,
+    };
+    if settings.connections_per_ip > 0 {
+        let ip = peer.ip();
+        let mut per_ip = shared.per_ip.lock();
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= settings.connections_per_ip {
+            drop(per_ip);
+            shared.metrics.refused(Refusal::ConnectionsPerIp);
+            return None;
+        }
+        *n += 1;
+        slot.ip = Some(ip);
+    }
+    let _ = stream.set_nodelay(true);
+    Some((stream, slot))
 }
 
 impl CometShared {
@@ -272,7 +305,6 @@ impl CometShared {
     /// Removes a connection from the table (its task is ending).
     pub fn close_conn(&self, id: SessionId) {
         self.conns.lock(&id).remove(&id);
-        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn conn(&self, id: SessionId) -> Option<Arc<Conn>> {
@@ -373,7 +405,14 @@ impl CometLink for RouterBound {
                                 router: self.router,
                                 delivery,
                             };
-                            conn.push(item, comet.settings.write_queue).is_ok()
+                            match conn.push(item, comet.settings.conn_queue_bytes) {
+                                Pushed::Queued => true,
+                                Pushed::Overflowed(_) => {
+                                    comet.metrics.refused(Refusal::ConnQueueBytes);
+                                    false
+                                }
+                                Pushed::Closed(_) => false,
+                            }
                         }
                         None => false,
                     };
@@ -389,7 +428,7 @@ impl CometLink for RouterBound {
                 }
                 CometCommand::Kick { session, reason } => {
                     if let Some(conn) = comet.conn(session) {
-                        let _ = conn.push(Outbound::Kick(reason), comet.settings.write_queue);
+                        let _ = conn.push(Outbound::Kick(reason), comet.settings.conn_queue_bytes);
                     }
                 }
             }

@@ -2,6 +2,12 @@
 //! queue for the terminal, runs a transaction per down-message (ack or time-out), answers PING
 //! and hands IMs to the business side (SPEC §5, §6).
 //!
+//! What a terminal can make the connection hold is bounded (SPEC §10): frames of
+//! `limits.max_unregistered_frame` until it has registered and `limits.max_body` after, at most
+//! `limits.im_inflight` IMs waiting for the bus (beyond that the socket is not read), and
+//! `limits.conn_queue_bytes` queued for it (beyond that it is closed as not reading, even in the
+//! middle of a write it does not read).
+//!
 //! Time-outs use one timer per connection, set to the earliest of the idle deadline and the
 //! oldest open transaction; transactions live in a small map keyed by TID, with their deadlines
 //! in two queues (push/IM and callback), each in deadline order because each has one fixed
@@ -17,18 +23,30 @@ use galopush_protocol::message::{
 use galopush_protocol::{Encoding, TermType};
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::CometShared;
-use super::conn::{Conn, Outbound, RouterIdx};
-use super::transport::{Transport, TransportError};
+use super::conn::{Conn, Outbound, Pushed, RouterIdx};
+use super::transport::{Received, Transport, TransportError};
+use super::{CometShared, ConnSlot};
 use crate::link::{
     Delivery, DeliveryId, DeliveryKind, ImUp, Outcome, Registration, SessionInfo, Settle,
 };
+use crate::metrics::Refusal;
 
-/// Serves one connection from accept to close.
-pub async fn serve<T: Transport>(comet: Arc<CometShared>, mut transport: T) {
+/// The longest id and token a REGISTER may carry, as over TCP where they are 32-byte fields
+/// (SPEC §3, §10).
+const MAX_ID: usize = 32;
+
+/// Serves one connection from accept to close; it must register by `deadline`. `slot` is the
+/// connection's place within the comet's connection limits, given back when this returns.
+pub async fn serve<T: Transport>(
+    comet: Arc<CometShared>,
+    mut transport: T,
+    slot: ConnSlot,
+    deadline: Instant,
+) {
+    let _slot = slot;
     let conn = comet.open_conn();
     comet.metrics.connections_unregistered.inc();
-    let registered = await_register(&comet, &conn, &mut transport).await;
+    let registered = await_register(&comet, &conn, &mut transport, deadline).await;
     comet.metrics.connections_unregistered.dec();
     let mut txns = Transactions::default();
     if let Some(Registered {
@@ -40,6 +58,7 @@ pub async fn serve<T: Transport>(comet: Arc<CometShared>, mut transport: T) {
     {
         let gauge = comet.metrics.connections(info.term).clone();
         gauge.inc();
+        transport.set_max_message(comet.settings.max_body);
         let mut session = Session {
             comet: &comet,
             conn: &conn,
@@ -47,6 +66,7 @@ pub async fn serve<T: Transport>(comet: Arc<CometShared>, mut transport: T) {
             encoding,
             next_tid: fastrand::u32(..),
             txns: &mut txns,
+            ims_in_flight: 0,
         };
         session.run(&mut transport, router, stored).await;
         gauge.dec();
@@ -86,7 +106,19 @@ fn fail(comet: &CometShared, router: RouterIdx, id: DeliveryId) {
 }
 
 fn log_error(comet: &CometShared, conn: &Conn, e: &TransportError) {
-    if matches!(e, TransportError::Stalled) {
+    if e.is_too_long() {
+        let bound = if conn.session().is_some() {
+            Refusal::MaxBody
+        } else {
+            Refusal::MaxUnregisteredFrame
+        };
+        comet.metrics.refused(bound);
+        comet.metrics.protocol_errors.inc();
+        tracing::debug!(session = conn.id, error = %e, "closing connection: frame over the limit");
+    } else if matches!(e, TransportError::Slow) {
+        comet.metrics.slow_terminals.inc();
+        tracing::debug!(session = conn.id, "closing connection: {e}");
+    } else if matches!(e, TransportError::Stalled) {
         comet.metrics.slow_terminals.inc();
         tracing::info!(session = conn.id, "closing connection: {e}");
     } else if e.is_protocol() {
@@ -106,14 +138,14 @@ struct Registered {
     stored: Vec<Delivery>,
 }
 
-/// Waits for a REGISTER (SPEC §5) and has it authenticated; `None` if the connection is to be
-/// closed.
+/// Waits for a REGISTER (SPEC §5) until `deadline` and has it authenticated; `None` if the
+/// connection is to be closed.
 async fn await_register<T: Transport>(
     comet: &CometShared,
     conn: &Arc<Conn>,
     transport: &mut T,
+    deadline: Instant,
 ) -> Option<Registered> {
-    let deadline = Instant::now() + comet.settings.register_timeout;
     loop {
         let frame = tokio::select! {
             r = transport.recv() => r,
@@ -123,8 +155,15 @@ async fn await_register<T: Transport>(
             }
         };
         let frame = match frame {
-            Ok(Some(f)) => f,
-            Ok(None) => return None,
+            Ok(Received::Frame(f)) => f,
+            Ok(Received::Replied) => {
+                if let Err(e) = flush(comet, transport).await {
+                    log_error(comet, conn, &e);
+                    return None;
+                }
+                continue;
+            }
+            Ok(Received::Closed) => return None,
             Err(e) => {
                 log_error(comet, conn, &e);
                 return None;
@@ -142,8 +181,8 @@ async fn await_register<T: Transport>(
                         },
                     )
                 };
-                let Some(term) = TermType::from_bit(r.term_type).filter(|_| !r.id.is_empty())
-                else {
+                let fits = !r.id.is_empty() && r.id.len() <= MAX_ID && r.token.len() <= MAX_ID;
+                let Some(term) = TermType::from_bit(r.term_type).filter(|_| fits) else {
                     tracing::debug!(
                         session = conn.id,
                         term_type = r.term_type,
@@ -334,6 +373,17 @@ struct Session<'a> {
     encoding: Encoding,
     next_tid: u32,
     txns: &'a mut Transactions,
+    /// IMs sent up and not yet answered (`limits.im_inflight`).
+    ims_in_flight: usize,
+}
+
+/// What to do after the connection's queue was taken.
+enum AfterQueue {
+    Go,
+    /// A KICK was written: flush it and close.
+    Kicked,
+    /// The terminal overflowed its queue: close.
+    Slow,
 }
 
 impl Session<'_> {
@@ -362,7 +412,49 @@ impl Session<'_> {
         let conn: &Conn = self.conn;
         let queued = conn.queued();
         tokio::pin!(queued);
+        // The queue was signalled: take it at the top of the loop.
+        let mut woken = false;
         loop {
+            if woken {
+                woken = false;
+                match self.take_queue(transport) {
+                    AfterQueue::Go => {}
+                    AfterQueue::Kicked => {
+                        let _ = flush(self.comet, transport).await;
+                        return;
+                    }
+                    AfterQueue::Slow => {
+                        self.comet.metrics.slow_terminals.inc();
+                        tracing::info!(session = self.conn.id, uid = %self.info.uid, "terminal does not read its messages; closing");
+                        return;
+                    }
+                }
+            }
+            if transport.has_pending() {
+                // While a write waits on a terminal that does not read, its queue may overflow:
+                // that ends the write and the connection at once, not at `comet.write_timeout`.
+                let write = flush(self.comet, transport);
+                tokio::pin!(write);
+                let written = loop {
+                    tokio::select! {
+                        r = &mut write => break r,
+                        () = &mut queued, if !woken => {
+                            queued.set(conn.queued());
+                            woken = true;
+                            if conn.is_slow() {
+                                break Err(TransportError::Slow);
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = written {
+                    log_error(self.comet, self.conn, &e);
+                    return;
+                }
+                if woken {
+                    continue;
+                }
+            }
             let idle_deadline = last_seen + idle;
             let deadline = self
                 .txns
@@ -371,52 +463,29 @@ impl Session<'_> {
             if deadline < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(deadline);
             }
+            // With `limits.im_inflight` IMs unanswered the socket is not read: the terminal's
+            // own flood waits in its socket buffers, not in ours.
+            let reading = self.ims_in_flight < self.comet.settings.im_inflight;
             tokio::select! {
                 biased;
                 () = &mut queued => {
                     queued.set(conn.queued());
-                    let (items, slow) = self.conn.take();
-                    let mut kicked = false;
-                    // One clock reading for what arrived together.
-                    let now = Instant::now();
-                    for item in items {
-                        match item {
-                            Outbound::Deliver { router, delivery } => {
-                                self.deliver(transport, router, delivery, now)
-                            }
-                            Outbound::Kick(reason) => {
-                                let tid = self.tid();
-                                transport.write(self.encoding, tid, Down::Kick { reason: reason as u8 });
-                                kicked = true;
-                                tracing::debug!(session = self.conn.id, uid = %self.info.uid, ?reason, "kicked");
-                                break;
-                            }
-                            Outbound::ImResult { tid, encoding, code } => {
-                                transport.write(encoding, tid, Down::ImResp { code })
-                            }
-                        }
-                    }
-                    if slow {
-                        self.comet.metrics.slow_terminals.inc();
-                        tracing::info!(session = self.conn.id, uid = %self.info.uid, "terminal does not read its messages; closing");
-                        return;
-                    }
-                    if kicked {
-                        let _ = flush(self.comet, transport).await;
-                        return;
-                    }
+                    woken = true;
                 }
-                r = transport.recv() => {
+                r = transport.recv(), if reading => {
                     let frame = match r {
-                        Ok(Some(f)) => f,
-                        Ok(None) => return,
+                        Ok(Received::Frame(f)) => Some(f),
+                        Ok(Received::Replied) => None,
+                        Ok(Received::Closed) => return,
                         Err(e) => {
                             log_error(self.comet, self.conn, &e);
                             return;
                         }
                     };
                     last_seen = Instant::now();
-                    self.on_frame(transport, frame.encoding, frame.tid, frame.message);
+                    if let Some(frame) = frame {
+                        self.on_frame(transport, frame.encoding, frame.tid, frame.message);
+                    }
                 }
                 () = &mut timer => {
                     let now = Instant::now();
@@ -429,12 +498,45 @@ impl Session<'_> {
                     }
                 }
             }
-            if transport.has_pending()
-                && let Err(e) = flush(self.comet, transport).await
-            {
-                log_error(self.comet, self.conn, &e);
-                return;
+        }
+    }
+
+    /// Writes what the connection's queue holds (deliveries, a kick, IM answers).
+    fn take_queue<T: Transport>(&mut self, transport: &mut T) -> AfterQueue {
+        let (items, slow) = self.conn.take();
+        // One clock reading for what arrived together.
+        let now = Instant::now();
+        for item in items {
+            match item {
+                Outbound::Deliver { router, delivery } => {
+                    self.deliver(transport, router, delivery, now)
+                }
+                Outbound::Kick(reason) => {
+                    let tid = self.tid();
+                    transport.write(
+                        self.encoding,
+                        tid,
+                        Down::Kick {
+                            reason: reason as u8,
+                        },
+                    );
+                    tracing::debug!(session = self.conn.id, uid = %self.info.uid, ?reason, "kicked");
+                    return AfterQueue::Kicked;
+                }
+                Outbound::ImResult {
+                    tid,
+                    encoding,
+                    code,
+                } => {
+                    self.ims_in_flight = self.ims_in_flight.saturating_sub(1);
+                    transport.write(encoding, tid, Down::ImResp { code });
+                }
             }
+        }
+        if slow {
+            AfterQueue::Slow
+        } else {
+            AfterQueue::Go
         }
     }
 
@@ -509,8 +611,12 @@ impl Session<'_> {
                     term: self.info.term,
                     body: msg,
                 };
+                self.ims_in_flight += 1;
+                if self.ims_in_flight == self.comet.settings.im_inflight {
+                    self.comet.metrics.refused(Refusal::ImInflight);
+                }
                 let conn = self.conn.clone();
-                let limit = self.comet.settings.write_queue;
+                let limit = self.comet.settings.conn_queue_bytes;
                 let comet = self.comet.clone();
                 // The answer comes back through the queue, so reading goes on meanwhile.
                 let task = async move {
@@ -519,14 +625,14 @@ impl Session<'_> {
                     } else {
                         IMRESP_FAILED
                     };
-                    let _ = conn.push(
-                        Outbound::ImResult {
-                            tid,
-                            encoding,
-                            code,
-                        },
-                        limit,
-                    );
+                    let answer = Outbound::ImResult {
+                        tid,
+                        encoding,
+                        code,
+                    };
+                    if let Pushed::Overflowed(_) = conn.push(answer, limit) {
+                        comet.metrics.refused(Refusal::ConnQueueBytes);
+                    }
                 };
                 tokio::spawn(task);
             }

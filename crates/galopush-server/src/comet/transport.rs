@@ -3,7 +3,8 @@
 //! swapped after measuring.
 //!
 //! Both keep buffers only while data is in flight: an idle connection holds no read or write
-//! buffer of its own.
+//! buffer of its own. Both take frames up to a size the session sets: small until the terminal
+//! has registered, `limits.max_body` after (SPEC §10).
 
 use std::future::Future;
 use std::io;
@@ -12,17 +13,16 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
 use galopush_protocol::frame::{self, Frame};
 use galopush_protocol::message::{Down, Up};
 use galopush_protocol::web::{self, WebFraming};
 use galopush_protocol::{Encoding, FrameError, WebError};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::websocket::{self, FrameReader, Incoming};
 
 /// Why a connection cannot be read on.
 #[derive(Debug, thiserror::Error)]
@@ -31,14 +31,16 @@ pub enum TransportError {
     Frame(#[from] FrameError),
     #[error("bad web message: {0}")]
     Web(#[from] WebError),
-    #[error("websocket: {0}")]
-    WebSocket(#[from] tungstenite::Error),
+    #[error(transparent)]
+    WebSocket(#[from] websocket::FrameError),
     #[error("connection closed in the middle of a frame")]
     Truncated,
     #[error("binary websocket frame that is not UTF-8 text")]
     NotText,
     #[error("terminal did not read its messages within comet.write_timeout")]
     Stalled,
+    #[error("terminal does not read its messages: more than limits.conn_queue_bytes queued")]
+    Slow,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -48,21 +50,40 @@ impl TransportError {
     pub fn is_protocol(&self) -> bool {
         matches!(
             self,
-            TransportError::Frame(_) | TransportError::Web(_) | TransportError::NotText
-        ) || matches!(
+            TransportError::Frame(_)
+                | TransportError::Web(_)
+                | TransportError::WebSocket(_)
+                | TransportError::NotText
+        )
+    }
+
+    /// Whether the peer sent a frame over the size limit in force.
+    pub fn is_too_long(&self) -> bool {
+        matches!(
             self,
-            TransportError::WebSocket(tungstenite::Error::Protocol(_))
-        ) || matches!(
-            self,
-            TransportError::WebSocket(tungstenite::Error::Capacity(_))
+            TransportError::Frame(FrameError::BodyTooLong { .. })
+                | TransportError::WebSocket(websocket::FrameError::TooLong { .. })
         )
     }
 }
 
+/// What a terminal sent.
+#[derive(Debug)]
+pub enum Received {
+    Frame(Frame<Up>),
+    /// The transport queued an answer of its own (a WebSocket pong): flush.
+    Replied,
+    /// The terminal closed the connection cleanly.
+    Closed,
+}
+
 /// A terminal connection's framing.
 pub trait Transport: Send {
-    /// The next frame from the terminal; `None` when it closed cleanly. Cancel-safe.
-    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame<Up>>, TransportError>> + Send;
+    /// The next frame from the terminal. Cancel-safe.
+    fn recv(&mut self) -> impl Future<Output = Result<Received, TransportError>> + Send;
+
+    /// Sets the largest frame body (or WebSocket message) taken from now on.
+    fn set_max_message(&mut self, max: u32);
 
     /// Queues a frame; `encoding` is ignored by transports without body encodings.
     fn write(&mut self, encoding: Encoding, tid: u32, message: Down);
@@ -87,7 +108,7 @@ const READ_CHUNK: usize = 2048;
 /// idle connection keeps none. Reading through `poll_read` (rather than `readable` then
 /// `try_read`) lets tokio note a short read as "drained": the next read waits for the socket
 /// instead of first trying it and failing with `EAGAIN`, one system call per ack saved.
-fn read_some<'a>(
+pub(super) fn read_some<'a>(
     stream: &'a mut TcpStream,
     read: &'a mut BytesMut,
 ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
@@ -106,6 +127,13 @@ fn read_some<'a>(
     })
 }
 
+/// Gives a drained read buffer's memory back, so an idle connection holds none.
+fn release_if_empty(read: &mut BytesMut) {
+    if read.is_empty() && read.capacity() > 0 {
+        *read = BytesMut::new();
+    }
+}
+
 /// Binary frames over TCP.
 pub struct TcpTransport {
     stream: TcpStream,
@@ -115,6 +143,7 @@ pub struct TcpTransport {
 }
 
 impl TcpTransport {
+    /// A connection that takes frame bodies of up to `max_body` bytes until told otherwise.
     pub fn new(stream: TcpStream, max_body: u32) -> TcpTransport {
         TcpTransport {
             stream,
@@ -126,20 +155,22 @@ impl TcpTransport {
 }
 
 impl Transport for TcpTransport {
-    async fn recv(&mut self) -> Result<Option<Frame<Up>>, TransportError> {
+    async fn recv(&mut self) -> Result<Received, TransportError> {
         loop {
             if let Some(f) = frame::decode::<Up>(&mut self.read, self.max_body)? {
-                if self.read.is_empty() {
-                    self.read = BytesMut::new();
-                }
-                return Ok(Some(f));
+                release_if_empty(&mut self.read);
+                return Ok(Received::Frame(f));
             }
             match read_some(&mut self.stream, &mut self.read).await? {
-                0 if self.read.is_empty() => return Ok(None),
+                0 if self.read.is_empty() => return Ok(Received::Closed),
                 0 => return Err(TransportError::Truncated),
                 _ => {}
             }
         }
+    }
+
+    fn set_max_message(&mut self, max: u32) {
+        self.max_body = max;
     }
 
     fn write(&mut self, encoding: Encoding, tid: u32, message: Down) {
@@ -165,61 +196,71 @@ impl Transport for TcpTransport {
 /// JSON messages in WebSocket text frames, in the framing the terminal chose with its first
 /// frame.
 ///
-/// Down-messages are framed with tungstenite's `Frame` and written straight to the socket, all
-/// that is pending in one write: tungstenite's own write path either makes a system call per
-/// message (`write_buffer_size(0)`, as configured for its control frames) or keeps a buffer of
-/// the largest burst for the connection's life, where this one is dropped once written.
+/// Down-messages are formatted as frames and written straight to the socket, all that is
+/// pending in one write, into a buffer dropped once written.
 pub struct WsTransport {
-    ws: WebSocketStream<TcpStream>,
+    stream: TcpStream,
+    read: BytesMut,
+    frames: FrameReader,
     framing: Option<WebFraming>,
     pending: Vec<String>,
-    /// The terminal closed: nothing more is written but tungstenite's close reply.
-    closing: bool,
+    /// Pongs and the close reply, formatted, written before anything else.
+    replies: Vec<u8>,
+    /// The terminal closed: the replies end with the answer to its close frame.
+    close_replied: bool,
+    /// A close frame went out (ours or the reply to the terminal's): nothing more is written.
+    closed: bool,
 }
 
 impl WsTransport {
-    pub fn new(ws: WebSocketStream<TcpStream>) -> WsTransport {
+    /// A connection whose handshake is done; `read` holds what the terminal sent after it.
+    /// Messages of up to `max_message` bytes are taken until told otherwise.
+    pub fn new(stream: TcpStream, read: BytesMut, max_message: u32) -> WsTransport {
         WsTransport {
-            ws,
+            stream,
+            read,
+            frames: FrameReader::new(max_message),
             framing: None,
             pending: Vec::new(),
-            closing: false,
+            replies: Vec::new(),
+            close_replied: false,
+            closed: false,
         }
     }
 }
 
 impl Transport for WsTransport {
-    async fn recv(&mut self) -> Result<Option<Frame<Up>>, TransportError> {
+    async fn recv(&mut self) -> Result<Received, TransportError> {
         loop {
-            let message = match self.ws.next().await {
-                None => {
-                    self.closing = true;
-                    return Ok(None);
+            let incoming = self.frames.next(&mut self.read, &mut self.replies)?;
+            match incoming {
+                Some(Incoming::Message(payload)) => {
+                    release_if_empty(&mut self.read);
+                    let text =
+                        std::str::from_utf8(&payload).map_err(|_| TransportError::NotText)?;
+                    let framing = *self.framing.get_or_insert_with(|| WebFraming::detect(text));
+                    let (tid, up) = web::decode_up(text, framing)?;
+                    return Ok(Received::Frame(Frame::new(Encoding::None, tid, up)));
                 }
-                Some(Err(
-                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                )) => {
-                    self.closing = true;
-                    return Ok(None);
+                Some(Incoming::Replied) => return Ok(Received::Replied),
+                Some(Incoming::Closed) => {
+                    // The close reply is the last frame: what is pending is not sent.
+                    self.close_replied = true;
+                    self.pending.clear();
+                    return Ok(Received::Closed);
                 }
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(m)) => m,
-            };
-            let text = match &message {
-                Message::Text(t) => t.as_str(),
-                Message::Binary(b) => {
-                    std::str::from_utf8(b).map_err(|_| TransportError::NotText)?
-                }
-                Message::Close(_) => {
-                    self.closing = true;
-                    return Ok(None);
-                }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            };
-            let framing = *self.framing.get_or_insert_with(|| WebFraming::detect(text));
-            let (tid, up) = web::decode_up(text, framing)?;
-            return Ok(Some(Frame::new(Encoding::None, tid, up)));
+                None => {}
+            }
+            match read_some(&mut self.stream, &mut self.read).await? {
+                0 if self.read.is_empty() => return Ok(Received::Closed),
+                0 => return Err(TransportError::Truncated),
+                _ => {}
+            }
         }
+    }
+
+    fn set_max_message(&mut self, max: u32) {
+        self.frames.set_max(max);
     }
 
     fn write(&mut self, _encoding: Encoding, tid: u32, message: Down) {
@@ -228,27 +269,33 @@ impl Transport for WsTransport {
     }
 
     fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || !self.replies.is_empty()
     }
 
     async fn flush(&mut self) -> Result<(), TransportError> {
-        // Whatever tungstenite holds (a pong, the rest of a frame) goes first, whole, so frames
-        // never interleave.
-        self.ws.flush().await?;
+        let mut out = std::mem::take(&mut self.replies);
         let pending = std::mem::take(&mut self.pending);
-        if self.closing || pending.is_empty() {
-            return Ok(());
+        if !self.closed {
+            // A server's frame header is at most 10 bytes (no mask).
+            out.reserve(pending.iter().map(|text| text.len() + 10).sum());
+            for text in pending {
+                websocket::format(
+                    WsFrame::message(text, OpCode::Data(Data::Text), true),
+                    &mut out,
+                );
+            }
         }
-        // A server's frame header is at most 10 bytes (no mask).
-        let mut out = Vec::with_capacity(pending.iter().map(|text| text.len() + 10).sum());
-        for text in pending {
-            WsFrame::message(text, OpCode::Data(Data::Text), true).format(&mut out)?;
-        }
-        self.ws.get_mut().write_all(&out).await?;
+        self.closed |= self.close_replied;
+        self.stream.write_all(&out).await?;
         Ok(())
     }
 
     async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        if !self.closed && !self.close_replied {
+            let mut out = Vec::new();
+            websocket::close_frame(&mut out);
+            let _ = self.stream.write_all(&out).await;
+        }
+        let _ = self.stream.shutdown().await;
     }
 }

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 
-use galopush_protocol::TermType;
 use parking_lot::RwLock;
 use serde::Serialize;
 
@@ -102,7 +101,7 @@ impl Comets {
 
     /// The address for a terminal: the comet already holding the user, else the least loaded
     /// one (ties taken in turn).
-    pub fn dispatch(&self, current: Option<CometIdx>, term: TermType) -> Option<String> {
+    pub fn dispatch(&self, current: Option<CometIdx>, web: bool) -> Option<String> {
         let joined = self.joined.read();
         let chosen = match current.and_then(|idx| joined.get(&idx)) {
             Some(c) => c.clone(),
@@ -124,7 +123,7 @@ impl Comets {
                 best.clone()
             }
         };
-        Some(if term == TermType::Web {
+        Some(if web {
             chosen.info.ws.clone()
         } else {
             chosen.info.tcp.clone()

@@ -12,9 +12,9 @@ use galopush_protocol::{TermMask, TermType};
 
 use super::deliveries::{Origin, Planned, Target, offline_message};
 use super::{CometIdx, Router};
-use crate::bus::{Ticket, Topic};
+use crate::bus::{PublishError, Ticket, Topic};
 use crate::link::{CometCommand, DeliveryKind};
-use crate::metrics::Dropped;
+use crate::metrics::{Dropped, Refusal};
 use crate::store::{LoginRecord, OfflineWrite};
 
 /// What planning a down-message produced: its deliveries, batched by comet, and offline
@@ -327,7 +327,12 @@ impl Router {
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = publisher.publish(&question.back_topic, json).await {
-                metrics.store_errors.inc();
+                match e {
+                    PublishError::Full { .. } => metrics.refused(Refusal::OutboxPending),
+                    _ => {
+                        metrics.store_errors.inc();
+                    }
+                }
                 tracing::warn!(
                     topic = %question.back_topic,
                     error = %e,

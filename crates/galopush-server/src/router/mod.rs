@@ -18,13 +18,13 @@ use galopush_protocol::bus::MsgUpward;
 use galopush_protocol::message::KickReason;
 use subtle::ConstantTimeEq;
 
-use crate::bus::{Publisher, Ticket};
+use crate::bus::{PublishError, Publisher, Ticket};
 use crate::config::{AuthMode, Config, TopicsConfig};
 use crate::link::{
     CometCommand, CometInfo, CometLink, Delivery, DeliveryKind, ImUp, LinkError, Registration,
     SessionInfo, Settle,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
 use crate::store::{LoginRecord, OfflineKey, Store, StoreError};
 use comets::{CometSummary, Comets};
 use deliveries::{Origin, Pending, Target};
@@ -331,6 +331,10 @@ impl Router {
             .await
         {
             Ok(()) => true,
+            Err(PublishError::Full { .. }) => {
+                self.metrics.refused(Refusal::OutboxPending);
+                false
+            }
             Err(e) => {
                 tracing::warn!(uid = %im.uid, error = %e, "IM from terminal not taken by the bus");
                 false
@@ -344,10 +348,12 @@ impl Router {
         ok
     }
 
-    /// The `host:port` of the comet a terminal should connect to (SPEC §8).
-    pub fn dispatch(&self, uid: &str, term: TermType) -> Option<String> {
-        let comet = self.sessions.comet_of(uid);
-        self.comets.dispatch(comet, term)
+    /// The `host:port` of the comet a terminal should connect to (SPEC §8): its WebSocket
+    /// address for a Web terminal, its TCP address otherwise. A user already live somewhere
+    /// goes there; others (and terminals without an id) to the least-loaded comet.
+    pub fn dispatch(&self, uid: Option<&str>, web: bool) -> Option<String> {
+        let comet = uid.and_then(|uid| self.sessions.comet_of(uid));
+        self.comets.dispatch(comet, web)
     }
 
     /// The joined comets, for `/v1/comets`.

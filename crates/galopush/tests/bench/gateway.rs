@@ -1,12 +1,13 @@
 //! Starts the real `galopush standalone` for the bench tests: fresh ports, its own data
 //! directory, killed when dropped.
 
-use crate::common::process::{Process, env_name};
+use crate::common::process::{API_TOKEN, Process, env_name};
 
 /// A running `galopush standalone`.
 pub struct Gateway {
     pub pid: u32,
     pub http: String,
+    pub api: String,
     pub tcp: String,
     _process: Process,
     _data: tempfile::TempDir,
@@ -19,6 +20,8 @@ impl Gateway {
         let store = data.path().join("store").display().to_string();
         let env: Vec<(String, String)> = [
             ("router.http_addr", "127.0.0.1:0"),
+            ("api.addr", "127.0.0.1:0"),
+            ("api.token", API_TOKEN),
             ("comet.tcp_addr", "127.0.0.1:0"),
             ("comet.ws_addr", "127.0.0.1:0"),
             ("comet.advertise_tcp", "127.0.0.1:0"),
@@ -34,6 +37,7 @@ impl Gateway {
         Gateway {
             pid: process.pid,
             http: format!("http://{}", process.addr("http")),
+            api: format!("http://{}", process.addr("api")),
             tcp: process.addr("tcp"),
             _process: process,
             _data: data,

@@ -8,6 +8,7 @@ mod common;
 mod gateway;
 
 use clap::Parser;
+use common::process::API_TOKEN;
 use galopush_bench::{BenchArgs, Report, Scenario, run};
 use gateway::Gateway;
 
@@ -47,8 +48,10 @@ async fn idle_tcp_through_the_dispatcher_with_server_memory() {
         "200",
         "--dispatch-url",
         &format!("{}/v1/gComet.addr", gw.http),
-        "--pub-url",
-        &gw.http,
+        "--api-url",
+        &gw.api,
+        "--api-token",
+        API_TOKEN,
         "--hold",
         "300ms",
         "--server-pid",
@@ -96,8 +99,10 @@ async fn unicast_tcp_ring_xor_in_batches() {
         "200",
         "--comet-tcp",
         &gw.tcp,
-        "--pub-url",
-        &gw.http,
+        "--api-url",
+        &gw.api,
+        "--api-token",
+        API_TOKEN,
         "--encoding",
         "3",
         "--messages",
@@ -127,8 +132,10 @@ async fn unicast_tcp_paced_instant_messages() {
         "50",
         "--comet-tcp",
         &gw.tcp,
-        "--pub-url",
-        &gw.http,
+        "--api-url",
+        &gw.api,
+        "--api-token",
+        API_TOKEN,
         "--kind",
         "im",
         "--messages",
@@ -165,8 +172,10 @@ async fn fanout_tcp_reaches_every_terminal() {
         "200",
         "--comet-tcp",
         &gw.tcp,
-        "--pub-url",
-        &gw.http,
+        "--api-url",
+        &gw.api,
+        "--api-token",
+        API_TOKEN,
         "--messages",
         "5",
         "--batch",
@@ -215,8 +224,10 @@ async fn unicast_websocket_through_the_dispatcher() {
         "200",
         "--dispatch-url",
         &gw.http,
-        "--pub-url",
-        &gw.http,
+        "--api-url",
+        &gw.api,
+        "--api-token",
+        API_TOKEN,
         "--messages",
         "400",
     ]))
@@ -257,5 +268,5 @@ async fn failures_are_counted_not_hidden() {
         &addr,
     ]))
     .await;
-    assert!(refused.is_err(), "unicast without --pub-url cannot run");
+    assert!(refused.is_err(), "unicast without --api-url cannot run");
 }

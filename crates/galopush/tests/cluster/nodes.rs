@@ -9,7 +9,7 @@ use galopush_client::{Terminal, Transport};
 use galopush_protocol::message::Down;
 use galopush_protocol::{Encoding, TermType};
 
-use crate::common::process::Process;
+use crate::common::process::{API_TOKEN, Process, api_client};
 pub use crate::common::process::{env_name, unique};
 pub use crate::common::terminal::{SOON, closed, next, next_acked};
 
@@ -56,6 +56,7 @@ impl Cluster {
     pub fn new(redis: &str, settings: &[(&str, &str)]) -> Cluster {
         let prefix = format!("galopush-test:{}:", unique());
         let mut common: Vec<(String, String)> = vec![
+            ("api.token", API_TOKEN),
             ("store.kind", "redis"),
             ("log.level", "galopush_server=debug,info"),
             ("delivery.ack_timeout", "2s"),
@@ -79,6 +80,7 @@ impl Cluster {
         let rpc = rpc.unwrap_or("127.0.0.1:0");
         let mut env = self.common.clone();
         env.push((env_name("router.http_addr"), "127.0.0.1:0".into()));
+        env.push((env_name("api.addr"), "127.0.0.1:0".into()));
         env.push((env_name("router.rpc_addr"), rpc.into()));
         env.push((
             env_name("store.path"),
@@ -101,7 +103,7 @@ impl Cluster {
             ("comet.ws_addr", "127.0.0.1:0".into()),
             ("comet.advertise_tcp", "127.0.0.1:0".into()),
             ("comet.advertise_ws", "127.0.0.1:0".into()),
-            ("comet.rpc_addr", "127.0.0.1:0".into()),
+            ("comet.http_addr", "127.0.0.1:0".into()),
             ("comet.router_rpc", routers.join(",")),
         ] {
             env.push((env_name(k), v));
@@ -156,9 +158,15 @@ impl Node {
         self.process.addr(name)
     }
 
-    /// `http://host:port` of the node's HTTP listener.
+    /// `http://host:port` of the node's public HTTP listener (a router's dispatcher).
     pub fn http(&self) -> String {
         format!("http://{}", self.addr("http"))
+    }
+
+    /// `http://host:port` of the node's business API (a router's `api`, a comet's `http`).
+    pub fn api(&self) -> String {
+        let name = if self.role == "router" { "api" } else { "http" };
+        format!("http://{}", self.addr(name))
     }
 
     /// Sends a signal (`STOP`, `CONT`, …) with kill(1).
@@ -185,7 +193,9 @@ impl Node {
 
     /// The value of one metric line on this node.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.http()))
+        let text = api_client()
+            .get(format!("{}/metrics", self.api()))
+            .send()
             .await
             .expect("GET /metrics")
             .text()
@@ -214,7 +224,9 @@ impl Node {
 
     /// `GET /v1/comets` of a router.
     pub async fn comets(&self) -> serde_json::Value {
-        let text = reqwest::get(format!("{}/v1/comets", self.http()))
+        let text = api_client()
+            .get(format!("{}/v1/comets", self.api()))
+            .send()
             .await
             .expect("GET /v1/comets")
             .text()
@@ -243,8 +255,8 @@ impl Node {
 
     /// `POST /pub` to a router; must be accepted.
     pub async fn publish(&self, topic: &str, body: serde_json::Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/pub", self.http()))
+        let r = api_client()
+            .post(format!("{}/pub", self.api()))
             .query(&[("topic", topic)])
             .body(body.to_string())
             .send()

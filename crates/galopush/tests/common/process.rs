@@ -19,7 +19,7 @@ pub const WITHIN: Duration = Duration::from_secs(10);
 pub struct Process {
     child: Child,
     pub pid: u32,
-    /// The addresses of its ready line, by name (`http`, `tcp`, `ws`, `rpc`).
+    /// The addresses of its ready line, by name (`http`, `api`, `tcp`, `ws`, `rpc`).
     pub addrs: HashMap<String, String>,
     role: String,
     log: PathBuf,
@@ -122,6 +122,23 @@ impl Process {
         let status = self.exited().await;
         assert!(status.success(), "clean exit, got {status}");
     }
+}
+
+/// The business API token the test processes run with (`api.token`), so every test goes
+/// through the API's authentication as a deployment does.
+pub const API_TOKEN: &str = "test-api-token";
+
+/// An HTTP client that sends [`API_TOKEN`] with every request.
+pub fn api_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_static("Bearer test-api-token"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client")
 }
 
 /// A setting's environment variable: `auth.mode` → `GALOPUSH_AUTH__MODE`.

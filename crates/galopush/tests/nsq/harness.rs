@@ -11,7 +11,7 @@ use galopush_nsq::fake::{ChannelStats, FakeLookupd, FakeNsqd};
 use galopush_protocol::message::Down;
 use galopush_protocol::{Encoding, TermType};
 
-use crate::common::process::Process;
+use crate::common::process::{API_TOKEN, Process, api_client};
 pub use crate::common::process::env_name;
 pub use crate::common::terminal::{SOON, next, next_acked};
 
@@ -103,7 +103,8 @@ impl Nsq {
 /// A running `galopush standalone` on the NSQ bus.
 pub struct Gateway {
     process: Process,
-    pub http: String,
+    /// The business API.
+    pub api: String,
     pub tcp: String,
     data: Arc<tempfile::TempDir>,
     env: Vec<(String, String)>,
@@ -119,6 +120,8 @@ impl Gateway {
         let lookupd = nsq.lookupd.http_address();
         let mut env: Vec<(String, String)> = vec![
             ("router.http_addr", "127.0.0.1:0"),
+            ("api.addr", "127.0.0.1:0"),
+            ("api.token", API_TOKEN),
             ("comet.tcp_addr", "127.0.0.1:0"),
             ("comet.ws_addr", "127.0.0.1:0"),
             ("comet.advertise_tcp", "127.0.0.1:0"),
@@ -142,12 +145,12 @@ impl Gateway {
     async fn spawn(data: Arc<tempfile::TempDir>, env: Vec<(String, String)>) -> Gateway {
         let process = Process::start("standalone", data.path(), &env).await;
         Gateway {
-            http: format!("http://{}", process.addr("http")),
+            api: format!("http://{}", process.addr("api")),
             tcp: process.addr("tcp"),
             process,
             data,
             env,
-            client: reqwest::Client::new(),
+            client: api_client(),
         }
     }
 
@@ -169,7 +172,7 @@ impl Gateway {
     pub async fn post(&self, path: &str, topic: &str, body: impl Into<String>) -> (u16, String) {
         let r = self
             .client
-            .post(format!("{}{path}", self.http))
+            .post(format!("{}{path}", self.api))
             .query(&[("topic", topic)])
             .body(body.into())
             .send()
@@ -184,7 +187,7 @@ impl Gateway {
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self
             .client
-            .get(format!("{}/metrics", self.http))
+            .get(format!("{}/metrics", self.api))
             .send()
             .await
             .expect("GET /metrics")

@@ -61,7 +61,7 @@ async fn mpub_takes_all_lines_or_none() {
     let bad = format!("{}\n{}\n{{oops\n", line("x"), line("y"));
     let r = g
         .client()
-        .post(format!("{}/mpub?topic=push", g.http))
+        .post(format!("{}/mpub?topic=push", g.api))
         .body(bad)
         .send()
         .await
@@ -71,7 +71,7 @@ async fn mpub_takes_all_lines_or_none() {
     let good = format!("{}\n{}\n{}\n", line("one"), line("two"), line("three"));
     let r = g
         .client()
-        .post(format!("{}/mpub?topic=push", g.http))
+        .post(format!("{}/mpub?topic=push", g.api))
         .body(good)
         .send()
         .await

@@ -76,7 +76,7 @@ async fn garbage_on_websocket_closes_the_connection() {
 #[tokio::test]
 async fn a_terminal_that_does_not_read_is_disconnected_and_its_messages_stored() {
     let g = Gateway::start(&[
-        ("comet.write_queue", "8"),
+        ("limits.conn_queue_bytes", "65536"),
         ("comet.write_timeout", "1s"),
         ("delivery.ack_timeout", "60s"),
     ])

@@ -13,8 +13,8 @@ use galopush_protocol::web::WebFraming;
 use galopush_protocol::{Encoding, TermType};
 use tokio::sync::Mutex;
 
-use crate::common::process::Process;
 pub use crate::common::process::env_name;
+use crate::common::process::{API_TOKEN, Process, api_client};
 pub use crate::common::terminal::{SOON, closed, next, next_acked, nothing_for};
 
 pub const TCP: Transport = Transport::Tcp {
@@ -27,7 +27,10 @@ pub const WEB: Transport = Transport::Web {
 /// A running `galopush standalone`.
 pub struct Gateway {
     process: Process,
+    /// The public listener (dispatcher, health).
     pub http: String,
+    /// The business API.
+    pub api: String,
     pub tcp: String,
     pub ws: String,
     data: Arc<tempfile::TempDir>,
@@ -41,6 +44,8 @@ impl Gateway {
         let data = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut env: Vec<(String, String)> = vec![
             ("router.http_addr", "127.0.0.1:0"),
+            ("api.addr", "127.0.0.1:0"),
+            ("api.token", API_TOKEN),
             ("comet.tcp_addr", "127.0.0.1:0"),
             ("comet.ws_addr", "127.0.0.1:0"),
             ("comet.advertise_tcp", "127.0.0.1:0"),
@@ -62,12 +67,13 @@ impl Gateway {
         let process = Process::start("standalone", data.path(), &env).await;
         Gateway {
             http: format!("http://{}", process.addr("http")),
+            api: format!("http://{}", process.addr("api")),
             tcp: process.addr("tcp"),
             ws: process.addr("ws"),
             process,
             data,
             env,
-            client: reqwest::Client::new(),
+            client: api_client(),
         }
     }
 
@@ -93,6 +99,7 @@ impl Gateway {
         self.env.push((name, value.to_owned()));
     }
 
+    /// An HTTP client carrying the API token.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
@@ -101,7 +108,7 @@ impl Gateway {
     pub async fn comets(&self) -> serde_json::Value {
         let text = self
             .client
-            .get(format!("{}/v1/comets", self.http))
+            .get(format!("{}/v1/comets", self.api))
             .send()
             .await
             .expect("GET /v1/comets")
@@ -115,7 +122,7 @@ impl Gateway {
     pub async fn publish(&self, topic: &str, body: impl Into<String>) -> (u16, String) {
         let r = self
             .client
-            .post(format!("{}/pub", self.http))
+            .post(format!("{}/pub", self.api))
             .query(&[("topic", topic)])
             .body(body.into())
             .send()
@@ -135,7 +142,7 @@ impl Gateway {
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self
             .client
-            .get(format!("{}/metrics", self.http))
+            .get(format!("{}/metrics", self.api))
             .send()
             .await
             .expect("GET /metrics")

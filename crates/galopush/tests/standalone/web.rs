@@ -120,7 +120,7 @@ async fn messages_written_together_are_separate_frames_in_order() {
         .collect();
     let r = g
         .client()
-        .post(format!("{}/mpub", g.http))
+        .post(format!("{}/mpub", g.api))
         .query(&[("topic", "push")])
         .body(lines.join("\n"))
         .send()

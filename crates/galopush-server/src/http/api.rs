@@ -1,0 +1,217 @@
+//! The business API (`api.addr`, SPEC §8): `/pub` and `/mpub`, the comet list, metrics and
+//! health, for business services and operators — never for terminals or browsers. Every route
+//! but `/healthz` takes the bearer token `api.token` when one is set, and no route answers
+//! with CORS headers, so a page on another origin cannot call it.
+//!
+//! Bodies are bounded before they are read (SPEC §10): a `Content-Length` over the limit is
+//! answered `413` at once, and a body without one is read only up to the limit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router as Routes;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::{ApiToken, prometheus_text, with_token};
+use crate::bus::{AcceptError, Intake};
+use crate::metrics::{Metrics, Refusal};
+use crate::router::Router;
+
+/// What the API's handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub router: Arc<Router>,
+    pub intake: Arc<dyn Intake>,
+    pub metrics: Arc<Metrics>,
+    /// Largest `/pub` body (`limits.max_body`).
+    pub max_pub: usize,
+    /// Largest `/mpub` body (`limits.max_mpub`).
+    pub max_mpub: usize,
+}
+
+/// The routes of the business API, behind `token`.
+pub fn routes(state: ApiState, token: ApiToken) -> Routes {
+    let routes = Routes::new()
+        .route("/pub", post(publish))
+        .route("/mpub", post(publish_many))
+        .route("/v1/comets", get(comets))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "OK" }))
+        .with_state(state);
+    with_token(routes, token)
+}
+
+fn bad_request(reason: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, reason.into()).into_response()
+}
+
+fn too_large(limit: usize, key: &str) -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body over {limit} bytes (limits.{key})"),
+    )
+        .into_response()
+}
+
+/// Reads a request's body, at most `limit` bytes; over it, `413` (counted as `refusal`)
+/// before the rest is read.
+async fn read_body(
+    state: &ApiState,
+    body: Body,
+    headers: &axum::http::HeaderMap,
+    limit: usize,
+    refusal: Refusal,
+) -> Result<Bytes, Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        state.metrics.refused(refusal);
+        return Err(too_large(limit, refusal.key()));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // A body that broke off is the client's doing, not a refusal.
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            state.metrics.refused(refusal);
+            too_large(limit, refusal.key())
+        } else {
+            bad_request(format!("cannot read the body: {e}"))
+        }
+    })
+}
+
+fn topic_of(params: &HashMap<String, String>) -> Option<&str> {
+    params
+        .get("topic")
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+}
+
+async fn accept(state: &ApiState, topic: &str, bodies: Vec<Bytes>) -> Response {
+    match state.intake.accept(topic, bodies).await {
+        Ok(()) => "OK".into_response(),
+        Err(AcceptError::Malformed(why)) => bad_request(why),
+        Err(AcceptError::Full { limit }) => {
+            state.metrics.refused(Refusal::InboxPending);
+            let mut response = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the inbox holds {limit} messages not yet applied (limits.inbox_pending); retry"
+                ),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        Err(AcceptError::TooMany { limit }) => {
+            state.metrics.refused(Refusal::InboxPending);
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("more messages than the inbox holds ({limit}, limits.inbox_pending)"),
+            )
+                .into_response()
+        }
+        Err(AcceptError::Unavailable(why)) => {
+            tracing::warn!(topic, reason = %why, "message refused: not durable");
+            (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+        }
+    }
+}
+
+async fn publish(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let Some(topic) = topic_of(&params) else {
+        return bad_request("missing topic");
+    };
+    let (parts, body) = request.into_parts();
+    match read_body(
+        &state,
+        body,
+        &parts.headers,
+        state.max_pub,
+        Refusal::MaxBody,
+    )
+    .await
+    {
+        Ok(body) => accept(&state, topic, vec![body]).await,
+        Err(refused) => refused,
+    }
+}
+
+/// nsqd's `/mpub` format: one message per line.
+async fn publish_many(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let Some(topic) = topic_of(&params) else {
+        return bad_request("missing topic");
+    };
+    let (parts, body) = request.into_parts();
+    let body = match read_body(
+        &state,
+        body,
+        &parts.headers,
+        state.max_mpub,
+        Refusal::MaxMpub,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    accept(&state, topic, split_lines(&body)).await
+}
+
+/// The non-empty lines of an `/mpub` body, without their `\r\n` or `\n`.
+fn split_lines(body: &Bytes) -> Vec<Bytes> {
+    let mut lines: Vec<Bytes> = Vec::new();
+    let mut start = 0;
+    // memchr finds the newlines of a megabyte broadcast batch a word at a time.
+    for i in memchr::memchr_iter(b'\n', body) {
+        lines.push(body.slice(start..i));
+        start = i + 1;
+    }
+    if start < body.len() {
+        lines.push(body.slice(start..));
+    }
+    lines
+        .into_iter()
+        .map(|l| match l.last() {
+            Some(b'\r') => l.slice(..l.len() - 1),
+            _ => l,
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+async fn comets(State(state): State<ApiState>) -> Response {
+    axum::Json(state.router.comets()).into_response()
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    prometheus_text(&state.metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mpub_lines() {
+        let body = Bytes::from_static(b"a\r\n\nb\nc");
+        assert_eq!(split_lines(&body), ["a", "b", "c"].map(Bytes::from));
+        assert!(split_lines(&Bytes::from_static(b"\n\r\n")).is_empty());
+    }
+}
