@@ -111,8 +111,10 @@ impl ConsumerConfig {
 /// the in-flight messages are answered or `close_timeout` passed); [`Consumer::stop`] does
 /// the same and waits for it.
 pub struct Consumer {
+    /// Bounded by RDY: nsqd sends no more than the RDY counts allow in flight.
     messages: mpsc::UnboundedReceiver<Message>,
     stop: CancellationToken,
+    paused: watch::Sender<bool>,
     supervisor: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -125,12 +127,30 @@ impl Consumer {
             .map_err(|_| Error::Config("Consumer::new needs a tokio runtime".to_owned()))?;
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        let supervisor = runtime.spawn(supervise(Arc::new(config), messages_tx, stop.clone()));
+        let (paused, paused_rx) = watch::channel(false);
+        let supervisor = runtime.spawn(supervise(
+            Arc::new(config),
+            messages_tx,
+            paused_rx,
+            stop.clone(),
+        ));
         Ok(Consumer {
             messages,
             stop,
+            paused,
             supervisor: Some(supervisor),
         })
+    }
+
+    /// Pauses (`true`) or resumes taking messages: every connection sends RDY 0, so nsqd
+    /// sends nothing more until the consumer resumes and RDY goes back to its share of
+    /// `max_in_flight`. Messages already in flight stay in flight.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_if_modified(|current| {
+            let changed = *current != paused;
+            *current = paused;
+            changed
+        });
     }
 
     /// The next message from any connection. `None` only once the consumer has stopped.
@@ -184,6 +204,8 @@ struct ConnEntry {
 
 struct Supervisor {
     config: Arc<ConsumerConfig>,
+    /// While set, every connection's RDY is 0.
+    paused: bool,
     messages: mpsc::UnboundedSender<Message>,
     events: mpsc::UnboundedSender<ConnEvent>,
     stop: CancellationToken,
@@ -195,11 +217,13 @@ struct Supervisor {
 async fn supervise(
     config: Arc<ConsumerConfig>,
     messages: mpsc::UnboundedSender<Message>,
+    mut paused: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let mut supervisor = Supervisor {
         config: config.clone(),
+        paused: false,
         messages,
         events,
         stop: stop.clone(),
@@ -226,6 +250,11 @@ async fn supervise(
                 }
             }
             Some(event) = events_rx.recv() => supervisor.on_event(event),
+            Ok(()) = paused.changed() => {
+                supervisor.paused = *paused.borrow_and_update();
+                tracing::debug!(topic = %config.topic, paused = supervisor.paused, "consumption paused or resumed");
+                supervisor.rebalance();
+            }
             Some(joined) = supervisor.tasks.join_next(), if !supervisor.tasks.is_empty() => {
                 if let Err(error) = joined {
                     tracing::error!(%error, "NSQ consumer connection task failed");
@@ -254,7 +283,7 @@ impl Supervisor {
         self.next_id += 1;
         let addr: Arc<str> = Arc::from(addr);
         let close = self.stop.child_token();
-        let (rdy, rdy_rx) = watch::channel(1);
+        let (rdy, rdy_rx) = watch::channel(if self.paused { 0 } else { 1 });
         tracing::info!(
             nsqd = %addr,
             topic = %self.config.topic,
@@ -320,7 +349,8 @@ impl Supervisor {
         }
     }
 
-    /// Spreads `max_in_flight` over the subscribed connections, at least 1 each.
+    /// Spreads `max_in_flight` over the subscribed connections, at least 1 each; 0 each while
+    /// paused.
     fn rebalance(&self) {
         let subscribed: Vec<&ConnEntry> = self.conns.values().filter(|c| c.subscribed).collect();
         let count = subscribed.len() as u64;
@@ -330,7 +360,11 @@ impl Supervisor {
         let total = u64::from(self.config.max_in_flight);
         let (base, extra) = (total / count, total % count);
         for (index, entry) in subscribed.into_iter().enumerate() {
-            let share = (base + u64::from((index as u64) < extra)).max(1);
+            let share = if self.paused {
+                0
+            } else {
+                (base + u64::from((index as u64) < extra)).max(1)
+            };
             entry.rdy.send_if_modified(|current| {
                 let changed = *current != share;
                 *current = share;

@@ -88,6 +88,35 @@ async fn mpub_messages_are_all_consumed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_consumer_sends_rdy_0_and_takes_nothing_until_resumed() {
+    init_tracing();
+    let nsqd = fake_nsqd().await;
+    let mut config = direct_config(&nsqd.tcp_address(), TOPIC, CHANNEL);
+    config.max_in_flight = 8;
+    let mut consumer = consumer(config);
+    nsqd.publish(TOPIC, "before");
+    next_message(&mut consumer).await.fin();
+    assert_eq!(nsqd.stats(TOPIC, CHANNEL).ready, 8);
+    consumer.set_paused(true);
+    eventually("nsqd got RDY 0", || nsqd.stats(TOPIC, CHANNEL).ready == 0).await;
+    for i in 0..3 {
+        nsqd.publish(TOPIC, format!("while paused {i}"));
+    }
+    assert!(
+        message_within(&mut consumer, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing is sent with RDY 0"
+    );
+    assert_eq!(nsqd.stats(TOPIC, CHANNEL).depth, 3, "kept by nsqd");
+    consumer.set_paused(false);
+    for _ in 0..3 {
+        next_message(&mut consumer).await.fin();
+    }
+    assert_eq!(nsqd.stats(TOPIC, CHANNEL).ready, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn req_redelivers_after_the_delay_with_one_more_attempt() {
     init_tracing();
     let nsqd = fake_nsqd().await;

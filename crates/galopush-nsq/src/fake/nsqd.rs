@@ -78,6 +78,8 @@ pub struct ChannelStats {
     pub deferred: usize,
     /// Connections subscribed to the channel.
     pub clients: usize,
+    /// The RDY counts of the subscribed connections, added up.
+    pub ready: u64,
     /// FINs accepted.
     pub finished: u64,
     /// REQs accepted.
@@ -513,11 +515,18 @@ impl FakeNsqd {
         else {
             return ChannelStats::default();
         };
+        let ready = channel
+            .clients
+            .iter()
+            .filter_map(|id| state.clients.get(id))
+            .map(|c| c.rdy)
+            .sum();
         ChannelStats {
             depth: channel.queue.len(),
             in_flight: channel.in_flight.len(),
             deferred: channel.deferred.len(),
             clients: channel.clients.len(),
+            ready,
             ..channel.stats.clone()
         }
     }

@@ -6,8 +6,13 @@
 //! empty). The router applies each message with a [`Ticket`] that FINishes it once every effect
 //! is durable and REQueues it, with a delay growing with its attempts, if one was not. Messages
 //! are held (and TOUCHed) while their effects settle, e.g. a callback waiting for its ack. While
-//! messages keep being requeued (the store is failing), consumption pauses with a growing
-//! back-off instead of spinning, and resumes once the pause is over.
+//! messages keep being requeued (the store is failing, the outbox is full), consumption pauses
+//! with a growing back-off instead of spinning, and resumes once the pause is over.
+//!
+//! What the router holds from NSQ is bounded by RDY (SPEC §10): at most `bus.max_in_flight`
+//! messages are in flight over the five topics, and a paused consumer sends RDY 0, so nsqd keeps
+//! the backlog rather than this process. There is no inbox to fill: `limits.inbox_pending`
+//! applies to the embedded bus only.
 //!
 //! Outbound: msgUpward and the sessionTimeout answers are PUBlished to `bus.nsqd_tcp`, as base64
 //! of the JSON when `bus.base64` is set and as raw JSON otherwise. `/pub` and `/mpub` publish to
@@ -149,7 +154,12 @@ async fn apply_loop(
     }
     loop {
         let next = async {
-            pause.wait().await;
+            if pause.in_force() {
+                // nsqd holds the topic's messages meanwhile: RDY 0 instead of a buffer here.
+                consumer.set_paused(true);
+                pause.wait().await;
+                consumer.set_paused(false);
+            }
             consumer.recv().await
         };
         let message = tokio::select! {
@@ -272,6 +282,14 @@ impl Pause {
 
     fn retired(&self) {
         self.state.lock().requeues = 0;
+    }
+
+    /// Whether consumption is paused now.
+    fn in_force(&self) -> bool {
+        self.state
+            .lock()
+            .until
+            .is_some_and(|until| until > Instant::now())
     }
 
     /// Returns once no pause is in force.

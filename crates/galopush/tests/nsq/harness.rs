@@ -11,8 +11,8 @@ use galopush_nsq::fake::{ChannelStats, FakeLookupd, FakeNsqd};
 use galopush_protocol::message::Down;
 use galopush_protocol::{Encoding, TermType};
 
-use crate::common::process::{API_TOKEN, Process, api_client};
 pub use crate::common::process::env_name;
+use crate::common::process::{API_TOKEN, Process, api_client};
 pub use crate::common::terminal::{SOON, next, next_acked};
 
 /// The channel galopush consumes on (the default `bus.channel`).
