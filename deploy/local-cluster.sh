@@ -25,8 +25,8 @@ for n in 1 2; do
     pids+=($!)
 done
 
-echo "router: http://127.0.0.1:5150 (dispatcher, /pub, /v1/comets, /metrics), rpc 127.0.0.1:5151"
+echo "router: http://127.0.0.1:5150 (dispatcher), API http://127.0.0.1:5152 (/pub, /v1/comets, /metrics), rpc 127.0.0.1:5151"
 echo "comets: comet-1 tcp 127.0.0.1:5171 ws 127.0.0.1:5172, comet-2 tcp 127.0.0.1:5181 ws 127.0.0.1:5182"
-echo "try:    curl http://127.0.0.1:5150/v1/comets"
+echo "try:    curl http://127.0.0.1:5152/v1/comets"
 echo "logs in $logs/; Ctrl-C stops the cluster"
 wait

@@ -524,15 +524,20 @@ impl Config {
         if self.comet.id.is_empty() {
             return invalid("comet.id", "must not be empty");
         }
-        if !self.api.addr.ip().is_loopback() && self.api.token.is_empty() {
-            return invalid(
-                "api.addr",
-                &format!(
-                    "{} is not a loopback address and api.token is empty: set api.token (the \
-                     business API must not be open to the network)",
-                    self.api.addr
-                ),
-            );
+        for (key, addr) in [
+            ("api.addr", self.api.addr),
+            ("comet.http_addr", self.comet.http_addr),
+        ] {
+            if !addr.ip().is_loopback() && self.api.token.is_empty() {
+                return invalid(
+                    key,
+                    &format!(
+                        "{addr} is not a loopback address and api.token is empty: set \
+                         api.token (the business API and metrics must not be open to the \
+                         network)"
+                    ),
+                );
+            }
         }
         self.limits.validate()?;
         if self.delivery.max_offline_callbacks == 0 || self.delivery.max_offline_im == 0 {
@@ -827,6 +832,9 @@ mod tests {
             "the token is not logged"
         );
         Config::load(None, env(&[("GALOPUSH_API__ADDR", "[::1]:5152")])).expect("loopback v6");
+        let e = Config::load(None, env(&[("GALOPUSH_COMET__HTTP_ADDR", "10.1.2.3:5160")]))
+            .expect_err("a comet's metrics off loopback need the token too");
+        assert!(e.to_string().contains("comet.http_addr"), "{e}");
     }
 
     #[test]
@@ -862,6 +870,29 @@ mod tests {
         ] {
             let e = Config::load(None, env(&[(var, value)])).expect_err(var);
             assert!(e.to_string().contains(key), "{var}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_deploy_examples_load() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        for file in [
+            "local/router.toml",
+            "local/comet-1.toml",
+            "local/comet-2.toml",
+            "multi-host/router.toml",
+            "multi-host/comet.toml",
+        ] {
+            let path = deploy.join(file);
+            let c = Config::load(Some(&path), env(&[("GALOPUSH_API__TOKEN", "t")]))
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            if file.starts_with("multi-host") {
+                let e = Config::load(Some(&path), Vec::new()).expect_err(file);
+                assert!(e.to_string().contains("api.token"), "{file}: {e}");
+            } else {
+                Config::load(Some(&path), Vec::new()).expect("loopback needs no token");
+            }
+            assert!(c.api.addr.port() == 5152 || c.comet.http_addr.port() != 0);
         }
     }
 

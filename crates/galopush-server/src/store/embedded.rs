@@ -171,6 +171,7 @@ impl EmbeddedStore {
             logins: RwLock::new(logins),
             stored: Mutex::new(stored),
         });
+        // Bounded by the callers, not here: see `Store`.
         let (writer, jobs) = mpsc::unbounded_channel();
         let thread_shared = shared.clone();
         std::thread::Builder::new()

@@ -111,6 +111,17 @@ pub fn resolved<T: Send + 'static>(result: Result<T, StoreError>) -> StoreFuture
 /// durability and await it elsewhere. The router relies on this to decide "live or stored" and
 /// "registered, read its stored messages" under one lock per user.
 ///
+/// An implementation queues operations in call order without waiting (the order is what the
+/// router relies on, and it is decided under locks that cannot wait). That queue is bounded by
+/// its callers, not by itself (SPEC §10): every write holds the [`Ticket`](crate::bus::Ticket)
+/// of a bus message until it is durable, and bus messages are bounded (`limits.inbox_pending`,
+/// nsqd's RDY); the rest come one per registration (bounded by `limits.max_connections`), per
+/// acked stored message (at most a terminal's offline limits per connection), per IM
+/// (`limits.im_inflight` per connection, `limits.outbox_pending`) and per batch of retirements.
+/// A slow store therefore holds up retirement, the inbox fills and `/pub` answers `503`; a
+/// refusal here instead would requeue a broadcast with more offline receivers than the bound
+/// for ever.
+///
 /// The async reads (`login`, `logins`, the queue loads) must also see every write called
 /// before them: the router queues a login record without awaiting it and reads it back on the
 /// next REGISTER or delivery plan. (The embedded store's in-memory records run ahead of the

@@ -18,7 +18,8 @@
 //! so several routers writing the same terminal never interleave inside a rule.
 //!
 //! Ordering: one task owns the command stream. Every operation becomes its Redis commands and is
-//! sent to the task over an unbounded channel before the call returns; the task takes everything
+//! sent to the task over a channel before the call returns (unbounded itself, bounded by its
+//! callers: see [`Store`](super::Store)); the task takes everything
 //! queued and sends it as one pipeline on one connection, which Redis runs in order, then answers
 //! each caller. So a read sees every write called before it, dropping a write's future does not
 //! cancel the write, and a burst of operations costs one round trip.

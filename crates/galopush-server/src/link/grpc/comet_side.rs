@@ -212,6 +212,9 @@ async fn joined_session(
         .keep_alive_while_idle(true);
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     let mut client = proto::router_client::RouterClient::new(channel);
+    // Bounded by what the comet's connections may have pending (a settle per delivery they
+    // hold, a request per REGISTER, at most `limits.im_inflight` IMs each); a router that stops
+    // reading goes silent and the link is rejoined after `SILENCE`.
     let (tx, rx) = mpsc::unbounded_channel();
     let join = comet_message::Body::Join(proto::Join {
         comet_id: info.id.clone(),

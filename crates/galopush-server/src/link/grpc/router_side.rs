@@ -74,6 +74,9 @@ impl proto::router_server::Router for LinkService {
             Ok(Err(status)) => return Err(status),
             _ => return Err(Status::invalid_argument("a link starts with Join")),
         };
+        // What waits here for the comet's stream is bounded by what the router has in flight
+        // for the comet (each delivery belongs to a bus message, and those are bounded: SPEC
+        // §10); a comet that stops reading goes silent and leaves after `SILENCE`.
         let (tx, rx) = mpsc::unbounded_channel();
         let info = CometInfo {
             id: join.comet_id,
