@@ -49,9 +49,12 @@ fn bad_request(reason: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, reason.into()).into_response()
 }
 
+/// `413`, closing the connection: the rest of the body is not read, so the connection cannot
+/// carry another request.
 fn too_large(limit: usize, key: &str) -> Response {
     (
         StatusCode::PAYLOAD_TOO_LARGE,
+        [(header::CONNECTION, HeaderValue::from_static("close"))],
         format!("body over {limit} bytes (limits.{key})"),
     )
         .into_response()

@@ -132,8 +132,10 @@ async fn guard_request(State(guard): State<Guard>, request: Request, next: Next)
         Ok(response) => response,
         Err(_) => {
             guard.metrics.refused(Refusal::HttpRequestTimeout);
+            // The body may be unread: the connection cannot carry another request.
             (
                 StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, HeaderValue::from_static("close"))],
                 "request not done within limits.http_request_timeout",
             )
                 .into_response()

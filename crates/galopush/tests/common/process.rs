@@ -151,6 +151,16 @@ pub fn env_name(key: &str) -> String {
     )
 }
 
+/// The resident memory of process `pid`, in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
 /// A number unlikely to repeat, for names that must not collide between tests.
 pub fn unique() -> u64 {
     use std::hash::{BuildHasher, RandomState};

@@ -1,6 +1,8 @@
 //! Test harness: starts the real `galopush` binary as `standalone` on fresh ports and its own
 //! data directory, and drives it like a user would — HTTP for the business side, the client
 //! SDK for terminals, `/metrics` to see what happened.
+// Shared by the standalone and the adversarial test binaries, each using its own part of it.
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,6 +94,24 @@ impl Gateway {
         Gateway::spawn(data, env).await
     }
 
+    /// The process id of the gateway.
+    pub fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
+    /// Whether the process is still running (not exited, not a zombie).
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/status", self.process.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("State:")
+                        .map(|st| !st.trim().starts_with('Z'))
+                })
+            })
+            .unwrap_or(false)
+    }
+
     /// Changes a setting for the next restart.
     pub fn set(&mut self, key: &str, value: &str) {
         let name = env_name(key);
@@ -165,6 +185,22 @@ impl Gateway {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{series} stayed at {v}, expected at least {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `check` holds for a metric's value.
+    pub async fn wait_until(&self, series: &str, check: impl Fn(f64) -> bool) -> f64 {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let v = self.metric(series).await;
+            if check(v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} stayed at {v}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
