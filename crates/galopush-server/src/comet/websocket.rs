@@ -340,6 +340,37 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, in whatever pieces: no panic, and no message over the
+        /// limit comes out.
+        #[test]
+        fn any_bytes_in_any_pieces(
+            wire in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            cuts in proptest::collection::vec(1usize..64, 1..64),
+        ) {
+            let mut reader = FrameReader::new(256);
+            let mut read = BytesMut::new();
+            let mut replies = Vec::new();
+            let mut rest = &wire[..];
+            'feed: for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, after) = rest.split_at((*cut).min(rest.len()));
+                rest = after;
+                read.extend_from_slice(piece);
+                loop {
+                    match reader.next(&mut read, &mut replies) {
+                        Ok(Some(Incoming::Message(m))) => proptest::prop_assert!(m.len() <= 256),
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_close_is_answered_with_its_code() {
         let mut payload = 1001u16.to_be_bytes().to_vec();

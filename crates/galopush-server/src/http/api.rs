@@ -129,25 +129,27 @@ async fn accept(state: &ApiState, topic: &str, bodies: Vec<Bytes>) -> Response {
     }
 }
 
+/// The topic and body of a `/pub` or `/mpub` request, the body at most `limit` bytes.
+async fn topic_and_body(
+    state: &ApiState,
+    params: &HashMap<String, String>,
+    request: Request,
+    limit: usize,
+    refusal: Refusal,
+) -> Result<(String, Bytes), Response> {
+    let topic = topic_of(params).ok_or_else(|| bad_request("missing topic"))?;
+    let (parts, body) = request.into_parts();
+    let body = read_body(state, body, &parts.headers, limit, refusal).await?;
+    Ok((topic.to_owned(), body))
+}
+
 async fn publish(
     State(state): State<ApiState>,
     Query(params): Query<HashMap<String, String>>,
     request: Request,
 ) -> Response {
-    let Some(topic) = topic_of(&params) else {
-        return bad_request("missing topic");
-    };
-    let (parts, body) = request.into_parts();
-    match read_body(
-        &state,
-        body,
-        &parts.headers,
-        state.max_pub,
-        Refusal::MaxBody,
-    )
-    .await
-    {
-        Ok(body) => accept(&state, topic, vec![body]).await,
+    match topic_and_body(&state, &params, request, state.max_pub, Refusal::MaxBody).await {
+        Ok((topic, body)) => accept(&state, &topic, vec![body]).await,
         Err(refused) => refused,
     }
 }
@@ -158,23 +160,10 @@ async fn publish_many(
     Query(params): Query<HashMap<String, String>>,
     request: Request,
 ) -> Response {
-    let Some(topic) = topic_of(&params) else {
-        return bad_request("missing topic");
-    };
-    let (parts, body) = request.into_parts();
-    let body = match read_body(
-        &state,
-        body,
-        &parts.headers,
-        state.max_mpub,
-        Refusal::MaxMpub,
-    )
-    .await
-    {
-        Ok(body) => body,
-        Err(refused) => return refused,
-    };
-    accept(&state, topic, split_lines(&body)).await
+    match topic_and_body(&state, &params, request, state.max_mpub, Refusal::MaxMpub).await {
+        Ok((topic, body)) => accept(&state, &topic, split_lines(&body)).await,
+        Err(refused) => refused,
+    }
 }
 
 /// The non-empty lines of an `/mpub` body, without their `\r\n` or `\n`.

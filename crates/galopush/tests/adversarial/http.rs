@@ -11,13 +11,10 @@ use tokio::io::AsyncWriteExt;
 use crate::common::process::{API_TOKEN, rss_kib};
 use crate::harness::*;
 use crate::raw;
+use crate::{refused, still_serves};
 
 fn host(url: &str) -> &str {
     url.trim_start_matches("http://")
-}
-
-fn refused(reason: &str) -> String {
-    format!("galopush_refused_total{{reason=\"{reason}\"}}")
 }
 
 #[tokio::test]
@@ -221,10 +218,7 @@ async fn oversized_bodies_are_refused_before_they_are_read() {
 
     assert!(g.metric(&refused("max_mpub")).await >= 2.0);
     assert_eq!(g.metric(&refused("max_body")).await, 1.0);
-    let grown = rss_kib(g.pid()).saturating_sub(rss_before);
-    assert!(grown < 20 * 1024, "RSS grew by {grown} KiB");
-    g.send_down("push", "bystander", 1, "still here").await;
-    assert_eq!(push(&next_acked(&mut watcher).await.1).2, "still here");
+    still_serves(&g, rss_before, 20 * 1024, &mut watcher, "bystander", 1).await;
 }
 
 #[tokio::test]

@@ -13,10 +13,7 @@ use tokio::net::TcpStream;
 use crate::common::process::rss_kib;
 use crate::harness::*;
 use crate::raw;
-
-fn refused(reason: &str) -> String {
-    format!("galopush_refused_total{{reason=\"{reason}\"}}")
-}
+use crate::{refused, still_serves};
 
 /// A WebSocket upgrade request for the comet's listener.
 fn upgrade(addr: &str) -> String {
@@ -92,10 +89,7 @@ async fn thousands_stalled_in_an_oversized_frame_before_register_are_closed() {
     let expected = (TCP_CONNECTIONS + WS_CONNECTIONS) as f64;
     g.wait_until(&refused("max_unregistered_frame"), |v| v == expected)
         .await;
-    let grown = rss_kib(g.pid()).saturating_sub(rss_before);
-    assert!(grown < 20 * 1024, "RSS grew by {grown} KiB");
-    g.send_down("push", "bystander", 1, "unaffected").await;
-    assert_eq!(push(&next_acked(&mut bystander).await.1).2, "unaffected");
+    still_serves(&g, rss_before, 20 * 1024, &mut bystander, "bystander", 1).await;
 }
 
 #[tokio::test]
