@@ -236,3 +236,38 @@ async fn a_full_inbox_answers_503_and_loses_nothing_it_accepted() {
     assert!(g.metric(&refused("inbox_pending")).await >= f64::from(full + 1));
     g.wait_until("galopush_inbox_pending", |v| v == 0.0).await;
 }
+
+#[tokio::test]
+async fn a_full_outbox_refuses_ims_and_requeues_answers_until_it_drains() {
+    // The webhook refuses its first five POSTs: the one outbox place stays taken for seconds.
+    let hook = Webhook::start(5).await;
+    let g = Gateway::start(&[
+        ("limits.outbox_pending", "1"),
+        ("bus.webhook_url", &hook.url),
+    ])
+    .await;
+    let mut t = g.terminal("talker", TermType::Pc, TCP).await;
+    t.send_im(Bytes::from("first")).await.expect("im");
+    assert_eq!(next(&mut t).await.1, Down::ImResp { code: 0 });
+    t.send_im(Bytes::from("second")).await.expect("im");
+    assert_eq!(
+        next(&mut t).await.1,
+        Down::ImResp { code: 1 },
+        "refused: the terminal may retry"
+    );
+    let question = serde_json::json!({"backTopic": "timeouts", "key": "k",
+        "msg": {"ctype": 16, "uid": "talker", "sessionId": "s", "flag": 0}});
+    g.publish_ok("sessionTimeout", question.to_string()).await;
+    g.wait_until(
+        "galopush_bus_messages_total{topic=\"sessionTimeout\",event=\"requeued\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    // Once the webhook takes the IM, the requeued answer finds room.
+    let received = hook.wait_for(2).await;
+    assert_eq!(received[0].1["body"], "first");
+    assert_eq!(received[1].0, "timeouts");
+    assert_eq!(received[1].1["msg"]["flag"], 1, "talker is live");
+    assert!(g.metric(&refused("outbox_pending")).await >= 2.0);
+    g.wait_retired("sessionTimeout", 1).await;
+}
