@@ -1,12 +1,16 @@
 //! Settings shared by consumer and producer connections: how the client identifies itself,
-//! heartbeats, timeouts and reconnection back-off.
+//! TLS and AUTH, heartbeats, timeouts and reconnection back-off.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
 
-/// How a connection to nsqd is opened, identified and kept alive.
-#[derive(Debug, Clone)]
+/// How a connection to nsqd is opened, secured, identified and kept alive.
+///
+/// `Debug` shows whether an `auth_secret` is set, never the secret.
+#[derive(Clone)]
 pub struct ConnectionConfig {
     /// `client_id` sent in IDENTIFY (nsqd shows it in its stats). Default: the short host name.
     pub client_id: String,
@@ -28,6 +32,38 @@ pub struct ConnectionConfig {
     /// Frames announcing more than this many bytes are treated as garbage and the connection
     /// is dropped. Must exceed nsqd's `--max-msg-size` plus 30 bytes. Default: 16 MiB.
     pub max_frame_size: u32,
+    /// TLS for the connection: `None` is plain TCP. When set, IDENTIFY asks for `tls_v1` and
+    /// the connection is upgraded to TLS right after nsqd's answer, with this configuration
+    /// and the host part of the nsqd address as the server name (a host name or an IP
+    /// address, which the certificate must name). nsqd must run with `--tls-cert` and
+    /// `--tls-key`; one that does not agree to TLS is an [`Error::Tls`], never a plaintext
+    /// fallback. Default: `None`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The secret sent with AUTH when nsqd requires it (nsqd runs with
+    /// `--auth-http-address`, which checks the secret). Not sent to an nsqd that does not
+    /// require AUTH; without it, an nsqd that does is an [`Error::AuthRequired`]. Use it
+    /// with `tls`, or the secret crosses the network in clear. Default: `None`.
+    pub auth_secret: Option<String>,
+}
+
+impl fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionConfig")
+            .field("client_id", &self.client_id)
+            .field("hostname", &self.hostname)
+            .field("user_agent", &self.user_agent)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("tls", &self.tls.is_some())
+            .field(
+                "auth_secret",
+                &self.auth_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl Default for ConnectionConfig {
@@ -42,6 +78,8 @@ impl Default for ConnectionConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             max_frame_size: 16 * 1024 * 1024,
+            tls: None,
+            auth_secret: None,
         }
     }
 }
@@ -67,6 +105,16 @@ impl ConnectionConfig {
         if self.max_frame_size < 64 {
             return Err(Error::Config(
                 "max_frame_size must be at least 64 bytes".to_owned(),
+            ));
+        }
+        if self
+            .auth_secret
+            .as_ref()
+            .is_some_and(|secret| secret.is_empty() || i32::try_from(secret.len()).is_err())
+        {
+            return Err(Error::Config(
+                "auth_secret must be non-empty (nsqd refuses an empty AUTH body) and under 2 GiB"
+                    .to_owned(),
             ));
         }
         Ok(())
@@ -113,5 +161,21 @@ mod tests {
             ..ConnectionConfig::default()
         };
         assert!(inverted_backoff.validate().is_err());
+        let empty_secret = ConnectionConfig {
+            auth_secret: Some(String::new()),
+            ..ConnectionConfig::default()
+        };
+        assert!(empty_secret.validate().is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_auth_secret() {
+        let config = ConnectionConfig {
+            auth_secret: Some("hunter2".to_owned()),
+            ..ConnectionConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

@@ -435,6 +435,8 @@ async fn run_connection(mut task: ConnTask) {
                     channel = %task.config.channel,
                     version = %conn.negotiated.version,
                     msg_timeout = ?conn.negotiated.msg_timeout,
+                    tls = conn.negotiated.tls,
+                    identity = ?conn.negotiated.identity,
                     "subscribed"
                 );
                 // Ignored send errors: the supervisor has stopped and so will this task.

@@ -46,9 +46,16 @@ pub enum Error {
         /// The rest of the error frame.
         description: String,
     },
-    /// nsqd requires AUTH, which this client does not implement.
-    #[error("nsqd {0} requires AUTH, which is not supported")]
+    /// nsqd requires AUTH (it runs with `--auth-http-address`) and no
+    /// [`auth_secret`](crate::ConnectionConfig::auth_secret) is configured. Holds the nsqd
+    /// address.
+    #[error("nsqd {0} requires AUTH and no auth_secret is configured")]
     AuthRequired(String),
+    /// TLS could not be set up with nsqd: it did not agree to `tls_v1` (it runs without
+    /// `--tls-cert`/`--tls-key`), the server name is unusable, or the handshake failed (e.g.
+    /// the certificate is not trusted).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The connection went away before nsqd answered.
     #[error("connection to nsqd lost before it answered: {0}")]
     Disconnected(String),
@@ -123,6 +130,9 @@ mod tests {
             "E_BAD_MESSAGE",
             "E_PUB_FAILED",
             "E_MPUB_FAILED",
+            "E_AUTH_FIRST",
+            "E_AUTH_FAILED",
+            "E_UNAUTHORIZED",
         ] {
             assert!(is_fatal_error_code(code), "{code}");
         }

@@ -7,7 +7,17 @@
 //! - [`Message`]: a delivered message with fire-and-forget `fin`, `req` and `touch`.
 //! - [`Producer`]: publishes to one nsqd (PUB/MPUB), coalescing concurrent publishes for the
 //!   same topic into one MPUB.
-//! - `fake` (cargo feature `fake`): a protocol-level fake nsqd and nsqlookupd for tests.
+//! - [`ConnectionConfig`]: what both share per connection, including TLS and AUTH:
+//!   - TLS (`tls`, a rustls `ClientConfig`): IDENTIFY asks for `tls_v1` and the connection is
+//!     upgraded to TLS over the same TCP connection as soon as nsqd (run with `--tls-cert` and
+//!     `--tls-key`, optionally `--tls-required`) agrees; an nsqd that does not agree is an
+//!     error, never a plaintext fallback.
+//!   - AUTH (`auth_secret`): sent when nsqd's IDENTIFY answer says `auth_required` (nsqd run
+//!     with `--auth-http-address`), after the TLS upgrade if any; nsqd's refusals
+//!     (`E_AUTH_FAILED`, `E_UNAUTHORIZED`) are [`Error::Nsqd`], a missing secret is
+//!     [`Error::AuthRequired`].
+//! - `fake` (cargo feature `fake`): a protocol-level fake nsqd (with TLS, `--tls-required` and
+//!   AUTH) and nsqlookupd for tests.
 #![forbid(unsafe_code)]
 
 mod backoff;
@@ -19,6 +29,7 @@ mod lookup;
 mod message;
 mod producer;
 mod protocol;
+mod transport;
 
 #[cfg(feature = "fake")]
 pub mod fake;

@@ -158,6 +158,8 @@ async fn run_producer(
                 tracing::info!(
                     nsqd = %addr,
                     version = %conn.negotiated.version,
+                    tls = conn.negotiated.tls,
+                    identity = ?conn.negotiated.identity,
                     "producer connected"
                 );
                 match run_session(&config, conn, first, &mut requests).await {

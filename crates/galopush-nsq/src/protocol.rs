@@ -53,11 +53,22 @@ fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The AUTH secret, kept out of `Debug` output (commands show up in error messages).
+pub(crate) struct Secret<'a>(pub(crate) &'a [u8]);
+
+impl std::fmt::Debug for Secret<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// A command the client sends to nsqd.
 #[derive(Debug)]
 pub(crate) enum Command<'a> {
     /// `IDENTIFY\n` + size + JSON.
     Identify(&'a [u8]),
+    /// `AUTH\n` + size + secret.
+    Auth(Secret<'a>),
     /// `SUB <topic> <channel>\n`.
     Sub { topic: &'a str, channel: &'a str },
     /// `RDY <count>\n`.
@@ -88,6 +99,13 @@ impl Command<'_> {
                 dst.put_slice(b"IDENTIFY\n");
                 dst.put_u32(size);
                 dst.put_slice(json);
+            }
+            Command::Auth(Secret(secret)) => {
+                let size = body_size(secret.len())?;
+                dst.reserve(5 + 4 + secret.len());
+                dst.put_slice(b"AUTH\n");
+                dst.put_u32(size);
+                dst.put_slice(secret);
             }
             Command::Sub { topic, channel } => {
                 dst.reserve(6 + topic.len() + channel.len());
@@ -322,6 +340,11 @@ mod tests {
             encode(Command::Identify(b"{}")),
             b"IDENTIFY\n\x00\x00\x00\x02{}"
         );
+        assert_eq!(
+            encode(Command::Auth(Secret(b"s3cret"))),
+            b"AUTH\n\x00\x00\x00\x06s3cret"
+        );
+        assert!(!format!("{:?}", Command::Auth(Secret(b"s3cret"))).contains("s3cret"));
         assert_eq!(
             encode(Command::Pub {
                 topic: "t",

@@ -1,16 +1,20 @@
 //! Protocol conformance of the fakes, spoken to over raw sockets: IDENTIFY in both forms,
-//! fatal and non-fatal error frames, heartbeat disconnection, and nsqlookupd's HTTP answers.
+//! the TLS upgrade and `--tls-required`, AUTH, fatal and non-fatal error frames, heartbeat
+//! disconnection, and nsqlookupd's HTTP answers.
 
 mod common;
 
-use common::{init_tracing, ok, within};
-use galopush_nsq::fake::{FakeLookupd, FakeNsqd};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{init_tracing, ok, test_pki, within};
+use galopush_nsq::fake::{FakeLookupd, FakeNsqd, FakeNsqdOptions};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
-/// A bare protocol V2 client.
-struct RawClient {
-    stream: TcpStream,
+/// A bare protocol V2 client, over TCP or TLS.
+struct RawClient<S = TcpStream> {
+    stream: S,
 }
 
 impl RawClient {
@@ -20,8 +24,28 @@ impl RawClient {
         RawClient { stream }
     }
 
+    /// The client side of the TLS upgrade nsqd starts after answering IDENTIFY.
+    async fn upgrade(
+        self,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> RawClient<TlsStream<TcpStream>> {
+        let name = ok("server name", ServerName::try_from("127.0.0.1"));
+        let stream = ok(
+            "TLS handshake",
+            within(
+                "the TLS handshake",
+                TlsConnector::from(config).connect(name.to_owned(), self.stream),
+            )
+            .await,
+        );
+        RawClient { stream }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
     async fn send(&mut self, bytes: &[u8]) {
         ok("write", self.stream.write_all(bytes).await);
+        ok("flush", self.stream.flush().await);
     }
 
     async fn identify(&mut self, json: &str) {
@@ -83,6 +107,138 @@ async fn identify_answers_ok_or_negotiated_features() {
     assert_eq!(answer["msg_timeout"], 5000);
     assert_eq!(answer["max_rdy_count"], 2500);
     assert_eq!(answer["auth_required"], false);
+    assert_eq!(answer["tls_v1"], false);
+}
+
+#[tokio::test]
+async fn tls_upgrade_follows_the_identify_answer() {
+    init_tracing();
+    let pki = test_pki();
+    let nsqd = ok(
+        "start",
+        FakeNsqd::start_with(FakeNsqdOptions {
+            tls: Some(pki.server.clone()),
+            tls_required: true,
+            ..FakeNsqdOptions::default()
+        })
+        .await,
+    );
+    let mut client = RawClient::connect(&nsqd).await;
+    client
+        .identify(r#"{"feature_negotiation":true,"tls_v1":true,"heartbeat_interval":30000}"#)
+        .await;
+    let answer: serde_json::Value = ok(
+        "IDENTIFY JSON",
+        serde_json::from_slice(&client.response().await),
+    );
+    assert_eq!(answer["tls_v1"], true);
+    assert_eq!(answer["auth_required"], false);
+    let mut client = client.upgrade(pki.client.clone()).await;
+    assert_eq!(client.response().await, b"OK", "sent over TLS");
+    client.send(b"PUB t\n\x00\x00\x00\x02hi").await;
+    assert_eq!(client.response().await, b"OK");
+    assert_eq!(nsqd.published("t"), vec![bytes::Bytes::from_static(b"hi")]);
+    assert_eq!(nsqd.server_stats().tls_connections, 1);
+}
+
+#[tokio::test]
+async fn tls_required_refuses_commands_before_the_upgrade() {
+    init_tracing();
+    let pki = test_pki();
+    let nsqd = ok(
+        "start",
+        FakeNsqd::start_with(FakeNsqdOptions {
+            tls: Some(pki.server.clone()),
+            tls_required: true,
+            ..FakeNsqdOptions::default()
+        })
+        .await,
+    );
+    // IDENTIFY without tls_v1 is answered (no upgrade); anything else is then refused.
+    let mut client = RawClient::connect(&nsqd).await;
+    client
+        .identify(r#"{"feature_negotiation":true,"heartbeat_interval":30000}"#)
+        .await;
+    let answer: serde_json::Value = ok(
+        "IDENTIFY JSON",
+        serde_json::from_slice(&client.response().await),
+    );
+    assert_eq!(answer["tls_v1"], false);
+    client.send(b"SUB t c\n").await;
+    assert_eq!(
+        client.error().await,
+        "E_INVALID cannot SUB in current state (TLS required)"
+    );
+    client.closed().await;
+
+    let mut client = RawClient::connect(&nsqd).await;
+    client.send(b"NOP\n").await;
+    assert_eq!(
+        client.error().await,
+        "E_INVALID cannot NOP in current state (TLS required)"
+    );
+    client.closed().await;
+}
+
+#[tokio::test]
+async fn auth_is_required_first_then_checked() {
+    init_tracing();
+    let nsqd = ok(
+        "start",
+        FakeNsqd::start_with(FakeNsqdOptions {
+            auth_secrets: Some(vec!["right".to_owned()]),
+            ..FakeNsqdOptions::default()
+        })
+        .await,
+    );
+    let mut client = RawClient::connect(&nsqd).await;
+    client
+        .identify(r#"{"feature_negotiation":true,"tls_v1":true,"heartbeat_interval":30000}"#)
+        .await;
+    let answer: serde_json::Value = ok(
+        "IDENTIFY JSON",
+        serde_json::from_slice(&client.response().await),
+    );
+    assert_eq!(answer["auth_required"], true);
+    assert_eq!(answer["tls_v1"], false, "no TLS configured");
+    client.send(b"PUB t\n\x00\x00\x00\x02hi").await;
+    assert_eq!(
+        client.error().await,
+        "E_AUTH_FIRST AUTH required before PUB"
+    );
+    client.closed().await;
+
+    let mut client = RawClient::connect(&nsqd).await;
+    client.send(b"AUTH\n\x00\x00\x00\x05wrong").await;
+    assert_eq!(client.error().await, "E_AUTH_FAILED AUTH failed");
+    client.closed().await;
+
+    let mut client = RawClient::connect(&nsqd).await;
+    client.send(b"AUTH\n\x00\x00\x00\x05right").await;
+    let answer: serde_json::Value = ok(
+        "AUTH JSON",
+        serde_json::from_slice(&client.response().await),
+    );
+    assert!(answer["identity"].is_string(), "{answer}");
+    assert!(answer["identity_url"].is_string(), "{answer}");
+    assert_eq!(answer["permission_count"], 1);
+    client.send(b"PUB t\n\x00\x00\x00\x02hi").await;
+    assert_eq!(client.response().await, b"OK");
+    client.send(b"AUTH\n\x00\x00\x00\x05right").await;
+    assert_eq!(client.error().await, "E_INVALID AUTH already set");
+    client.closed().await;
+    let stats = nsqd.server_stats();
+    assert_eq!((stats.auth_commands, stats.auth_accepted), (3, 1));
+}
+
+#[tokio::test]
+async fn auth_without_auth_enabled_is_e_auth_disabled() {
+    init_tracing();
+    let nsqd = ok("start", FakeNsqd::start().await);
+    let mut client = RawClient::connect(&nsqd).await;
+    client.send(b"AUTH\n\x00\x00\x00\x06secret").await;
+    assert_eq!(client.error().await, "E_AUTH_DISABLED AUTH disabled");
+    client.closed().await;
 }
 
 #[tokio::test]

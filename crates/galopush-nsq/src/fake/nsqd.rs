@@ -1,13 +1,27 @@
 //! A fake nsqd speaking TCP protocol V2 on 127.0.0.1: IDENTIFY (with and without feature
-//! negotiation), SUB, RDY (nsqd ≥ 1.0 semantics: at most RDY messages in flight), PUB, MPUB,
-//! FIN, REQ, TOUCH, NOP, CLS, heartbeats, per-topic queues with a copy per channel, in-flight
-//! timeouts and deferred requeues, with counters for tests and `stop`/`restart` on the same
-//! port.
+//! negotiation), the TLS upgrade (`tls_v1`, optionally required), AUTH, SUB, RDY (nsqd ≥ 1.0
+//! semantics: at most RDY messages in flight), PUB, MPUB, FIN, REQ, TOUCH, NOP, CLS,
+//! heartbeats, per-topic queues with a copy per channel, in-flight timeouts and deferred
+//! requeues, with counters for tests and `stop`/`restart` on the same port.
+//!
+//! TLS and AUTH follow nsqd's `protocol_v2.go`: IDENTIFY with `feature_negotiation` and
+//! `tls_v1` on a server with TLS is answered with `"tls_v1": true`, then the server TLS
+//! handshake runs on the same connection (5 s deadline) and `OK` is sent over TLS. With
+//! `tls_required` (`--tls-required`), every command but IDENTIFY on a connection that has not
+//! upgraded is the fatal `E_INVALID cannot <CMD> in current state (TLS required)`. With AUTH
+//! on (`--auth-http-address`), IDENTIFY answers `"auth_required": true`, and SUB, PUB and MPUB
+//! before a successful AUTH are the fatal `E_AUTH_FIRST AUTH required before <CMD>` (PUB after
+//! reading its body, MPUB before, as nsqd does); AUTH is answered with `identity`,
+//! `identity_url` and `permission_count`, or the fatal `E_AUTH_FAILED AUTH failed`,
+//! `E_AUTH_DISABLED AUTH disabled` or `E_INVALID AUTH already set`.
 //!
 //! Deliberate differences from nsqd: any positive `heartbeat_interval` and `msg_timeout` are
-//! accepted (nsqd wants at least 1 s) so tests can be fast, and a disconnecting client's
+//! accepted (nsqd wants at least 1 s) so tests can be fast; a disconnecting client's
 //! in-flight messages are requeued at once (nsqd waits for their `msg_timeout`; at a restart
-//! it persists and redelivers them, which this matches).
+//! it persists and redelivers them, which this matches); the secrets are checked against a
+//! list instead of an auth server, and an accepted one may use every topic and channel; a
+//! failed TLS handshake just closes the connection (nsqd also tries a plaintext
+//! `E_IDENTIFY_FAILED` frame, which a client in the middle of a handshake cannot read).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -17,10 +31,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+    WriteHalf,
+};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +52,8 @@ const TICK: Duration = Duration::from_millis(10);
 const MAX_LINE: u64 = 1024;
 /// Length of a message id.
 const ID_LEN: usize = 16;
+/// nsqd's deadline for the TLS handshake after IDENTIFY.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of a [`FakeNsqd`], mirroring nsqd's command-line options of the same names.
 #[derive(Debug, Clone)]
@@ -50,8 +68,20 @@ pub struct FakeNsqdOptions {
     pub max_rdy_count: u64,
     /// `--max-msg-size`. Default: 1 MiB.
     pub max_msg_size: usize,
-    /// `--max-body-size` (MPUB). Default: 5 MiB.
+    /// `--max-body-size` (MPUB, IDENTIFY and AUTH bodies). Default: 5 MiB.
     pub max_body_size: usize,
+    /// `--tls-cert`/`--tls-key`: with a configuration, a client's IDENTIFY asking for
+    /// `tls_v1` (with feature negotiation) is answered with `"tls_v1": true` and the
+    /// connection upgraded to TLS. Default: `None` (`"tls_v1": false`, plain TCP only).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--tls-required`: every command but IDENTIFY on a connection that has not upgraded to
+    /// TLS is the fatal `E_INVALID cannot <CMD> in current state (TLS required)`. Default:
+    /// `false`.
+    pub tls_required: bool,
+    /// AUTH (nsqd's `--auth-http-address`), with the secrets the auth server would accept:
+    /// with `Some`, IDENTIFY answers `"auth_required": true` and SUB/PUB/MPUB need a
+    /// successful AUTH first. Default: `None` (AUTH is `E_AUTH_DISABLED`).
+    pub auth_secrets: Option<Vec<String>>,
 }
 
 impl Default for FakeNsqdOptions {
@@ -63,6 +93,9 @@ impl Default for FakeNsqdOptions {
             max_rdy_count: 2500,
             max_msg_size: 1024 * 1024,
             max_body_size: 5 * 1024 * 1024,
+            tls: None,
+            tls_required: false,
+            auth_secrets: None,
         }
     }
 }
@@ -107,6 +140,12 @@ pub struct ServerStats {
     pub mpub_commands: u64,
     /// CLS commands received.
     pub cls_commands: u64,
+    /// Connections upgraded to TLS since start.
+    pub tls_connections: u64,
+    /// AUTH commands received.
+    pub auth_commands: u64,
+    /// AUTH commands answered with an identity (right secret).
+    pub auth_accepted: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -389,8 +428,14 @@ impl State {
     }
 }
 
+/// The byte stream of a connection: TCP, or TLS over it after IDENTIFY.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+type Io = Box<dyn Stream>;
+
 /// What a connection's writer sends.
-#[derive(Debug)]
 enum Outbound {
     /// A complete frame.
     Frame(Bytes),
@@ -400,6 +445,12 @@ enum Outbound {
     Heartbeat(Option<Duration>),
     /// Close the connection after what was queued before.
     Close,
+    /// After writing what was queued before, hand the write half over through `give` (for
+    /// the TLS handshake) and go on with the one that comes back through `take`.
+    Upgrade {
+        give: oneshot::Sender<WriteHalf<Io>>,
+        take: oneshot::Receiver<WriteHalf<Io>>,
+    },
 }
 
 fn frame(frame_type: u32, data: &[u8]) -> Bytes {
@@ -630,7 +681,8 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, token: Cancell
         state.stats.connections_accepted += 1;
         id
     };
-    let (read, write) = stream.into_split();
+    let io: Io = Box::new(stream);
+    let (read, write) = tokio::io::split(io);
     let heartbeat = shared.options.heartbeat_interval;
     let mut session = Session {
         shared: shared.clone(),
@@ -638,6 +690,9 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, token: Cancell
         out,
         phase: Phase::Init,
         heartbeat: Some(heartbeat),
+        tls: false,
+        upgrade_pending: false,
+        authenticated: false,
     };
     tokio::select! {
         biased;
@@ -649,7 +704,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, token: Cancell
 }
 
 async fn write_loop(
-    mut write: OwnedWriteHalf,
+    mut write: WriteHalf<Io>,
     mut out: mpsc::UnboundedReceiver<Outbound>,
     heartbeat: Duration,
 ) {
@@ -671,7 +726,26 @@ async fn write_loop(
                 heartbeats = interval.map(heartbeat_interval);
                 Ok(())
             }
-            Some(Outbound::Frame(bytes) | Outbound::Raw(bytes)) => write.write_all(&bytes).await,
+            Some(Outbound::Upgrade { give, take }) => {
+                if give.send(write).is_err() {
+                    return;
+                }
+                match take.await {
+                    Ok(upgraded) => {
+                        write = upgraded;
+                        Ok(())
+                    }
+                    // The handshake failed: the connection is gone.
+                    Err(_) => return,
+                }
+            }
+            Some(Outbound::Frame(bytes) | Outbound::Raw(bytes)) => {
+                match write.write_all(&bytes).await {
+                    // TLS keeps records until flushed; for TCP this does nothing.
+                    Ok(()) => write.flush().await,
+                    Err(error) => Err(error),
+                }
+            }
         };
         if written.is_err() {
             return;
@@ -714,7 +788,7 @@ fn fatal(code: &'static str, description: impl Into<String>) -> Fatal {
     }
 }
 
-type Reader = BufReader<OwnedReadHalf>;
+type Reader = BufReader<ReadHalf<Io>>;
 
 /// The reading side of one connection and its protocol state.
 struct Session {
@@ -723,12 +797,18 @@ struct Session {
     out: mpsc::UnboundedSender<Outbound>,
     phase: Phase,
     heartbeat: Option<Duration>,
+    /// Whether the connection was upgraded to TLS.
+    tls: bool,
+    /// IDENTIFY agreed to TLS: upgrade before reading the next command.
+    upgrade_pending: bool,
+    /// Whether AUTH succeeded.
+    authenticated: bool,
 }
 
 impl Session {
     /// Reads and executes commands until the client leaves, goes silent for two heartbeat
     /// intervals, or commits a fatal error (then waits for the writer to close).
-    async fn read_loop(&mut self, read: OwnedReadHalf) {
+    async fn read_loop(&mut self, read: ReadHalf<Io>) {
         let mut reader = BufReader::new(read);
         let mut magic = [0u8; 4];
         match self.timed(reader.read_exact(&mut magic)).await {
@@ -765,7 +845,56 @@ impl Session {
             if let Err(error) = self.execute(&mut reader, &line).await {
                 return self.fail(error).await;
             }
+            if std::mem::take(&mut self.upgrade_pending) {
+                match self.upgrade_tls(reader).await {
+                    Some(upgraded) => reader = upgraded,
+                    None => return,
+                }
+            }
         }
+    }
+
+    /// Upgrades the connection to TLS as nsqd does after answering IDENTIFY with `tls_v1`:
+    /// takes the write half back once the answer is written, runs the server handshake, and
+    /// sends `OK` over TLS. `None` if the connection is gone.
+    async fn upgrade_tls(&mut self, reader: Reader) -> Option<Reader> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.shared.options.tls.clone()?);
+        if !reader.buffer().is_empty() {
+            // nsqd would lose these bytes: they were read before the TLS reader existed.
+            self.fail(fatal(
+                "E_IDENTIFY_FAILED",
+                "IDENTIFY failed data sent before the TLS handshake",
+            ))
+            .await;
+            return None;
+        }
+        let (give, given) = oneshot::channel();
+        let (hand_back, take) = oneshot::channel();
+        self.out.send(Outbound::Upgrade { give, take }).ok()?;
+        let write = given.await.ok()?;
+        let read = reader.into_inner();
+        if !read.is_pair_of(&write) {
+            return None;
+        }
+        let stream = read.unsplit(write);
+        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(client = self.client_id, %error, "fake nsqd TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(client = self.client_id, "fake nsqd TLS handshake timed out");
+                return None;
+            }
+        };
+        let io: Io = Box::new(tls);
+        let (read, write) = tokio::io::split(io);
+        hand_back.send(write).ok()?;
+        self.tls = true;
+        self.shared.state().stats.tls_connections += 1;
+        self.respond(OK);
+        Some(BufReader::new(read))
     }
 
     async fn fail(&self, error: Fatal) {
@@ -805,8 +934,21 @@ impl Session {
     async fn execute(&mut self, reader: &mut Reader, line: &[u8]) -> Result<(), Fatal> {
         let params: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
         let name = params.first().copied().unwrap_or_default();
+        if name == b"IDENTIFY" {
+            return self.identify(reader).await;
+        }
+        // nsqd's enforceTLSPolicy: everything but IDENTIFY needs TLS under --tls-required.
+        if self.shared.options.tls_required && !self.tls {
+            return Err(fatal(
+                "E_INVALID",
+                format!(
+                    "cannot {} in current state (TLS required)",
+                    String::from_utf8_lossy(name)
+                ),
+            ));
+        }
         match name {
-            b"IDENTIFY" => self.identify(reader).await,
+            b"AUTH" => self.auth(reader, &params).await,
             b"SUB" => self.sub(&params),
             b"RDY" => self.rdy(&params),
             b"FIN" => self.fin(&params),
@@ -862,10 +1004,8 @@ impl Session {
         let number = |field: &str| data.get(field).and_then(Value::as_i64).unwrap_or(0);
         let heartbeat_ms = number("heartbeat_interval");
         let msg_timeout_ms = number("msg_timeout");
-        let negotiate = data
-            .get("feature_negotiation")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let flag = |field: &str| data.get(field).and_then(Value::as_bool).unwrap_or(false);
+        let negotiate = flag("feature_negotiation");
         match heartbeat_ms {
             -1 => self.heartbeat = None,
             0 => {}
@@ -897,22 +1037,82 @@ impl Session {
             return Ok(());
         }
         let options = &self.shared.options;
+        let tls_v1 = options.tls.is_some() && flag("tls_v1");
+        if tls_v1 && self.tls {
+            return Err(fatal(
+                "E_IDENTIFY_FAILED",
+                "IDENTIFY failed the connection already uses TLS",
+            ));
+        }
         let answer = serde_json::json!({
             "max_rdy_count": options.max_rdy_count,
             "version": "1.3.0-fake",
             "max_msg_timeout": 15 * 60 * 1000,
             "msg_timeout": u64::try_from(msg_timeout.as_millis()).unwrap_or(u64::MAX),
-            "tls_v1": false,
+            "tls_v1": tls_v1,
             "deflate": false,
             "deflate_level": 0,
             "max_deflate_level": 6,
             "snappy": false,
             "sample_rate": 0,
-            "auth_required": false,
+            "auth_required": options.auth_secrets.is_some(),
             "output_buffer_size": 16384,
             "output_buffer_timeout": 250,
         });
         self.respond(answer.to_string().as_bytes());
+        self.upgrade_pending = tls_v1;
+        Ok(())
+    }
+
+    async fn auth(&mut self, reader: &mut Reader, params: &[&[u8]]) -> Result<(), Fatal> {
+        self.shared.state().stats.auth_commands += 1;
+        if self.phase != Phase::Init {
+            return Err(fatal("E_INVALID", "cannot AUTH in current state"));
+        }
+        if params.len() != 1 {
+            return Err(fatal("E_INVALID", "AUTH invalid number of parameters"));
+        }
+        let size = self.read_size(reader, "E_BAD_BODY").await?;
+        let max = self.shared.options.max_body_size;
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&s| s > 0)
+            .ok_or_else(|| fatal("E_BAD_BODY", format!("AUTH invalid body size {size}")))?;
+        if size > max {
+            return Err(fatal(
+                "E_BAD_BODY",
+                format!("AUTH body too big {size} > {max}"),
+            ));
+        }
+        let body = self.read_body(reader, size, "E_BAD_BODY").await?;
+        if self.authenticated {
+            return Err(fatal("E_INVALID", "AUTH already set"));
+        }
+        let Some(secrets) = &self.shared.options.auth_secrets else {
+            return Err(fatal("E_AUTH_DISABLED", "AUTH disabled"));
+        };
+        let Some(index) = secrets.iter().position(|s| s.as_bytes() == body) else {
+            return Err(fatal("E_AUTH_FAILED", "AUTH failed"));
+        };
+        self.authenticated = true;
+        self.shared.state().stats.auth_accepted += 1;
+        let answer = serde_json::json!({
+            "identity": format!("fake-identity-{index}"),
+            "identity_url": "",
+            "permission_count": 1,
+        });
+        self.respond(answer.to_string().as_bytes());
+        Ok(())
+    }
+
+    /// nsqd's CheckAuth: with AUTH on, `command` needs a successful AUTH first.
+    fn check_auth(&self, command: &str) -> Result<(), Fatal> {
+        if self.shared.options.auth_secrets.is_some() && !self.authenticated {
+            return Err(fatal(
+                "E_AUTH_FIRST",
+                format!("AUTH required before {command}"),
+            ));
+        }
         Ok(())
     }
 
@@ -940,6 +1140,7 @@ impl Session {
                 format!("SUB channel name {channel:?} is not valid"),
             ));
         }
+        self.check_auth("SUB")?;
         self.shared
             .state()
             .subscribe(self.client_id, &topic, &channel);
@@ -1100,6 +1301,7 @@ impl Session {
             ));
         }
         let body = self.read_body(reader, size, "E_BAD_MESSAGE").await?;
+        self.check_auth("PUB")?;
         let mut state = self.shared.state();
         if state.fail_publishes {
             return Err(fatal("E_PUB_FAILED", "PUB failed exiting"));
@@ -1113,6 +1315,7 @@ impl Session {
     async fn mpublish(&mut self, reader: &mut Reader, params: &[&[u8]]) -> Result<(), Fatal> {
         self.shared.state().stats.mpub_commands += 1;
         let topic = self.topic_param("MPUB", params)?;
+        self.check_auth("MPUB")?;
         let size = self.read_size(reader, "E_BAD_BODY").await?;
         let max_body = self.shared.options.max_body_size;
         let size = usize::try_from(size)

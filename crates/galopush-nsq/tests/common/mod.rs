@@ -1,11 +1,18 @@
-//! Helpers shared by the integration tests: logging, fast client settings and bounded waits.
+//! Helpers shared by the integration tests: logging, fast client settings, bounded waits and
+//! test certificates.
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use galopush_nsq::{ConnectionConfig, Consumer, ConsumerConfig, Message};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Generous upper bound for anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -80,4 +87,84 @@ pub fn ok<T, E: std::fmt::Display>(what: &str, result: Result<T, E>) -> T {
         Ok(value) => value,
         Err(error) => panic!("{what}: {error}"),
     }
+}
+
+/// TLS settings made at test time: a CA, and a server certificate it signed for `localhost`
+/// and `127.0.0.1`.
+pub struct TestPki {
+    /// For the fake nsqd: the server certificate (with the CA) and its key.
+    pub server: Arc<rustls::ServerConfig>,
+    /// For clients: trusts the CA.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+/// rustls's default provider, named explicitly so the tests do not depend on which
+/// providers the build enabled.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A new CA and a server certificate signed by it.
+pub fn test_pki() -> TestPki {
+    let ca_key = ok("CA key", KeyPair::generate());
+    let mut ca_params = ok("CA params", CertificateParams::new(Vec::<String>::new()));
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "galopush-nsq test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ok("CA certificate", ca_params.self_signed(&ca_key));
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key = ok("server key", KeyPair::generate());
+    let mut server_params = ok(
+        "server params",
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]),
+    );
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "fake nsqd");
+    server_params.use_authority_key_identifier_extension = true;
+    server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = ok(
+        "server certificate",
+        server_params.signed_by(&server_key, &issuer),
+    );
+
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+    let chain: Vec<CertificateDer<'static>> =
+        vec![server_cert.der().clone(), ca_cert.der().clone()];
+    let server = ok(
+        "server TLS config",
+        ok(
+            "server TLS versions",
+            rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions(),
+        )
+        .with_no_client_auth()
+        .with_single_cert(chain, key),
+    );
+    TestPki {
+        server: Arc::new(server),
+        client: client_trusting(ca_cert.der().clone()),
+    }
+}
+
+/// A client configuration trusting only `ca`.
+fn client_trusting(ca: CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    ok("trust the CA", roots.add(ca));
+    let client = ok(
+        "client TLS versions",
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions(),
+    )
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Arc::new(client)
 }
