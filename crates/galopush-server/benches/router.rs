@@ -14,7 +14,7 @@ use galopush_server::config::{AuthMode, TopicsConfig};
 use galopush_server::link::{CometCommand, CometInfo, CometLink, Outcome, SessionInfo, Settle};
 use galopush_server::metrics::Metrics;
 use galopush_server::router::sessions::{Location, Sessions};
-use galopush_server::router::{Router, RouterSettings};
+use galopush_server::router::{CometIdx, Router, RouterSettings};
 use galopush_server::store::memory::MemoryStore;
 use galopush_server::store::offline::OfflineLimits;
 
@@ -32,18 +32,24 @@ impl Publisher for NoBus {
 /// pays for planning and settling and the table of deliveries in flight stays empty.
 struct AckingComet {
     router: OnceLock<Weak<Router>>,
+    /// The comet's number at the router, known once it joined.
+    joined_as: OnceLock<CometIdx>,
     sessions: Vec<SessionInfo>,
 }
 
 impl CometLink for AckingComet {
     fn send(&self, commands: Vec<CometCommand>) {
         let router = self.router.get().and_then(Weak::upgrade).expect("router");
+        let comet = *self.joined_as.get().expect("joined");
         for command in commands {
             if let CometCommand::Deliver(d) = command {
-                router.settled(Settle {
-                    id: d.id,
-                    outcome: Outcome::Acked,
-                });
+                router.settled(
+                    comet,
+                    Settle {
+                        id: d.id,
+                        outcome: Outcome::Acked,
+                    },
+                );
             }
         }
     }
@@ -75,6 +81,7 @@ fn router_with(users: usize) -> Arc<Router> {
         .collect();
     let comet = Arc::new(AckingComet {
         router: OnceLock::new(),
+        joined_as: OnceLock::new(),
         sessions,
     });
     let _ = comet.router.set(Arc::downgrade(&router));
@@ -82,8 +89,11 @@ fn router_with(users: usize) -> Arc<Router> {
         id: "bench".into(),
         tcp: "127.0.0.1:1".into(),
         ws: "127.0.0.1:2".into(),
+        tls: None,
+        wss: None,
     };
-    router.join(info, comet);
+    let idx = router.join(info, comet.clone(), 1).expect("the only comet");
+    let _ = comet.joined_as.set(idx);
     router
 }
 

@@ -24,6 +24,8 @@ pub struct Config {
     pub comet: CometConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
+    pub tls: TlsConfig,
+    pub cluster: ClusterConfig,
     pub auth: AuthConfig,
     pub bus: BusConfig,
     pub store: StoreConfig,
@@ -37,6 +39,8 @@ pub struct Config {
 pub struct RouterConfig {
     /// The public HTTP of SPEC §8, reached by terminals: the dispatcher and `/healthz`.
     pub http_addr: SocketAddr,
+    /// [ext] Serve `http_addr` over HTTPS with the certificate of `[tls]` (SPEC §11).
+    pub http_tls: bool,
     /// The router's RPC listener that comets join (cluster).
     pub rpc_addr: SocketAddr,
 }
@@ -45,6 +49,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
             http_addr: addr("0.0.0.0:5150"),
+            http_tls: false,
             rpc_addr: addr("0.0.0.0:5151"),
         }
     }
@@ -59,6 +64,8 @@ pub struct ApiConfig {
     /// The bearer token every API request but `/healthz` must carry; empty means none, which
     /// is allowed only on a loopback `addr`.
     pub token: String,
+    /// Serve `addr` over HTTPS with the certificate of `[tls]` (SPEC §11).
+    pub tls: bool,
 }
 
 impl Default for ApiConfig {
@@ -66,8 +73,14 @@ impl Default for ApiConfig {
         ApiConfig {
             addr: addr("127.0.0.1:5152"),
             token: String::new(),
+            tls: false,
         }
     }
+}
+
+/// How a secret shows in logs: whether it is set, never its value.
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() { "" } else { "<set>" }
 }
 
 /// Never prints the token.
@@ -75,7 +88,58 @@ impl fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiConfig")
             .field("addr", &self.addr)
-            .field("token", &if self.token.is_empty() { "" } else { "<set>" })
+            .field("token", &redacted(&self.token))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// [ext] The certificate of the TLS listeners (SPEC §11): the comet's `tls_addr` and
+/// `wss_addr`, and the HTTP listeners with `router.http_tls` / `api.tls`. Empty paths: no TLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file of the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file of the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
+}
+
+/// [ext] How the router–comet link is authenticated (SPEC §11).
+#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Presented by a comet when it joins; a router refuses a join without it. Required on a
+    /// router whose `router.rpc_addr` is not a loopback address.
+    pub secret: String,
+    /// PEM CA that signs every router's and comet's link certificate: with `cert` and `key`,
+    /// the link runs over TLS with certificates checked both ways.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ClusterConfig {
+    /// Whether the link runs over mutual TLS.
+    pub fn mutual_tls(&self) -> bool {
+        !self.ca.as_os_str().is_empty()
+    }
+}
+
+/// Never prints the secret.
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("secret", &redacted(&self.secret))
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
             .finish()
     }
 }
@@ -92,6 +156,14 @@ pub struct CometConfig {
     pub advertise_tcp: String,
     /// `host:port` the dispatcher hands out for Web terminals; port 0 means the bound port.
     pub advertise_ws: String,
+    /// [ext] The binary protocol inside TLS, with `[tls]` set (SPEC §11).
+    pub tls_addr: SocketAddr,
+    /// [ext] WebSocket over TLS (`wss://`), with `[tls]` set.
+    pub wss_addr: SocketAddr,
+    /// [ext] `host:port` the dispatcher hands out for `tls=1` TCP terminals.
+    pub advertise_tls: String,
+    /// [ext] `host:port` the dispatcher hands out for `tls=1` Web terminals.
+    pub advertise_wss: String,
     /// A cluster comet's `/metrics` and `/healthz` (SPEC §8).
     pub http_addr: SocketAddr,
     /// Routers the comet joins (cluster).
@@ -110,6 +182,10 @@ impl Default for CometConfig {
             ws_addr: addr("0.0.0.0:5162"),
             advertise_tcp: "127.0.0.1:5161".into(),
             advertise_ws: "127.0.0.1:5162".into(),
+            tls_addr: addr("0.0.0.0:5163"),
+            wss_addr: addr("0.0.0.0:5164"),
+            advertise_tls: "127.0.0.1:5163".into(),
+            advertise_wss: "127.0.0.1:5164".into(),
             http_addr: addr("127.0.0.1:5160"),
             router_rpc: vec!["127.0.0.1:5151".into()],
             register_timeout: Duration::from_secs(10),
@@ -218,8 +294,8 @@ pub enum BusKind {
     Nsq,
 }
 
-/// The business message bus (SPEC §7).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The business message bus (SPEC §7). Its `Debug` never prints `nsq_auth_secret`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     pub kind: BusKind,
@@ -232,6 +308,14 @@ pub struct BusConfig {
     pub base64: bool,
     /// Where the embedded bus POSTs outbound topics; empty = unset (they stay in the store).
     pub webhook_url: String,
+    /// [ext] PEM CA to trust for an `https://` webhook instead of the system roots.
+    pub webhook_ca: PathBuf,
+    /// [ext] NSQ: upgrade every nsqd connection to TLS (IDENTIFY `tls_v1`).
+    pub nsq_tls: bool,
+    /// [ext] NSQ: PEM CA to trust for nsqd instead of the system roots.
+    pub nsq_ca: PathBuf,
+    /// [ext] NSQ: the secret sent with AUTH when nsqd requires it.
+    pub nsq_auth_secret: String,
     /// [ext] Messages the router may hold un-retired at once (NSQ: the total RDY).
     pub max_in_flight: usize,
     /// [ext] Embedded bus: make each accepted message durable before answering `/pub`.
@@ -251,10 +335,34 @@ impl Default for BusConfig {
             channel: "galopush".into(),
             base64: true,
             webhook_url: String::new(),
+            webhook_ca: PathBuf::new(),
+            nsq_tls: false,
+            nsq_ca: PathBuf::new(),
+            nsq_auth_secret: String::new(),
             max_in_flight: 10_000,
             durable: true,
             heartbeat_interval: Duration::from_secs(30),
         }
+    }
+}
+
+impl fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("kind", &self.kind)
+            .field("nsqd_tcp", &self.nsqd_tcp)
+            .field("nsqlookupd_http", &self.nsqlookupd_http)
+            .field("channel", &self.channel)
+            .field("base64", &self.base64)
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_ca", &self.webhook_ca)
+            .field("nsq_tls", &self.nsq_tls)
+            .field("nsq_ca", &self.nsq_ca)
+            .field("nsq_auth_secret", &redacted(&self.nsq_auth_secret))
+            .field("max_in_flight", &self.max_in_flight)
+            .field("durable", &self.durable)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .finish()
     }
 }
 
@@ -516,6 +624,8 @@ impl Config {
         for (key, value) in [
             ("comet.advertise_tcp", &self.comet.advertise_tcp),
             ("comet.advertise_ws", &self.comet.advertise_ws),
+            ("comet.advertise_tls", &self.comet.advertise_tls),
+            ("comet.advertise_wss", &self.comet.advertise_wss),
         ] {
             if host_port(value).is_none() {
                 return invalid(key, &format!("{value:?} is not host:port"));
@@ -540,6 +650,7 @@ impl Config {
             }
         }
         self.limits.validate()?;
+        self.validate_tls()?;
         if self.delivery.max_offline_callbacks == 0 || self.delivery.max_offline_im == 0 {
             return invalid("delivery.max_offline_*", "must be at least 1");
         }
@@ -558,6 +669,44 @@ impl Config {
         }
         if let Err(e) = tracing_filter_ok(&self.log.level) {
             return invalid("log.level", &e);
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The TLS settings go together: a certificate with its key, a listener's TLS with a
+    /// certificate, the link's CA with the link's own certificate and key.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let set = |p: &Path| !p.as_os_str().is_empty();
+        let invalid = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        if set(&self.tls.cert) != set(&self.tls.key) {
+            return invalid("tls.cert", "tls.cert and tls.key go together");
+        }
+        for (key, on) in [
+            ("router.http_tls", self.router.http_tls),
+            ("api.tls", self.api.tls),
+        ] {
+            if on && !self.tls.enabled() {
+                return invalid(key, "needs tls.cert and tls.key");
+            }
+        }
+        let link = [&self.cluster.ca, &self.cluster.cert, &self.cluster.key];
+        if link.iter().any(|p| set(p)) && !link.iter().all(|p| set(p)) {
+            return invalid(
+                "cluster.ca",
+                "cluster.ca, cluster.cert and cluster.key go together",
+            );
+        }
+        if set(&self.bus.nsq_ca) && !self.bus.nsq_tls {
+            return invalid("bus.nsq_ca", "is used only with bus.nsq_tls = true");
+        }
+        let webhook = &self.bus.webhook_url;
+        if set(&self.bus.webhook_ca) && !webhook.starts_with("https://") {
+            return invalid(
+                "bus.webhook_ca",
+                "is used only with an https:// bus.webhook_url",
+            );
         }
         Ok(())
     }
@@ -702,6 +851,11 @@ mod tests {
         assert_eq!(c.api.addr.to_string(), "127.0.0.1:5152");
         assert_eq!(c.api.token, "");
         assert_eq!(c.comet.router_rpc, vec!["127.0.0.1:5151"]);
+        assert_eq!(c.comet.tls_addr.to_string(), "0.0.0.0:5163");
+        assert_eq!(c.comet.wss_addr.to_string(), "0.0.0.0:5164");
+        assert!(!c.tls.enabled() && !c.router.http_tls && !c.api.tls);
+        assert!(c.cluster.secret.is_empty() && !c.cluster.mutual_tls());
+        assert!(!c.bus.nsq_tls);
         assert_eq!(c.comet.register_timeout, Duration::from_secs(10));
         assert_eq!(c.comet.idle_timeout, Duration::from_secs(660));
         assert_eq!(c.delivery.ack_timeout, Duration::from_secs(5));
@@ -835,6 +989,40 @@ mod tests {
         let e = Config::load(None, env(&[("GALOPUSH_COMET__HTTP_ADDR", "10.1.2.3:5160")]))
             .expect_err("a comet's metrics off loopback need the token too");
         assert!(e.to_string().contains("comet.http_addr"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_go_together_and_secrets_stay_out_of_logs() {
+        for (pairs, key) in [
+            (&[("GALOPUSH_TLS__CERT", "c.pem")][..], "tls.cert"),
+            (&[("GALOPUSH_API__TLS", "true")][..], "api.tls"),
+            (
+                &[("GALOPUSH_ROUTER__HTTP_TLS", "true")][..],
+                "router.http_tls",
+            ),
+            (&[("GALOPUSH_CLUSTER__CA", "ca.pem")][..], "cluster.ca"),
+            (&[("GALOPUSH_BUS__NSQ_CA", "ca.pem")][..], "bus.nsq_ca"),
+            (
+                &[("GALOPUSH_BUS__WEBHOOK_CA", "ca.pem")][..],
+                "bus.webhook_ca",
+            ),
+        ] {
+            let e = Config::load(None, env(pairs)).expect_err(key);
+            assert!(e.to_string().contains(key), "{pairs:?}: {e}");
+        }
+        let c = Config::load(
+            None,
+            env(&[
+                ("GALOPUSH_TLS__CERT", "c.pem"),
+                ("GALOPUSH_TLS__KEY", "k.pem"),
+                ("GALOPUSH_API__TLS", "true"),
+                ("GALOPUSH_CLUSTER__SECRET", "link-s3cret"),
+                ("GALOPUSH_BUS__NSQ_AUTH_SECRET", "nsq-s3cret"),
+            ]),
+        )
+        .expect("consistent");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

@@ -17,3 +17,4 @@ pub mod sharded;
 pub mod standalone;
 pub mod start;
 pub mod store;
+pub mod tls;

@@ -132,6 +132,19 @@ pub enum DispatchResult {
     Unavailable,
 }
 
+/// What the router refused on the link from the comets (SPEC §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRefusal {
+    /// A join without the right `cluster.secret`.
+    Secret,
+    /// A join with the id of another comet still joined.
+    IdTaken,
+    /// A settle for a delivery that was sent to another comet.
+    ForeignSettle,
+    /// An IM up for a session another comet holds.
+    ForeignIm,
+}
+
 /// All metrics of a process.
 pub struct Metrics {
     registry: Registry,
@@ -156,6 +169,7 @@ pub struct Metrics {
     pub store_errors: Counter,
     refusals: [RefusalCounter; 12],
     dispatches: [Counter; 4],
+    link_refusals: [Counter; 4],
 }
 
 fn kind_index(kind: DeliveryKind) -> usize {
@@ -328,6 +342,15 @@ impl Metrics {
         let dispatches = ["ok", "unknown_termtype", "no_id", "unavailable"]
             .map(|r| dispatch.get_or_create(&[("result", r)]).clone());
 
+        let link = Family::<Labels, Counter>::default();
+        registry.register(
+            "link_refused",
+            "What routers refused on the link from comets, by reason",
+            link.clone(),
+        );
+        let link_refusals = ["secret", "id_taken", "foreign_settle", "foreign_im"]
+            .map(|r| link.get_or_create(&[("reason", r)]).clone());
+
         // Each handle is taken in its own statement: a family's lookup guard lives until the end
         // of the statement, and two in one would deadlock.
         let label = |family: &Family<Labels, Counter>, value: &'static str| -> Counter {
@@ -361,6 +384,7 @@ impl Metrics {
             store_errors,
             refusals,
             dispatches,
+            link_refusals,
             registry,
         }
     }
@@ -425,6 +449,10 @@ impl Metrics {
     /// How many refusals of a reason were counted.
     pub fn refusals(&self, why: Refusal) -> u64 {
         self.refusals[why as usize].counter.get()
+    }
+
+    pub fn link_refused(&self, why: LinkRefusal) -> &Counter {
+        &self.link_refusals[why as usize]
     }
 
     pub fn dispatched(&self, result: DispatchResult) -> &Counter {

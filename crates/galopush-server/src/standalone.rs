@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::link::RouterLink;
 use crate::link::local::LocalRouterLink;
 use crate::metrics::Metrics;
-use crate::start::{HttpListeners, StartError, start_router};
+use crate::start::{HttpListeners, StartError, load_tls, start_router};
 
 /// Runs the gateway until `shutdown` resolves.
 pub async fn run(
@@ -17,15 +17,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
+    let tls = load_tls(&config)?;
     let parts = start_router(&config, metrics.clone()).await?;
     let link: Arc<dyn RouterLink> = LocalRouterLink::new(parts.router.clone());
-    let comet = Comet::bind(CometSettings::from_config(&config), vec![link], metrics).await?;
-    let (tcp, ws) = comet.local_addrs();
-    let (listeners, http, api) = HttpListeners::bind(&config).await?;
+    let settings = CometSettings::from_config(&config);
+    let comet = Comet::bind(settings, vec![link], metrics, tls.clone()).await?;
+    let terminals = comet.local_addrs();
+    let (listeners, http, api) = HttpListeners::bind(&config, tls.as_ref()).await?;
     comet.start().await;
     let http_surface = parts.serve_bus(&config, Gate::opened()).await?;
-    tracing::info!(%http, %api, %tcp, %ws, "galopush standalone ready");
+    tracing::info!(%http, %api, %terminals, "galopush standalone ready");
     // A machine-readable line for scripts and tests that start the gateway on port 0.
-    println!("galopush ready http={http} api={api} tcp={tcp} ws={ws}");
+    println!("galopush ready http={http} api={api} {terminals}");
     http_surface.serve(listeners, shutdown).await
 }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::embedded::{EmbeddedInbox, EmbeddedOutbox, InboxSettings};
-use crate::bus::nsq::{self, NsqIntake, NsqPublisher};
+use crate::bus::embedded::{EmbeddedInbox, EmbeddedOutbox, InboxSettings, Webhook, WebhookError};
+use crate::bus::nsq::{self, NsqConnection, NsqIntake, NsqPublisher};
 use crate::bus::{Gate, Intake, Publisher};
 use crate::comet::BindError;
 use crate::config::{BusKind, Config, StoreKind};
@@ -22,6 +23,7 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{OfflineLimits, Store, StoreError};
+use crate::tls::{ReloadingCert, TlsError};
 
 /// Why a server command did not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,27 @@ pub enum StartError {
     Nsq(#[from] galopush_nsq::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+    /// Settings this command cannot run with.
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// A router refused the comet for good.
+    #[error("{0}")]
+    Link(String),
+}
+
+/// The certificate of `[tls]`, watched for changes, when it is set; a pair that cannot be
+/// used stops the start.
+pub fn load_tls(config: &Config) -> Result<Option<Arc<ReloadingCert>>, StartError> {
+    if !config.tls.enabled() {
+        return Ok(None);
+    }
+    let cert = ReloadingCert::load(&config.tls.cert, &config.tls.key)?;
+    cert.watch();
+    Ok(Some(cert))
 }
 
 /// The offline limits of the configuration.
@@ -79,8 +102,8 @@ pub struct RouterParts {
     pub router: Arc<Router>,
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
-    /// The NSQ producer, with the NSQ bus.
-    producer: Option<galopush_nsq::Producer>,
+    /// The NSQ producer and how its connections are made, with the NSQ bus.
+    producer: Option<(galopush_nsq::Producer, NsqConnection)>,
 }
 
 /// Opens the store and the bus's publishing side and makes the router.
@@ -91,19 +114,25 @@ pub async fn start_router(
     let store = open_store(config).await?;
     // With the NSQ bus, outbound messages and `/pub` go to nsqd; the store keeps the rest.
     let producer = match config.bus.kind {
-        BusKind::Nsq => Some(nsq::producer(&config.bus)?),
+        BusKind::Nsq => {
+            let connection = NsqConnection::from_config(&config.bus)?;
+            Some((nsq::producer(&config.bus, &connection)?, connection))
+        }
         BusKind::Embedded => None,
     };
     let publisher: Arc<dyn Publisher> = match &producer {
-        Some(producer) => Arc::new(NsqPublisher::new(
+        Some((producer, _)) => Arc::new(NsqPublisher::new(
             producer.clone(),
             config.bus.base64,
             config.limits.outbox_pending,
         )),
         None => {
+            let ca = &config.bus.webhook_ca;
+            let ca = (!ca.as_os_str().is_empty()).then_some(ca.as_path());
+            let webhook = Webhook::new(&config.bus.webhook_url, ca)?;
             EmbeddedOutbox::start(
                 store.clone(),
-                &config.bus.webhook_url,
+                &webhook,
                 metrics.clone(),
                 config.limits.outbox_pending,
             )
@@ -131,8 +160,9 @@ impl RouterParts {
         // What is in flight at shutdown gets this long to settle (acked, or stored offline).
         let wait = config.delivery.ack_timeout.0 + Duration::from_secs(1);
         let (intake, drain): (Arc<dyn Intake>, BusDrain) = match self.producer {
-            Some(producer) => {
-                let consumers = nsq::consume(self.router.clone(), &config.bus, gate, wait)?;
+            Some((producer, connection)) => {
+                let consumers =
+                    nsq::consume(self.router.clone(), &config.bus, &connection, gate, wait)?;
                 let intake = Arc::new(NsqIntake::new(producer, self.router.clone()));
                 (intake, BusDrain::Nsq(consumers))
             }
@@ -179,20 +209,36 @@ impl RouterParts {
     }
 }
 
-/// The public and the business API listeners, bound.
+/// The public and the business API listeners, bound, with what they serve over HTTPS.
 pub struct HttpListeners {
     pub public: TcpListener,
     pub api: TcpListener,
+    public_tls: Option<TlsAcceptor>,
+    api_tls: Option<TlsAcceptor>,
 }
+
+/// ALPN of the HTTPS listeners: HTTP/1.1 only, as served.
+const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
 
 impl HttpListeners {
     /// Binds `router.http_addr` and `api.addr`; returns them with their bound addresses.
     pub async fn bind(
         config: &Config,
+        tls: Option<&Arc<ReloadingCert>>,
     ) -> Result<(HttpListeners, SocketAddr, SocketAddr), StartError> {
         let (public, public_bound) = listen(config.router.http_addr, "router.http_addr").await?;
         let (api, api_bound) = listen(config.api.addr, "api.addr").await?;
-        Ok((HttpListeners { public, api }, public_bound, api_bound))
+        let acceptor = |on: bool| tls.filter(|_| on).map(|cert| cert.acceptor(HTTP_ALPN));
+        Ok((
+            HttpListeners {
+                public,
+                api,
+                public_tls: acceptor(config.router.http_tls),
+                api_tls: acceptor(config.api.tls),
+            },
+            public_bound,
+            api_bound,
+        ))
     }
 }
 
@@ -224,9 +270,17 @@ impl RouterHttp {
                 self.public,
                 self.limits,
                 self.metrics.clone(),
-                stop.clone()
+                stop.clone(),
+                listeners.public_tls,
             ),
-            http::serve(listeners.api, self.api, self.limits, self.metrics, stop),
+            http::serve(
+                listeners.api,
+                self.api,
+                self.limits,
+                self.metrics,
+                stop,
+                listeners.api_tls,
+            ),
         );
         self.drain.run().await;
         Ok(())

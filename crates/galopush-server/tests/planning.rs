@@ -155,8 +155,10 @@ async fn setup() -> Setup {
         id: "c".into(),
         tcp: "127.0.0.1:1".into(),
         ws: "127.0.0.1:2".into(),
+        tls: None,
+        wss: None,
     };
-    router.join(info, comet.clone());
+    router.join(info, comet.clone(), 1).expect("the only comet");
     Setup {
         router,
         store,

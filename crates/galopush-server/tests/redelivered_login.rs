@@ -82,8 +82,10 @@ async fn kicks_after_login(token: &'static str, redelivered: bool) -> Vec<KickRe
         id: "c".into(),
         tcp: "127.0.0.1:1".into(),
         ws: "127.0.0.1:2".into(),
+        tls: None,
+        wss: None,
     };
-    router.join(info, comet.clone());
+    router.join(info, comet.clone(), 1).expect("the only comet");
     let login = br#"{"uid":"ann","termtype":1,"code":"c1","deviceToken":"","online":true}"#;
     let ticket = Ticket::new(Delivery { redelivered });
     router.apply(Topic::UserOnlineState, login, ticket).await;

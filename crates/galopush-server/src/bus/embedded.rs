@@ -16,6 +16,7 @@
 //! outbox takes at most `limits.outbox_pending` messages not yet POSTed; beyond that
 //! [`Publisher::publish`] answers [`PublishError::Full`].
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -508,10 +509,11 @@ impl EmbeddedOutbox {
     /// `outbox_pending` messages are kept waiting.
     pub async fn start(
         store: Arc<dyn Store>,
-        webhook_url: &str,
+        webhook: &Webhook,
         metrics: Arc<Metrics>,
         outbox_pending: usize,
     ) -> Result<Arc<EmbeddedOutbox>, StoreError> {
+        let webhook_url = webhook.url.as_str();
         let pending = store.outbox_load().await?;
         metrics.outbox_pending.set(pending.len() as i64);
         let count = Arc::new(AtomicUsize::new(pending.len()));
@@ -528,7 +530,7 @@ impl EmbeddedOutbox {
             }
             tokio::spawn(webhook_loop(
                 store.clone(),
-                webhook_url.to_owned(),
+                webhook.clone(),
                 rx,
                 metrics.clone(),
                 count.clone(),
@@ -577,24 +579,58 @@ impl Publisher for EmbeddedOutbox {
     }
 }
 
+/// Where outbound messages are POSTed (`bus.webhook_url`), with the HTTP client for it.
+#[derive(Clone)]
+pub struct Webhook {
+    pub url: String,
+    client: reqwest::Client,
+}
+
+/// Why the webhook's HTTP client cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("bus.webhook_ca {path}: {message}")]
+    Ca { path: PathBuf, message: String },
+    #[error("cannot build the webhook's HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
+impl Webhook {
+    /// The webhook at `url`; over https it trusts the system's roots and, when given, the CAs
+    /// of the PEM file `ca` (a private CA, SPEC §11).
+    pub fn new(url: &str, ca: Option<&Path>) -> Result<Webhook, WebhookError> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(path) = ca {
+            let ca_error = |message: String| WebhookError::Ca {
+                path: path.to_owned(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+            if certificates.is_empty() {
+                return Err(ca_error("holds no certificate".into()));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        Ok(Webhook {
+            url: url.to_owned(),
+            client: builder.build().map_err(WebhookError::Client)?,
+        })
+    }
+}
+
 /// POSTs outbox messages one at a time, in order, each until it gets a 2xx answer.
 async fn webhook_loop(
     store: Arc<dyn Store>,
-    url: String,
+    webhook: Webhook,
     mut queue: mpsc::UnboundedReceiver<QueuedMessage>,
     metrics: Arc<Metrics>,
     pending: Arc<AtomicUsize>,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the webhook client; outbound messages stay in the store");
-            return;
-        }
-    };
+    let Webhook { url, client } = webhook;
     while let Some(m) = queue.recv().await {
         let mut attempt = 0;
         loop {

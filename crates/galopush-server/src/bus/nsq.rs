@@ -37,6 +37,7 @@ use super::{AcceptError, Gate, Intake, PublishError, Publisher, Retire, Ticket, 
 use crate::config::BusConfig;
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::tls::{self, TlsError};
 
 /// The first requeue delay of a message; it doubles with every further attempt.
 const REQUEUE_DELAY: Duration = Duration::from_millis(500);
@@ -47,19 +48,34 @@ const PAUSE: Duration = Duration::from_millis(100);
 /// The longest consumption pause.
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 
-/// How galopush's connections to nsqd identify themselves and keep alive.
-fn connection_config(bus: &BusConfig) -> ConnectionConfig {
-    ConnectionConfig {
-        user_agent: concat!("galopush/", env!("CARGO_PKG_VERSION")).to_owned(),
-        heartbeat_interval: bus.heartbeat_interval.get(),
-        ..ConnectionConfig::default()
+/// How galopush's connections to nsqd identify themselves, keep alive, and (SPEC §11) upgrade
+/// to TLS and authenticate.
+#[derive(Clone)]
+pub struct NsqConnection(ConnectionConfig);
+
+impl NsqConnection {
+    /// Reads `bus.nsq_ca` when TLS is on; a CA that cannot be used stops the start.
+    pub fn from_config(bus: &BusConfig) -> Result<NsqConnection, TlsError> {
+        let tls = if bus.nsq_tls {
+            let ca = (!bus.nsq_ca.as_os_str().is_empty()).then_some(bus.nsq_ca.as_path());
+            Some(tls::client_config(ca)?)
+        } else {
+            None
+        };
+        Ok(NsqConnection(ConnectionConfig {
+            user_agent: concat!("galopush/", env!("CARGO_PKG_VERSION")).to_owned(),
+            heartbeat_interval: bus.heartbeat_interval.get(),
+            tls,
+            auth_secret: (!bus.nsq_auth_secret.is_empty()).then(|| bus.nsq_auth_secret.clone()),
+            ..ConnectionConfig::default()
+        }))
     }
 }
 
 /// The producer publishing to `bus.nsqd_tcp` (connects on the first publish).
-pub fn producer(bus: &BusConfig) -> Result<Producer, NsqError> {
+pub fn producer(bus: &BusConfig, connection: &NsqConnection) -> Result<Producer, NsqError> {
     Producer::new(ProducerConfig {
-        connection: connection_config(bus),
+        connection: connection.0.clone(),
         ..ProducerConfig::new(bus.nsqd_tcp.as_str())
     })
 }
@@ -69,6 +85,7 @@ pub fn producer(bus: &BusConfig) -> Result<Producer, NsqError> {
 pub fn consume(
     router: Arc<Router>,
     bus: &BusConfig,
+    connection: &NsqConnection,
     gate: Gate,
     close_timeout: Duration,
 ) -> Result<NsqDrain, NsqError> {
@@ -81,7 +98,7 @@ pub fn consume(
     };
     let per_topic =
         u32::try_from((bus.max_in_flight / Topic::ALL.len()).max(1)).unwrap_or(u32::MAX);
-    let connection = connection_config(bus);
+    let connection = &connection.0;
     let mut consumers = Vec::with_capacity(Topic::ALL.len());
     for topic in Topic::ALL {
         let consumer = Consumer::new(ConsumerConfig {

@@ -30,8 +30,10 @@ use crate::link::{
 };
 use crate::metrics::{Metrics, Refusal};
 use crate::sharded::ShardedMap;
+use crate::tls::ReloadingCert;
 use conn::{Conn, Outbound, Pushed, RouterIdx};
-use transport::{TcpTransport, WsTransport};
+use tokio_rustls::TlsAcceptor;
+use transport::{Stream, TcpTransport, WsTransport};
 
 /// What a comet needs from the configuration.
 #[derive(Debug, Clone)]
@@ -41,6 +43,10 @@ pub struct CometSettings {
     pub ws_addr: SocketAddr,
     pub advertise_tcp: String,
     pub advertise_ws: String,
+    pub tls_addr: SocketAddr,
+    pub wss_addr: SocketAddr,
+    pub advertise_tls: String,
+    pub advertise_wss: String,
     pub register_timeout: Duration,
     pub idle_timeout: Duration,
     pub ack_timeout: Duration,
@@ -62,6 +68,10 @@ impl CometSettings {
             ws_addr: config.comet.ws_addr,
             advertise_tcp: config.comet.advertise_tcp.clone(),
             advertise_ws: config.comet.advertise_ws.clone(),
+            tls_addr: config.comet.tls_addr,
+            wss_addr: config.comet.wss_addr,
+            advertise_tls: config.comet.advertise_tls.clone(),
+            advertise_wss: config.comet.advertise_wss.clone(),
             register_timeout: config.comet.register_timeout.get(),
             idle_timeout: config.comet.idle_timeout.get(),
             ack_timeout: config.delivery.ack_timeout.get(),
@@ -105,7 +115,35 @@ pub struct Comet {
     shared: Arc<CometShared>,
     tcp: TcpListener,
     ws: TcpListener,
+    /// The TLS twins of `tcp` and `ws`, with what they serve, when `[tls]` is set.
+    tls: Option<TlsListeners>,
     info: CometInfo,
+}
+
+struct TlsListeners {
+    tls: TcpListener,
+    wss: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+/// Where a comet's listeners are bound.
+#[derive(Debug, Clone, Copy)]
+pub struct CometAddrs {
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+}
+
+impl std::fmt::Display for CometAddrs {
+    /// `tcp=… ws=…` and, with TLS, ` tls=… wss=…`, as the ready line prints them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tcp={} ws={}", self.tcp, self.ws)?;
+        if let (Some(tls), Some(wss)) = (self.tls, self.wss) {
+            write!(f, " tls={tls} wss={wss}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Replaces port 0 in an advertised `host:port` with the port actually bound.
@@ -116,28 +154,50 @@ fn advertised(configured: &str, bound: SocketAddr) -> String {
     }
 }
 
+fn bound(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
 impl Comet {
-    /// Binds the terminal listeners.
+    /// Binds the terminal listeners, and their TLS twins when `tls` is given.
     pub async fn bind(
         settings: CometSettings,
         routers: Vec<Arc<dyn RouterLink>>,
         metrics: Arc<Metrics>,
+        tls: Option<Arc<ReloadingCert>>,
     ) -> Result<Comet, BindError> {
         let bind = |addr: SocketAddr, what: &'static str| {
-            crate::listener::bind(addr).map_err(|source| BindError { addr, what, source })
-        };
-        let tcp = bind(settings.tcp_addr, "comet.tcp_addr")?;
-        let ws = bind(settings.ws_addr, "comet.ws_addr")?;
-        let local = |l: &TcpListener, addr, what| {
-            l.local_addr()
+            let listener =
+                crate::listener::bind(addr).map_err(|source| BindError { addr, what, source })?;
+            listener
+                .local_addr()
+                .map(|at| (listener, at))
                 .map_err(|source| BindError { addr, what, source })
         };
-        let tcp_bound = local(&tcp, settings.tcp_addr, "comet.tcp_addr")?;
-        let ws_bound = local(&ws, settings.ws_addr, "comet.ws_addr")?;
-        let info = CometInfo {
+        let (tcp, tcp_bound) = bind(settings.tcp_addr, "comet.tcp_addr")?;
+        let (ws, ws_bound) = bind(settings.ws_addr, "comet.ws_addr")?;
+        let mut info = CometInfo {
             id: settings.id.clone(),
             tcp: advertised(&settings.advertise_tcp, tcp_bound),
             ws: advertised(&settings.advertise_ws, ws_bound),
+            tls: None,
+            wss: None,
+        };
+        let tls = match tls {
+            Some(cert) => {
+                let (tls, tls_bound) = bind(settings.tls_addr, "comet.tls_addr")?;
+                let (wss, wss_bound) = bind(settings.wss_addr, "comet.wss_addr")?;
+                info.tls = Some(advertised(&settings.advertise_tls, tls_bound));
+                info.wss = Some(advertised(&settings.advertise_wss, wss_bound));
+                Some(TlsListeners {
+                    tls,
+                    wss,
+                    acceptor: cert.acceptor(&[]),
+                })
+            }
+            None => None,
         };
         let next_session = AtomicU64::new(fastrand::u64(1..u64::MAX / 2));
         let shared = Arc::new(CometShared {
@@ -154,17 +214,19 @@ impl Comet {
             shared,
             tcp,
             ws,
+            tls,
             info,
         })
     }
 
-    /// The bound TCP and WebSocket addresses.
-    pub fn local_addrs(&self) -> (SocketAddr, SocketAddr) {
-        let addr = |l: &TcpListener| {
-            l.local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
-        };
-        (addr(&self.tcp), addr(&self.ws))
+    /// Where the terminal listeners are bound.
+    pub fn local_addrs(&self) -> CometAddrs {
+        CometAddrs {
+            tcp: bound(&self.tcp),
+            ws: bound(&self.ws),
+            tls: self.tls.as_ref().map(|t| bound(&t.tls)),
+            wss: self.tls.as_ref().map(|t| bound(&t.wss)),
+        }
     }
 
     pub fn info(&self) -> &CometInfo {
@@ -183,50 +245,131 @@ impl Comet {
                 tracing::warn!(error = %e, "cannot join router yet");
             }
         }
-        tokio::spawn(accept_tcp(shared.clone(), self.tcp));
-        tokio::spawn(accept_ws(shared.clone(), self.ws));
-        tracing::info!(comet = %self.info.id, tcp = %self.info.tcp, ws = %self.info.ws, "comet accepting terminals");
+        tokio::spawn(accept_loop(shared.clone(), self.tcp, Listener::Tcp));
+        tokio::spawn(accept_loop(shared.clone(), self.ws, Listener::Ws));
+        if let Some(tls) = self.tls {
+            let acceptor = tls.acceptor;
+            tokio::spawn(accept_loop(
+                shared.clone(),
+                tls.tls,
+                Listener::Tls(acceptor.clone()),
+            ));
+            tokio::spawn(accept_loop(
+                shared.clone(),
+                tls.wss,
+                Listener::Wss(acceptor),
+            ));
+        }
+        tracing::info!(comet = %self.info.id, tcp = %self.info.tcp, ws = %self.info.ws, tls = ?self.info.tls, wss = ?self.info.wss, "comet accepting terminals");
         shared
     }
 }
 
-async fn accept_tcp(shared: Arc<CometShared>, listener: TcpListener) {
+/// What a listener speaks.
+enum Listener {
+    /// Binary frames (SPEC §3).
+    Tcp,
+    /// WebSocket (SPEC §4).
+    Ws,
+    /// Binary frames inside TLS (SPEC §11).
+    Tls(TlsAcceptor),
+    /// WebSocket inside TLS.
+    Wss(TlsAcceptor),
+}
+
+async fn accept_loop(shared: Arc<CometShared>, listener: TcpListener, kind: Listener) {
     loop {
         let Some((stream, slot)) = accept(&shared, &listener).await else {
             continue;
         };
+        // The handshakes and the REGISTER share one `comet.register_timeout`.
         let deadline = Instant::now() + shared.settings.register_timeout;
-        let transport = TcpTransport::new(stream, shared.settings.max_unregistered_frame);
-        // The session's future itself is the task, not wrapped in a block that would keep its
-        // arguments a second time: a task is an idle terminal's largest allocation, and a
-        // few dozen bytes more move it into jemalloc's next size class (1280 -> 1536 bytes).
-        tokio::spawn(session::serve(shared.clone(), transport, slot, deadline));
+        let comet = shared.clone();
+        match &kind {
+            Listener::Tcp => {
+                let transport = TcpTransport::new(stream, shared.settings.max_unregistered_frame);
+                // The session's future itself is the task, not wrapped in a block that would
+                // keep its arguments a second time: a task is an idle terminal's largest
+                // allocation, and a few dozen bytes more move it into jemalloc's next size
+                // class (1280 -> 1536 bytes).
+                tokio::spawn(session::serve(comet, transport, slot, deadline));
+            }
+            Listener::Ws => {
+                tokio::spawn(serve_ws(comet, stream, slot, deadline));
+            }
+            Listener::Tls(acceptor) => {
+                tokio::spawn(serve_tls(comet, acceptor.clone(), stream, slot, deadline));
+            }
+            Listener::Wss(acceptor) => {
+                tokio::spawn(serve_wss(comet, acceptor.clone(), stream, slot, deadline));
+            }
+        }
     }
 }
 
-async fn accept_ws(shared: Arc<CometShared>, listener: TcpListener) {
-    loop {
-        let Some((mut stream, slot)) = accept(&shared, &listener).await else {
-            continue;
-        };
-        let comet = shared.clone();
-        tokio::spawn(async move {
-            // The handshake and the REGISTER share one `comet.register_timeout`.
-            let deadline = Instant::now() + comet.settings.register_timeout;
-            let mut read = BytesMut::new();
-            let handshake = websocket::accept(&mut stream, &mut read);
-            match tokio::time::timeout_at(deadline, handshake).await {
-                Ok(Ok(())) => {
-                    let max = comet.settings.max_unregistered_frame;
-                    let transport = WsTransport::new(stream, read, max);
-                    session::serve(comet, transport, slot, deadline).await;
-                }
-                Ok(Err(e)) => tracing::debug!(error = %e, "websocket handshake failed"),
-                Err(_) => {
-                    tracing::debug!("websocket handshake not done within comet.register_timeout")
-                }
-            }
-        });
+/// A WebSocket terminal: the upgrade, then the session.
+async fn serve_ws<S: Stream>(
+    comet: Arc<CometShared>,
+    mut stream: S,
+    slot: ConnSlot,
+    deadline: Instant,
+) {
+    let mut read = BytesMut::new();
+    let handshake = websocket::accept(&mut stream, &mut read);
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(())) => {
+            let max = comet.settings.max_unregistered_frame;
+            let transport = WsTransport::new(stream, read, max);
+            session::serve(comet, transport, slot, deadline).await;
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "websocket handshake failed"),
+        Err(_) => tracing::debug!("websocket handshake not done within comet.register_timeout"),
+    }
+}
+
+/// The TLS handshake of a terminal's connection, within `deadline`.
+async fn tls_handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    deadline: Instant,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake not done within comet.register_timeout");
+            None
+        }
+    }
+}
+
+/// A TCP terminal inside TLS.
+async fn serve_tls(
+    comet: Arc<CometShared>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    slot: ConnSlot,
+    deadline: Instant,
+) {
+    if let Some(tls) = tls_handshake(acceptor, stream, deadline).await {
+        let transport = TcpTransport::new(tls, comet.settings.max_unregistered_frame);
+        session::serve(comet, transport, slot, deadline).await;
+    }
+}
+
+/// A WebSocket terminal inside TLS (`wss://`).
+async fn serve_wss(
+    comet: Arc<CometShared>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    slot: ConnSlot,
+    deadline: Instant,
+) {
+    if let Some(tls) = tls_handshake(acceptor, stream, deadline).await {
+        serve_ws(comet, tls, slot, deadline).await;
     }
 }
 

@@ -17,7 +17,7 @@ use galopush_protocol::frame::{self, Frame};
 use galopush_protocol::message::{Down, Up};
 use galopush_protocol::web::{self, WebFraming};
 use galopush_protocol::{Encoding, FrameError, WebError};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -108,8 +108,8 @@ const READ_CHUNK: usize = 2048;
 /// idle connection keeps none. Reading through `poll_read` (rather than `readable` then
 /// `try_read`) lets tokio note a short read as "drained": the next read waits for the socket
 /// instead of first trying it and failing with `EAGAIN`, one system call per ack saved.
-pub(super) fn read_some<'a>(
-    stream: &'a mut TcpStream,
+pub(super) fn read_some<'a, S: AsyncRead + Unpin + Send>(
+    stream: &'a mut S,
     read: &'a mut BytesMut,
 ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
     std::future::poll_fn(move |cx| {
@@ -134,17 +134,22 @@ fn release_if_empty(read: &mut BytesMut) {
     }
 }
 
-/// Binary frames over TCP.
-pub struct TcpTransport {
-    stream: TcpStream,
+/// What a connection runs over: a TCP stream, or a TLS stream on one (SPEC §11).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+/// Binary frames over TCP (or inside TLS, byte for byte).
+pub struct TcpTransport<S = TcpStream> {
+    stream: S,
     read: BytesMut,
     write: BytesMut,
     max_body: u32,
 }
 
-impl TcpTransport {
+impl<S: Stream> TcpTransport<S> {
     /// A connection that takes frame bodies of up to `max_body` bytes until told otherwise.
-    pub fn new(stream: TcpStream, max_body: u32) -> TcpTransport {
+    pub fn new(stream: S, max_body: u32) -> TcpTransport<S> {
         TcpTransport {
             stream,
             read: BytesMut::new(),
@@ -154,7 +159,7 @@ impl TcpTransport {
     }
 }
 
-impl Transport for TcpTransport {
+impl<S: Stream> Transport for TcpTransport<S> {
     async fn recv(&mut self) -> Result<Received, TransportError> {
         loop {
             if let Some(f) = frame::decode::<Up>(&mut self.read, self.max_body)? {
@@ -198,8 +203,8 @@ impl Transport for TcpTransport {
 ///
 /// Down-messages are formatted as frames and written straight to the socket, all that is
 /// pending in one write, into a buffer dropped once written.
-pub struct WsTransport {
-    stream: TcpStream,
+pub struct WsTransport<S = TcpStream> {
+    stream: S,
     read: BytesMut,
     frames: FrameReader,
     framing: Option<WebFraming>,
@@ -212,10 +217,10 @@ pub struct WsTransport {
     closed: bool,
 }
 
-impl WsTransport {
+impl<S: Stream> WsTransport<S> {
     /// A connection whose handshake is done; `read` holds what the terminal sent after it.
     /// Messages of up to `max_message` bytes are taken until told otherwise.
-    pub fn new(stream: TcpStream, read: BytesMut, max_message: u32) -> WsTransport {
+    pub fn new(stream: S, read: BytesMut, max_message: u32) -> WsTransport<S> {
         WsTransport {
             stream,
             read,
@@ -229,7 +234,7 @@ impl WsTransport {
     }
 }
 
-impl Transport for WsTransport {
+impl<S: Stream> Transport for WsTransport<S> {
     async fn recv(&mut self) -> Result<Received, TransportError> {
         loop {
             let incoming = self.frames.next(&mut self.read, &mut self.replies)?;

@@ -13,13 +13,12 @@ use std::io::Cursor;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::machine::TryParse;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, create_response, write_response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
-use super::transport::read_some;
+use super::transport::{Stream, read_some};
 
 /// Largest opening handshake request taken, headers included (cookies of the page's site can
 /// make it a few KiB).
@@ -43,7 +42,7 @@ pub enum HandshakeError {
 /// Reads the upgrade request from `stream` (into `read`, which keeps whatever the terminal sent
 /// after it) and answers `101 Switching Protocols`, on paths `/ws` and `/` only (SPEC §4).
 /// Anything else is answered `400` or `404` and refused.
-pub async fn accept(stream: &mut TcpStream, read: &mut BytesMut) -> Result<(), HandshakeError> {
+pub async fn accept<S: Stream>(stream: &mut S, read: &mut BytesMut) -> Result<(), HandshakeError> {
     loop {
         match Request::try_parse(read) {
             Ok(Some((size, request))) => {
@@ -83,7 +82,7 @@ pub async fn accept(stream: &mut TcpStream, read: &mut BytesMut) -> Result<(), H
     }
 }
 
-async fn refuse(stream: &mut TcpStream, status: &str) {
+async fn refuse<S: Stream>(stream: &mut S, status: &str) {
     let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     let _ = stream.write_all(answer.as_bytes()).await;
 }

@@ -7,7 +7,8 @@
 //! request must be done within `limits.http_request_timeout` (else `408`), and at most
 //! `limits.http_concurrency` requests are in progress (else `503`). These are small middlewares
 //! of our own rather than tower-http's layers because every refusal must also be counted in
-//! `galopush_refused_total` and logged as SPEC §10 says.
+//! `galopush_refused_total` and logged as SPEC §10 says. With `router.http_tls` / `api.tls` a
+//! listener speaks HTTPS (SPEC §11); its TLS handshake gets `limits.http_header_timeout`.
 
 pub mod api;
 pub mod public;
@@ -22,11 +23,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LimitsConfig;
@@ -54,14 +57,15 @@ impl HttpLimits {
 /// accepting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `routes` on `listener` until `stop` is cancelled, under `limits`; then lets the
-/// requests in progress finish (up to [`SHUTDOWN_GRACE`]).
+/// Serves `routes` on `listener` until `stop` is cancelled, under `limits`, over HTTPS when
+/// `tls` is given; then lets the requests in progress finish (up to [`SHUTDOWN_GRACE`]).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     limits: HttpLimits,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
+    tls: Option<TlsAcceptor>,
 ) {
     let routes = guarded(routes, limits, metrics.clone());
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -82,16 +86,30 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(routes.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            match connection.await {
-                Ok(()) => {}
-                Err(e) if e.is_timeout() => metrics.refused(Refusal::HttpHeaderTimeout),
-                Err(e) => tracing::debug!(error = %e, "HTTP connection failed"),
+        let connection = Connection {
+            http: http.clone(),
+            routes: routes.clone(),
+            watcher: graceful.watcher(),
+            metrics: metrics.clone(),
+        };
+        match &tls {
+            None => {
+                tokio::spawn(connection.serve(stream));
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                // The handshake gets the time the headers would have.
+                let handshake =
+                    tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                tokio::spawn(async move {
+                    match handshake.await {
+                        Ok(Ok(stream)) => connection.serve(stream).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "HTTPS handshake failed"),
+                        Err(_) => connection.metrics.refused(Refusal::HttpHeaderTimeout),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
@@ -99,6 +117,28 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("HTTP requests still in progress at shutdown were cut off");
+    }
+}
+
+/// What serving one accepted HTTP connection needs.
+struct Connection {
+    http: hyper::server::conn::http1::Builder,
+    routes: Routes,
+    watcher: Watcher,
+    metrics: Arc<Metrics>,
+}
+
+impl Connection {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
+        let service = TowerToHyperService::new(self.routes);
+        let connection = self
+            .watcher
+            .watch(self.http.serve_connection(TokioIo::new(stream), service));
+        match connection.await {
+            Ok(()) => {}
+            Err(e) if e.is_timeout() => self.metrics.refused(Refusal::HttpHeaderTimeout),
+            Err(e) => tracing::debug!(error = %e, "HTTP connection failed"),
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! The dispatcher answers as the original did, CORS included (an `Origin` echoed with
 //! credentials allowed — on this route only, since it reveals nothing but a comet's address):
-//! its own clients send `termtype=1`, a number, and some send no id at all.
+//! its own clients send `termtype=1`, a number, and some send no id at all. With `tls=1` it
+//! answers the comet's TLS address (WSS for Web), or `503` when no comet has one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,7 +100,11 @@ fn dispatch(state: &PublicState, params: &HashMap<String, String>) -> Response {
             .inc();
     }
     let web = term == Some(TermType::Web);
-    match state.router.dispatch(uid, web) {
+    // [ext] `tls=1`: the comet's TLS address (SPEC §8, §11).
+    let tls = params
+        .get("tls")
+        .is_some_and(|v| matches!(v.trim(), "1" | "true"));
+    match state.router.dispatch(uid, web, tls) {
         Some(addr) => {
             if uid.is_some() && term.is_some() {
                 state.metrics.dispatched(DispatchResult::Ok).inc();

@@ -33,7 +33,11 @@ impl LocalRouterLink {
 #[async_trait]
 impl RouterLink for LocalRouterLink {
     async fn join(&self, info: CometInfo, comet: Arc<dyn CometLink>) -> Result<(), LinkError> {
-        let idx = self.router.join(info, comet);
+        // One comet in the process, joined once.
+        let idx = self
+            .router
+            .join(info, comet, 0)
+            .map_err(|e| LinkError::Unavailable(e.to_string()))?;
         self.comet
             .set(idx)
             .map_err(|_| LinkError::Unavailable("comet joined twice".into()))
@@ -55,10 +59,12 @@ impl RouterLink for LocalRouterLink {
     }
 
     fn settled(&self, settle: Settle) {
-        self.router.settled(settle);
+        if let Ok(comet) = self.comet() {
+            self.router.settled(comet, settle);
+        }
     }
 
     async fn im_up(&self, im: ImUp) -> Result<bool, LinkError> {
-        Ok(self.router.im_up(im).await)
+        Ok(self.router.im_up(self.comet()?, im).await)
     }
 }

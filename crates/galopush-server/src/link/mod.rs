@@ -30,6 +30,10 @@ pub struct CometInfo {
     pub tcp: String,
     /// `host:port` handed to Web terminals.
     pub ws: String,
+    /// `host:port` handed to TCP terminals that ask for TLS, when the comet has TLS.
+    pub tls: Option<String>,
+    /// `host:port` handed to Web terminals that ask for TLS (`wss://`).
+    pub wss: Option<String>,
 }
 
 /// A terminal on a connection: who it is and the token it registered with.

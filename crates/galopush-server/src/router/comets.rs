@@ -15,6 +15,8 @@ use crate::link::{CometInfo, CometLink};
 pub struct JoinedComet {
     pub info: CometInfo,
     pub link: Arc<dyn CometLink>,
+    /// Which process of the comet this is (see [`Comets::join`]).
+    incarnation: u64,
     /// Live sessions on it, as this router sees them.
     sessions: AtomicI64,
     /// Terminals sent here by the dispatcher that have not registered yet.
@@ -33,8 +35,17 @@ pub struct CometSummary {
     pub id: String,
     pub tcp: String,
     pub ws: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wss: Option<String>,
     pub sessions: i64,
 }
+
+/// A join refused: another process joined with the same comet id and is still joined.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("comet id taken: {0:?} is joined by another comet")]
+pub struct IdTaken(pub String);
 
 /// The comet registry.
 #[derive(Default)]
@@ -45,24 +56,34 @@ pub struct Comets {
 }
 
 impl Comets {
-    /// Adds a comet; returns its number and that of an earlier link of the same comet id.
-    pub fn join(&self, info: CometInfo, link: Arc<dyn CometLink>) -> (CometIdx, Option<CometIdx>) {
-        let idx = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Adds a comet; returns its number and that of an earlier link of the same comet (a
+    /// rejoin: the same id and `incarnation`). A comet with the id of another process still
+    /// joined is refused: it would take that comet's terminals.
+    pub fn join(
+        &self,
+        info: CometInfo,
+        link: Arc<dyn CometLink>,
+        incarnation: u64,
+    ) -> Result<(CometIdx, Option<CometIdx>), IdTaken> {
         let mut joined = self.joined.write();
-        let replaced = joined
-            .iter()
-            .find(|(_, c)| c.info.id == info.id)
-            .map(|(i, _)| *i);
+        let earlier = joined.iter().find(|(_, c)| c.info.id == info.id);
+        let replaced = match earlier {
+            Some((_, c)) if c.incarnation != incarnation => return Err(IdTaken(info.id)),
+            Some((i, _)) => Some(*i),
+            None => None,
+        };
+        let idx = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         joined.insert(
             idx,
             Arc::new(JoinedComet {
                 info,
                 link,
+                incarnation,
                 sessions: AtomicI64::new(0),
                 reserved: AtomicI64::new(0),
             }),
         );
-        (idx, replaced)
+        Ok((idx, replaced))
     }
 
     pub fn leave(&self, idx: CometIdx) -> Option<Arc<JoinedComet>> {
@@ -100,13 +121,19 @@ impl Comets {
     }
 
     /// The address for a terminal: the comet already holding the user, else the least loaded
-    /// one (ties taken in turn).
-    pub fn dispatch(&self, current: Option<CometIdx>, web: bool) -> Option<String> {
+    /// one (ties taken in turn). With `tls`, only comets with TLS addresses count, and their
+    /// TLS address is answered.
+    pub fn dispatch(&self, current: Option<CometIdx>, web: bool, tls: bool) -> Option<String> {
         let joined = self.joined.read();
-        let chosen = match current.and_then(|idx| joined.get(&idx)) {
+        let serves = |c: &JoinedComet| !tls || c.info.tls.is_some();
+        let chosen = match current
+            .and_then(|idx| joined.get(&idx))
+            .filter(|c| serves(c))
+        {
             Some(c) => c.clone(),
             None => {
-                let mut all: Vec<&Arc<JoinedComet>> = joined.values().collect();
+                let mut all: Vec<&Arc<JoinedComet>> =
+                    joined.values().filter(|c| serves(c)).collect();
                 if all.is_empty() {
                     return None;
                 }
@@ -123,11 +150,13 @@ impl Comets {
                 best.clone()
             }
         };
-        Some(if web {
-            chosen.info.ws.clone()
-        } else {
-            chosen.info.tcp.clone()
-        })
+        let info = &chosen.info;
+        match (web, tls) {
+            (true, true) => info.wss.clone(),
+            (false, true) => info.tls.clone(),
+            (true, false) => Some(info.ws.clone()),
+            (false, false) => Some(info.tcp.clone()),
+        }
     }
 
     pub fn summaries(&self) -> Vec<CometSummary> {
@@ -139,6 +168,8 @@ impl Comets {
                 id: c.info.id.clone(),
                 tcp: c.info.tcp.clone(),
                 ws: c.info.ws.clone(),
+                tls: c.info.tls.clone(),
+                wss: c.info.wss.clone(),
                 sessions: c.sessions.load(Ordering::Relaxed).max(0),
             })
             .collect();

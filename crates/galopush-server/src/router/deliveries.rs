@@ -107,6 +107,10 @@ impl Group {
     }
 }
 
+/// A comet settled a delivery that was sent to another comet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotItsOwn;
+
 /// A settled delivery, with what settling it leaves to do.
 pub struct Taken {
     pub kind: DeliveryKind,
@@ -158,17 +162,30 @@ impl Pending {
         }
     }
 
-    /// Settles a delivery; `None` if it is not in flight (settled already, or never kept).
-    pub fn take(&self, id: DeliveryId, outcome: Outcome) -> Option<Taken> {
+    /// Settles a delivery as `comet` reports it; `None` if it is not in flight (settled
+    /// already, or never kept), [`NotItsOwn`] if it was sent to another comet.
+    pub fn take(
+        &self,
+        id: DeliveryId,
+        outcome: Outcome,
+        comet: CometIdx,
+    ) -> Result<Option<Taken>, NotItsOwn> {
         let (number, index) = split_id(id);
         let mut shard = self.groups.lock(&number);
-        let group = shard.get_mut(&number)?;
+        let Some(group) = shard.get_mut(&number) else {
+            return Ok(None);
+        };
+        match group.targets.get(index) {
+            Some(target) if target.comet != comet => return Err(NotItsOwn),
+            Some(_) => {}
+            None => return Ok(None),
+        }
         let taken = group.settle(index, outcome);
         let done = (group.open == 0).then(|| shard.remove(&number));
         drop(shard);
         // The last delivery of a live message drops its ticket here, outside the lock.
         drop(done);
-        taken
+        Ok(taken)
     }
 
     /// Takes every delivery sent to a comet, as failed.
@@ -409,14 +426,20 @@ mod tests {
         assert_eq!(d.iter().map(|d| d.session).collect::<Vec<_>>(), [1, 2, 3]);
         assert!(ids.windows(2).all(|w| w[0] != w[1]), "ids are distinct");
 
-        let acked = pending.take(ids[0], Outcome::Acked).expect("in flight");
+        let acked = pending
+            .take(ids[0], Outcome::Acked, 0)
+            .expect("its comet")
+            .expect("in flight");
         assert!(matches!(acked.then, Then::Count));
         assert!(
-            pending.take(ids[0], Outcome::Acked).is_none(),
+            matches!(pending.take(ids[0], Outcome::Acked, 0), Ok(None)),
             "settled once"
         );
 
-        let failed = pending.take(ids[2], Outcome::Failed).expect("in flight");
+        let failed = pending
+            .take(ids[2], Outcome::Failed, 1)
+            .expect("its comet")
+            .expect("in flight");
         let Then::Retry {
             target,
             body,
@@ -433,12 +456,39 @@ mod tests {
             "one delivery still in flight"
         );
 
-        pending.take(ids[1], Outcome::Acked).expect("in flight");
+        pending
+            .take(ids[1], Outcome::Acked, 0)
+            .expect("its comet")
+            .expect("in flight");
         assert!(
             retired.load(Ordering::SeqCst),
             "retired with its last delivery"
         );
-        assert!(pending.take(ids[1], Outcome::Failed).is_none());
+        assert!(matches!(pending.take(ids[1], Outcome::Failed, 0), Ok(None)));
+    }
+
+    #[test]
+    fn only_the_comet_a_delivery_went_to_settles_it() {
+        let pending = Pending::default();
+        let (d, retired) = broadcast(&pending, vec![target(1, 1)]);
+        assert_eq!(
+            pending.take(d[0].id, Outcome::Acked, 2).err(),
+            Some(NotItsOwn)
+        );
+        assert!(
+            !retired.load(Ordering::SeqCst),
+            "a forged ack retires nothing"
+        );
+        let failed = pending
+            .take(d[0].id, Outcome::Failed, 1)
+            .expect("its comet");
+        assert!(matches!(
+            failed,
+            Some(Taken {
+                then: Then::Retry { .. },
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -471,7 +521,7 @@ mod tests {
         let mut planned = pending.plan(DeliveryKind::Callback, &Bytes::new(), origin, 1);
         let d = planned.add(target(0, 1), 0);
         drop(planned);
-        assert!(pending.take(d.id, Outcome::Acked).is_none());
+        assert!(matches!(pending.take(d.id, Outcome::Acked, 0), Ok(None)));
         assert!(retired.load(Ordering::SeqCst));
     }
 
@@ -494,9 +544,18 @@ mod tests {
             retired.load(Ordering::SeqCst),
             "the second message had only comet 1"
         );
-        assert!(pending.take(second[0].id, Outcome::Acked).is_none());
-        assert!(pending.take(first[1].id, Outcome::Acked).is_none());
-        assert!(pending.take(first[0].id, Outcome::Acked).is_some());
+        assert!(matches!(
+            pending.take(second[0].id, Outcome::Acked, 1),
+            Ok(None)
+        ));
+        assert!(matches!(
+            pending.take(first[1].id, Outcome::Acked, 1),
+            Ok(None)
+        ));
+        assert!(matches!(
+            pending.take(first[0].id, Outcome::Acked, 0),
+            Ok(Some(_))
+        ));
     }
 
     #[test]
@@ -515,12 +574,18 @@ mod tests {
             d.id
         };
         let (a, b) = (open(7), open(8));
-        let acked = pending.take(a, Outcome::Acked).expect("in flight");
+        let acked = pending
+            .take(a, Outcome::Acked, 0)
+            .expect("its comet")
+            .expect("in flight");
         let Then::Unstore { target, key } = acked.then else {
             panic!("an acked stored message is removed");
         };
         assert_eq!((target.session, key), (1, OfflineKey::Callback { id: 7 }));
-        let failed = pending.take(b, Outcome::Failed).expect("in flight");
+        let failed = pending
+            .take(b, Outcome::Failed, 0)
+            .expect("its comet")
+            .expect("in flight");
         assert!(matches!(failed.then, Then::Keep));
     }
 }

@@ -24,10 +24,11 @@ use crate::link::{
     CometCommand, CometInfo, CometLink, Delivery, DeliveryKind, ImUp, LinkError, Registration,
     SessionInfo, Settle,
 };
-use crate::metrics::{Metrics, Refusal};
+use crate::metrics::{LinkRefusal, Metrics, Refusal};
 use crate::store::{LoginRecord, OfflineKey, Store, StoreError};
+pub use comets::IdTaken;
 use comets::{CometSummary, Comets};
-use deliveries::{Origin, Pending, Target};
+use deliveries::{NotItsOwn, Origin, Pending, Target};
 pub use sessions::CometIdx;
 use sessions::{Location, Sessions};
 
@@ -84,9 +85,16 @@ impl Router {
         &self.settings.topics
     }
 
-    /// A comet joined: remember it and take its live sessions as they are.
-    pub fn join(&self, info: CometInfo, link: Arc<dyn CometLink>) -> CometIdx {
-        let (idx, replaced) = self.comets.join(info.clone(), link.clone());
+    /// A comet joined: remember it and take its live sessions as they are. `incarnation` tells
+    /// a rejoin of the same comet process from a second comet with a taken id, which is
+    /// refused.
+    pub fn join(
+        &self,
+        info: CometInfo,
+        link: Arc<dyn CometLink>,
+        incarnation: u64,
+    ) -> Result<CometIdx, IdTaken> {
+        let (idx, replaced) = self.comets.join(info.clone(), link.clone(), incarnation)?;
         if let Some(old) = replaced {
             tracing::info!(comet = %info.id, "comet rejoined; dropping its previous link");
             self.leave(old);
@@ -96,7 +104,7 @@ impl Router {
         for s in &live {
             self.record(idx, s);
         }
-        idx
+        Ok(idx)
     }
 
     /// A comet is gone: its sessions are no longer live and what it had not settled goes to
@@ -159,7 +167,8 @@ impl Router {
             None => {
                 for c in commands {
                     if let CometCommand::Deliver(d) = c
-                        && let Some(taken) = self.pending.take(d.id, crate::link::Outcome::Failed)
+                        && let Ok(Some(taken)) =
+                            self.pending.take(d.id, crate::link::Outcome::Failed, comet)
                     {
                         self.finish(taken);
                     }
@@ -310,15 +319,31 @@ impl Router {
         }
     }
 
-    /// A delivery ended.
-    pub fn settled(&self, settle: Settle) {
-        if let Some(taken) = self.pending.take(settle.id, settle.outcome) {
-            self.finish(taken);
+    /// A delivery ended, as told by `comet`: taken only from the comet it was sent to (SPEC
+    /// §11); another comet's word on it is ignored and counted.
+    pub fn settled(&self, comet: CometIdx, settle: Settle) {
+        match self.pending.take(settle.id, settle.outcome, comet) {
+            Ok(Some(taken)) => self.finish(taken),
+            Ok(None) => {}
+            Err(NotItsOwn) => {
+                self.metrics.link_refused(LinkRefusal::ForeignSettle).inc();
+                tracing::warn!(
+                    comet,
+                    delivery = settle.id,
+                    "a comet settled a delivery it was not sent; ignored"
+                );
+            }
         }
     }
 
-    /// Publishes an IM from a terminal as `msgUpward`; true once the bus has it durably.
-    pub async fn im_up(&self, im: ImUp) -> bool {
+    /// Publishes an IM from a terminal as `msgUpward`; true once the bus has it durably. Taken
+    /// only from the comet that holds the terminal's session (SPEC §11).
+    pub async fn im_up(&self, comet: CometIdx, im: ImUp) -> bool {
+        if self.sessions.live(&im.uid).get(im.term).map(|(at, _)| at) != Some(comet) {
+            self.metrics.link_refused(LinkRefusal::ForeignIm).inc();
+            tracing::warn!(comet, uid = %im.uid, term = %im.term, "an IM up from a comet that does not hold the session; refused");
+            return false;
+        }
         let msg = MsgUpward {
             uid: im.uid.to_string(),
             termtype: im.term.bit(),
@@ -349,11 +374,12 @@ impl Router {
     }
 
     /// The `host:port` of the comet a terminal should connect to (SPEC §8): its WebSocket
-    /// address for a Web terminal, its TCP address otherwise. A user already live somewhere
-    /// goes there; others (and terminals without an id) to the least-loaded comet.
-    pub fn dispatch(&self, uid: Option<&str>, web: bool) -> Option<String> {
+    /// address for a Web terminal, its TCP address otherwise, or their TLS twins with `tls`. A
+    /// user already live somewhere goes there; others (and terminals without an id) to the
+    /// least-loaded comet.
+    pub fn dispatch(&self, uid: Option<&str>, web: bool, tls: bool) -> Option<String> {
         let comet = uid.and_then(|uid| self.sessions.comet_of(uid));
-        self.comets.dispatch(comet, web)
+        self.comets.dispatch(comet, web, tls)
     }
 
     /// The joined comets, for `/v1/comets`.

@@ -7,6 +7,7 @@
 mod common;
 
 mod nodes;
+mod security;
 
 use std::collections::HashSet;
 

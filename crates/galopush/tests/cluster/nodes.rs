@@ -96,6 +96,11 @@ impl Cluster {
 
     /// Starts a comet named `id` that joins the given routers (their `rpc` addresses).
     pub async fn comet(&self, id: &str, routers: &[&str]) -> Node {
+        self.comet_with(id, routers, &[]).await
+    }
+
+    /// As [`Cluster::comet`], with `extra` settings.
+    pub async fn comet_with(&self, id: &str, routers: &[&str], extra: &[(&str, &str)]) -> Node {
         let mut env = self.common.clone();
         for (k, v) in [
             ("comet.id", id.to_owned()),
@@ -108,6 +113,7 @@ impl Cluster {
         ] {
             env.push((env_name(k), v));
         }
+        env.extend(extra.iter().map(|(k, v)| (env_name(k), (*v).to_owned())));
         Node::spawn("comet", self.data.clone(), env).await
     }
 
@@ -172,6 +178,11 @@ impl Node {
     /// Sends a signal (`STOP`, `CONT`, …) with kill(1).
     pub fn signal(&self, name: &str) {
         self.process.signal(name);
+    }
+
+    /// Waits up to `wait` for the process to exit by itself; returns how, and its log.
+    pub async fn exit_within(self, wait: Duration) -> (std::process::ExitStatus, String) {
+        self.process.exit_within(wait).await
     }
 
     /// SIGKILL.

@@ -3,5 +3,6 @@
 // Each test binary includes this module and uses its own part of it.
 #![allow(dead_code)]
 
+pub mod pki;
 pub mod process;
 pub mod terminal;

@@ -116,6 +116,20 @@ impl Process {
             .expect("wait")
     }
 
+    /// Waits up to `wait` for the process to exit by itself; returns how, and its log.
+    pub async fn exit_within(mut self, wait: Duration) -> (ExitStatus, String) {
+        let status = tokio::time::timeout(wait, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {wait:?}", self.role))
+            .expect("wait");
+        (status, std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// SIGTERM (what Ctrl-C and service managers send), then waits for a clean exit.
     pub async fn stop(self) {
         self.signal("TERM");

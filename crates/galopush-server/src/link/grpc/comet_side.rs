@@ -1,6 +1,11 @@
 //! The comet's end of the gRPC link: a [`RouterLink`] to one router that connects, joins,
 //! keeps the stream alive with heartbeats, and rejoins with back-off (re-reporting its
 //! sessions) whenever the stream breaks.
+//!
+//! A join presents `cluster.secret` and, with `cluster.ca`, runs over mutual TLS (SPEC §11). A
+//! router that refuses the secret, or that keeps saying the comet's id is taken by another
+//! comet for longer than a crashed predecessor could stay joined ([`ID_TAKEN_GRACE`]), makes
+//! the comet exit: it reports the reason on its [`Fatal`] channel.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +17,7 @@ use futures_util::stream;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Interval, MissedTickBehavior, timeout};
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::proto::{self, comet_message, router_message};
 use super::{
@@ -24,6 +29,40 @@ use crate::link::{
 
 /// Longest wait between two attempts to reach a router.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a join refused because the id is taken is tried again: a comet restarted right
+/// after a crash finds its predecessor still joined until the router notices the silence.
+pub const ID_TAKEN_GRACE: Duration = Duration::from_secs(SILENCE.as_secs() + 4);
+
+/// Where a link reports a reason the comet cannot go on; the comet exits with it.
+pub type Fatal = mpsc::UnboundedSender<String>;
+
+/// How a comet presents itself to its routers (SPEC §11).
+#[derive(Clone)]
+pub struct LinkSecurity {
+    /// `cluster.secret`.
+    pub secret: String,
+    /// Mutual TLS: the CA to check routers against and the comet's own certificate.
+    pub tls: Option<ClientTlsConfig>,
+    /// Random for each comet process, so a router tells a rejoin from a second comet.
+    pub incarnation: u64,
+}
+
+/// Why a joined stream ended.
+enum LinkEnd {
+    /// The router refused the join: it will not change its mind.
+    Refused(tonic::Status),
+    /// The stream broke or was never made; trying again may work.
+    Broken(String),
+}
+
+impl From<tonic::Status> for LinkEnd {
+    fn from(status: tonic::Status) -> LinkEnd {
+        match status.code() {
+            tonic::Code::Unauthenticated | tonic::Code::AlreadyExists => LinkEnd::Refused(status),
+            _ => LinkEnd::Broken(status.to_string()),
+        }
+    }
+}
 
 /// What goes up the stream.
 enum Upward {
@@ -37,6 +76,8 @@ type Reply = router_message::Body;
 struct LinkState {
     /// The router's RPC address, `host:port`.
     addr: String,
+    security: LinkSecurity,
+    fatal: Fatal,
     /// Where to put upward messages while joined.
     upward: Mutex<Option<mpsc::UnboundedSender<Upward>>>,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
@@ -50,10 +91,12 @@ pub struct GrpcRouterLink {
 
 impl GrpcRouterLink {
     /// A link to the router at `addr` (`host:port`); nothing happens until [`RouterLink::join`].
-    pub fn new(addr: &str) -> GrpcRouterLink {
+    pub fn new(addr: &str, security: LinkSecurity, fatal: Fatal) -> GrpcRouterLink {
         GrpcRouterLink {
             state: Arc::new(LinkState {
                 addr: addr.to_owned(),
+                security,
+                fatal,
                 upward: Mutex::new(None),
                 waiting: Mutex::new(HashMap::new()),
                 next_request: AtomicU64::new(1),
@@ -175,16 +218,39 @@ impl RouterLink for GrpcRouterLink {
     }
 }
 
-/// Connects and joins, again and again, for as long as the comet runs.
+/// Connects and joins, again and again, for as long as the comet runs or until the router
+/// refuses it for good.
 async fn keep_joined(state: Arc<LinkState>, info: CometInfo, comet: Arc<dyn CometLink>) {
     let mut backoff = Duration::from_millis(100);
+    let mut taken_since: Option<tokio::time::Instant> = None;
     loop {
         match joined_session(&state, &info, &comet).await {
             Ok(()) => {
                 tracing::warn!(router = %state.addr, "router link closed; rejoining");
                 backoff = Duration::from_millis(100);
+                taken_since = None;
             }
-            Err(e) => {
+            Err(LinkEnd::Refused(status)) if status.code() == tonic::Code::AlreadyExists => {
+                let since = *taken_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= ID_TAKEN_GRACE {
+                    let _ = state.fatal.send(format!(
+                        "comet id taken: router {} has another comet joined as comet.id {:?}",
+                        state.addr, info.id
+                    ));
+                    return;
+                }
+                tracing::warn!(router = %state.addr, comet = %info.id, "comet id taken by another comet; trying again in case it is this one's crashed predecessor");
+            }
+            Err(LinkEnd::Refused(status)) => {
+                let _ = state.fatal.send(format!(
+                    "router {} refused the join: {} (check cluster.secret)",
+                    state.addr,
+                    status.message()
+                ));
+                return;
+            }
+            Err(LinkEnd::Broken(e)) => {
+                taken_since = None;
                 tracing::warn!(router = %state.addr, error = %e, "router link failed; retrying")
             }
         }
@@ -202,25 +268,39 @@ async fn joined_session(
     state: &LinkState,
     info: &CometInfo,
     comet: &Arc<dyn CometLink>,
-) -> Result<(), String> {
-    let endpoint = Endpoint::from_shared(format!("http://{}", state.addr))
-        .map_err(|e| format!("bad router address: {e}"))?
+) -> Result<(), LinkEnd> {
+    let broken = |e: &dyn std::fmt::Display| LinkEnd::Broken(e.to_string());
+    let security = &state.security;
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", state.addr))
+        .map_err(|e| broken(&format!("bad router address: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(HEARTBEAT)
         .keep_alive_timeout(SILENCE)
         .keep_alive_while_idle(true);
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    if let Some(tls) = &security.tls {
+        let host = crate::config::host_port(&state.addr).map_or("", |(host, _)| host);
+        endpoint = endpoint
+            .tls_config(tls.clone().domain_name(host))
+            .map_err(|e| broken(&e))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| broken(&e))?;
     let mut client = proto::router_client::RouterClient::new(channel);
-    // Bounded by what the comet's connections may have pending (a settle per delivery they
-    // hold, a request per REGISTER, at most `limits.im_inflight` IMs each); a router that stops
-    // reading goes silent and the link is rejoined after `SILENCE`.
     let (tx, rx) = mpsc::unbounded_channel();
     let join = comet_message::Body::Join(proto::Join {
         comet_id: info.id.clone(),
         tcp: info.tcp.clone(),
         ws: info.ws.clone(),
         sessions: comet.live_sessions().iter().map(session_to_proto).collect(),
+        tls: info.tls.clone().unwrap_or_default(),
+        wss: info.wss.clone().unwrap_or_default(),
+        secret: security.secret.clone(),
+        incarnation: security.incarnation,
     });
     let mut ticker = tokio::time::interval(HEARTBEAT);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -230,25 +310,26 @@ async fn joined_session(
         carry: None,
         ticker,
     };
-    let response = client
-        .link(stream::unfold(upward, Outgoing::next))
-        .await
-        .map_err(|s| s.to_string())?;
+    let response = client.link(stream::unfold(upward, Outgoing::next)).await?;
     let mut downward = response.into_inner();
     match timeout(SILENCE, downward.message()).await {
         Ok(Ok(Some(proto::RouterMessage {
             body: Some(router_message::Body::Joined(_)),
         }))) => {}
-        Ok(Ok(other)) => return Err(format!("router did not accept the join: {other:?}")),
-        Ok(Err(status)) => return Err(status.to_string()),
-        Err(_) => return Err("router did not answer the join".into()),
+        Ok(Ok(other)) => {
+            return Err(broken(&format!(
+                "router did not accept the join: {other:?}"
+            )));
+        }
+        Ok(Err(status)) => return Err(status.into()),
+        Err(_) => return Err(broken(&"router did not answer the join")),
     }
     *state.upward.lock() = Some(tx);
     tracing::info!(router = %state.addr, "joined router");
     loop {
         let message = match timeout(SILENCE, downward.message()).await {
-            Err(_) => return Err(format!("router silent for {SILENCE:?}")),
-            Ok(Err(status)) => return Err(status.to_string()),
+            Err(_) => return Err(broken(&format!("router silent for {SILENCE:?}"))),
+            Ok(Err(status)) => return Err(status.into()),
             Ok(Ok(None)) => return Ok(()),
             Ok(Ok(Some(m))) => m,
         };

@@ -1,6 +1,10 @@
 //! The router's end of the gRPC link: the `Link` service comets connect to. Each stream is one
 //! joined comet, handed to the [`Router`] as a [`CometLink`]; when the stream ends or goes
 //! silent the comet leaves.
+//!
+//! A join must carry `cluster.secret` when the router has one (compared in constant time), and
+//! a comet id that no other comet process holds (SPEC §11); what a joined comet says about
+//! deliveries and sessions is taken only for its own.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,16 +21,28 @@ use super::{HEARTBEAT, SILENCE, commands_to_proto, delivery_to_proto, session_fr
 use crate::link::{
     CometCommand, CometInfo, CometLink, ImUp, Outcome, Registration, SessionInfo, Settle,
 };
+use crate::metrics::LinkRefusal;
 use crate::router::{CometIdx, Router};
+use subtle::ConstantTimeEq;
 
 /// The `Link` service.
 pub struct LinkService {
     router: Arc<Router>,
+    /// `cluster.secret`; empty: joins are not checked (a loopback `router.rpc_addr` only).
+    secret: Arc<str>,
 }
 
 impl LinkService {
-    pub fn new(router: Arc<Router>) -> LinkService {
-        LinkService { router }
+    pub fn new(router: Arc<Router>, secret: &str) -> LinkService {
+        LinkService {
+            router,
+            secret: Arc::from(secret),
+        }
+    }
+
+    /// Whether a join presents the secret.
+    fn admits(&self, presented: &str) -> bool {
+        self.secret.is_empty() || bool::from(presented.as_bytes().ct_eq(self.secret.as_bytes()))
     }
 
     /// The tonic service to add to a server.
@@ -77,11 +93,22 @@ impl proto::router_server::Router for LinkService {
         // What waits here for the comet's stream is bounded by what the router has in flight
         // for the comet (each delivery belongs to a bus message, and those are bounded: SPEC
         // §10); a comet that stops reading goes silent and leaves after `SILENCE`.
+        if !self.admits(&join.secret) {
+            self.router
+                .metrics()
+                .link_refused(LinkRefusal::Secret)
+                .inc();
+            tracing::warn!(comet = %join.comet_id, "join refused: wrong or missing cluster.secret");
+            return Err(Status::unauthenticated("wrong or missing cluster.secret"));
+        }
         let (tx, rx) = mpsc::unbounded_channel();
+        let present = |s: String| (!s.is_empty()).then_some(s);
         let info = CometInfo {
             id: join.comet_id,
             tcp: join.tcp,
             ws: join.ws,
+            tls: present(join.tls),
+            wss: present(join.wss),
         };
         let link = Arc::new(GrpcCometLink {
             downward: tx.clone(),
@@ -92,7 +119,17 @@ impl proto::router_server::Router for LinkService {
                     .collect(),
             ),
         });
-        let idx = self.router.join(info, link);
+        let idx = match self.router.join(info, link, join.incarnation) {
+            Ok(idx) => idx,
+            Err(taken) => {
+                self.router
+                    .metrics()
+                    .link_refused(LinkRefusal::IdTaken)
+                    .inc();
+                tracing::warn!(error = %taken, "join refused");
+                return Err(Status::already_exists(taken.to_string()));
+            }
+        };
         let _ = tx.send(router_message::Body::Joined(proto::Joined {}));
         tokio::spawn(serve_comet(self.router.clone(), idx, upward, tx));
         let downward = merged(UnboundedReceiverStream::new(rx))
@@ -202,14 +239,17 @@ async fn serve_comet(
             }
             comet_message::Body::Settles(s) => {
                 for settle in s.settles {
-                    router.settled(Settle {
-                        id: settle.delivery,
-                        outcome: if settle.acked {
-                            Outcome::Acked
-                        } else {
-                            Outcome::Failed
+                    router.settled(
+                        comet,
+                        Settle {
+                            id: settle.delivery,
+                            outcome: if settle.acked {
+                                Outcome::Acked
+                            } else {
+                                Outcome::Failed
+                            },
                         },
-                    });
+                    );
                 }
             }
             comet_message::Body::ImUp(im) => {
@@ -222,11 +262,14 @@ async fn serve_comet(
                         Some(term) => proto::ImUpReply {
                             request: im.request,
                             accepted: router
-                                .im_up(ImUp {
-                                    uid: Arc::from(im.uid),
-                                    term,
-                                    body: im.body.into(),
-                                })
+                                .im_up(
+                                    comet,
+                                    ImUp {
+                                        uid: Arc::from(im.uid),
+                                        term,
+                                        body: im.body.into(),
+                                    },
+                                )
                                 .await,
                             error: String::new(),
                         },
