@@ -2,6 +2,7 @@
 //! scenario and how hard. The same struct is the library's input, so scripts and tests set up a
 //! run exactly as a person would type it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -74,19 +75,32 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// The dispatcher, e.g. http://127.0.0.1:5150/v1/gComet.addr: every terminal asks it for
-    /// its comet. A base URL without a path gets /v1/gComet.addr added.
+    /// The dispatcher, e.g. http://127.0.0.1:5150/v1/gComet.addr (or https://…): every
+    /// terminal asks it for its comet. A base URL without a path gets /v1/gComet.addr added.
     #[arg(long)]
     pub dispatch_url: Option<String>,
-    /// The comet's binary TCP listener `host:port`, instead of asking the dispatcher.
+    /// The comet's binary TCP listener `host:port` (with --tls, its TLS listener), instead of
+    /// asking the dispatcher.
     #[arg(long)]
     pub comet_tcp: Option<String>,
-    /// The comet's WebSocket listener `host:port`, instead of asking the dispatcher.
+    /// The comet's WebSocket listener `host:port` (with --tls, its WSS listener), instead of
+    /// asking the dispatcher.
     #[arg(long)]
     pub comet_ws: Option<String>,
+    /// Terminals connect over TLS: TCP terminals with the binary protocol inside TLS, ws
+    /// terminals over WSS. The dispatcher is asked with tls=1 for the comet's TLS listeners;
+    /// --comet-tcp / --comet-ws name them. Every terminal makes a full handshake (no session
+    /// resumption), as distinct devices do, so storm measures TLS handshakes and registrations
+    /// per second.
+    #[arg(long)]
+    pub tls: bool,
+    /// A PEM file of CA certificates to trust instead of the system's roots: for the comet's
+    /// TLS listeners and for https:// --dispatch-url and --api-url.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// HTTP base with nsqd's `/pub` and `/mpub` semantics: galopush's business API
-    /// (`api.addr`, e.g. http://127.0.0.1:5152) or nsqd itself. Logins and messages are
-    /// published there.
+    /// (`api.addr`, e.g. http://127.0.0.1:5152, or https://…) or nsqd itself. Logins and
+    /// messages are published there.
     #[arg(long, alias = "pub-url")]
     pub api_url: Option<String>,
     /// The business API's bearer token (`api.token`), sent with every publish.
@@ -212,7 +226,24 @@ mod tests {
         assert_eq!(args.scenario, Scenario::Unicast);
         assert_eq!(args.terminals, 20);
         assert_eq!(args.transport, TransportKind::Tcp);
+        assert!(!args.tls);
+        assert_eq!(args.ca, None);
         assert_eq!(args.hold, Duration::from_secs(5));
         assert_eq!(args.kind.default_topic(), "push");
+    }
+
+    #[test]
+    fn tls_parses() {
+        let args = BenchArgs::parse_from([
+            "bench",
+            "storm",
+            "--tls",
+            "--ca",
+            "/etc/galopush/ca.pem",
+            "--comet-tcp",
+            "127.0.0.1:5163",
+        ]);
+        assert!(args.tls);
+        assert_eq!(args.ca, Some(PathBuf::from("/etc/galopush/ca.pem")));
     }
 }

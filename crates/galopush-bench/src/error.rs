@@ -12,6 +12,9 @@ pub enum BenchError {
     ServerPid(u32),
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The TLS client could not be set up (e.g. a bad --ca file).
+    #[error("TLS: {0}")]
+    Tls(galopush_client::ClientError),
     #[error("logging the terminals in failed: {0}")]
     Login(String),
     #[error("asking the dispatcher failed: {0}")]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use galopush_client::{Down, TermType, Terminal, Transport};
+use galopush_client::{Down, TermType, Terminal, Tls, Transport};
 use galopush_protocol::message::{REGRESP_AUTH_FAILED, REGRESP_OK};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +91,8 @@ pub(crate) struct Progress {
 #[derive(Debug)]
 pub(crate) struct Fleet {
     pub transport: Transport,
+    /// TLS to the comet, when the run is over TLS.
+    pub tls: Option<Tls>,
     pub term: TermType,
     /// The bench's clock: every time in a body or a report is µs since this instant.
     pub epoch: Instant,
@@ -119,6 +121,20 @@ impl Fleet {
 /// µs in `d`, saturating.
 pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Connects to the comet at `addr` over `transport`, inside TLS when `tls` is given, from
+/// `source` when given.
+pub(crate) async fn connect(
+    addr: &str,
+    transport: Transport,
+    tls: Option<&Tls>,
+    source: Option<IpAddr>,
+) -> galopush_client::Result<Terminal> {
+    match tls {
+        Some(tls) => Terminal::connect_tls(addr, transport, tls, source).await,
+        None => Terminal::connect_from(addr, transport, source).await,
+    }
 }
 
 /// Who one terminal is and where it connects.
@@ -217,7 +233,7 @@ async fn connect_and_register(
     let _permit = fleet.gate.acquire().await.ok()?;
     let mut counted_connect = false;
     loop {
-        let connect = Terminal::connect_from(&spec.addr, fleet.transport, spec.source);
+        let connect = connect(&spec.addr, fleet.transport, fleet.tls.as_ref(), spec.source);
         let mut terminal = match tokio::time::timeout(fleet.register_timeout, connect).await {
             Ok(Ok(terminal)) => terminal,
             Ok(Err(e)) => {

@@ -1,7 +1,7 @@
 //! `galopush bench`, the load generator: many terminals against a server that speaks the
 //! galopush protocol, driven only through its public surfaces (the dispatcher, the comet's TCP
-//! and WebSocket listeners, nsqd-style `/pub` and `/mpub`), with the measurements a push
-//! gateway is judged by.
+//! and WebSocket listeners, plain or TLS, nsqd-style `/pub` and `/mpub`, over HTTP or HTTPS),
+//! with the measurements a push gateway is judged by.
 //!
 //! - [`BenchArgs`]: the command line, which is also the library's input.
 //! - [`run`]: one run (idle, unicast, fanout or storm), returning a [`Report`].

@@ -13,6 +13,8 @@ use crate::args::{Framing, MessageKind, Scenario, TransportKind};
 pub struct Report {
     pub scenario: Scenario,
     pub transport: TransportKind,
+    /// The terminals connected over TLS (TCP inside TLS, or WSS).
+    pub tls: bool,
     /// Body encoding of TCP terminals.
     pub encoding: Option<u8>,
     /// Framing of WebSocket terminals.
@@ -202,12 +204,16 @@ impl Report {
             (None, Some(framing)) => format!("{} framing", name(framing)),
             (None, None) => String::new(),
         };
+        let transport = match (self.transport, self.tls) {
+            (TransportKind::Tcp, true) => "tls tcp".to_owned(),
+            (TransportKind::Ws, true) => "wss".to_owned(),
+            (transport, false) => name(transport),
+        };
         writeln!(
             out,
-            "galopush bench {}: {} {} terminals ({how}); {} cores, open files limit {}",
+            "galopush bench {}: {} {transport} terminals ({how}); {} cores, open files limit {}",
             name(self.scenario),
             self.terminals,
-            name(self.transport),
             self.cores,
             self.open_files_limit
         )?;
@@ -374,6 +380,7 @@ mod tests {
         Report {
             scenario: Scenario::Unicast,
             transport: TransportKind::Tcp,
+            tls: false,
             encoding: Some(0),
             framing: None,
             terminals: 2,
@@ -427,6 +434,34 @@ mod tests {
             d.lost = 1;
         }
         assert!(r.text().contains("FAILED: 1 lost"));
+    }
+
+    #[test]
+    fn the_transport_says_tls() {
+        let mut r = report();
+        assert!(
+            r.text()
+                .starts_with("galopush bench unicast: 2 tcp terminals (encoding 0)")
+        );
+        r.tls = true;
+        assert!(
+            r.text()
+                .starts_with("galopush bench unicast: 2 tls tcp terminals (encoding 0)"),
+            "{}",
+            r.text()
+        );
+        r.transport = TransportKind::Ws;
+        r.encoding = None;
+        r.framing = Some(Framing::Plain);
+        assert!(
+            r.text()
+                .starts_with("galopush bench unicast: 2 wss terminals (plain framing)"),
+            "{}",
+            r.text()
+        );
+        let value: serde_json::Value = serde_json::from_str(&r.json()).expect("JSON");
+        assert_eq!(value["tls"], true);
+        assert_eq!(value["transport"], "ws");
     }
 
     #[test]

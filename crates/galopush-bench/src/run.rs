@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use galopush_client::{Dispatcher, Encoding, TermType, Terminal, Transport, WebFraming};
+use galopush_client::{Dispatcher, Encoding, TermType, Tls, Transport, Trust, WebFraming};
 use galopush_protocol::message::{REGRESP_AUTH_FAILED, REGRESP_OK};
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::{BenchArgs, Framing, Scenario, TransportKind};
 use crate::error::BenchError;
-use crate::fleet::{Expectation, Fleet, Outcome, Progress, TerminalSpec, micros, run_terminal};
+use crate::fleet::{
+    Expectation, Fleet, Outcome, Progress, TerminalSpec, connect, micros, run_terminal,
+};
 use crate::publish::{Bus, Messages, Receivers, publish_messages};
 use crate::report::{
     ConnectReport, DeliveryReport, ErrorReport, Latency, Phase, Rate, Report, ServerReport,
@@ -51,7 +53,19 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let epoch = Instant::now();
     let mut clock = PhaseClock::new(server.clone());
     let rss_start = server.as_ref().and_then(ServerProcess::rss_kib);
-    let http = reqwest::Client::builder()
+    let trust = match &args.ca {
+        Some(path) => Trust::ca_file(path).map_err(BenchError::Tls)?,
+        None => Trust::system(),
+    };
+    // Each terminal stands for a distinct device: a full handshake each, no resumption.
+    let tls = args
+        .tls
+        .then(|| Tls::new(&trust).map(Tls::without_resumption))
+        .transpose()
+        .map_err(BenchError::Tls)?;
+    let http = trust
+        .http_client_builder()
+        .map_err(BenchError::Tls)?
         .timeout(HTTP_TIMEOUT)
         .pool_max_idle_per_host(args.publishers.max(MAX_DISPATCHERS))
         .build()?;
@@ -65,7 +79,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         .map(|i| format!("{prefix}{i}"))
         .collect();
     let codes: Vec<String> = (0..args.terminals).map(|i| format!("c{i}")).collect();
-    let (addrs, dispatched) = comet_addrs(args, &uids, term).await?;
+    let (addrs, dispatched) = comet_addrs(args, &trust, &uids, term).await?;
     let dispatch = dispatched.then(|| Rate::new(uids.len() as u64, clock.lap("dispatch")));
     let sources = sources(args, &addrs).await?;
 
@@ -83,7 +97,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
                 .await
                 .map_err(BenchError::Login)?;
             let addr = addrs.first().cloned().unwrap_or_else(|| Arc::from(""));
-            await_login(&addr, transport, term, &probe, login_deadline).await?;
+            await_login(&addr, transport, tls.as_ref(), term, &probe, login_deadline).await?;
             Some(Rate::new(uids.len() as u64, clock.lap("login")))
         }
         _ => None,
@@ -95,6 +109,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let paced = args.connect_rate > 0.0 && args.scenario != Scenario::Storm;
     let fleet = Arc::new(Fleet {
         transport,
+        tls,
         term,
         epoch,
         expectation,
@@ -226,6 +241,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     Ok(Report {
         scenario: args.scenario,
         transport: args.transport,
+        tls: args.tls,
         encoding: (args.transport == TransportKind::Tcp).then_some(args.encoding),
         framing: (args.transport == TransportKind::Ws).then_some(args.framing),
         terminals: args.terminals as u64,
@@ -320,9 +336,11 @@ fn expectation_of(args: &BenchArgs) -> Expectation {
     }
 }
 
-/// Each terminal's comet: the one given, or the dispatcher's answer for it (then `true`).
+/// Each terminal's comet: the one given, or the dispatcher's answer for it (then `true`), asked
+/// with `tls=1` for a TLS run.
 async fn comet_addrs(
     args: &BenchArgs,
+    trust: &Trust,
     uids: &[String],
     term: TermType,
 ) -> Result<(Vec<Arc<str>>, bool), BenchError> {
@@ -336,7 +354,9 @@ async fn comet_addrs(
     let url = args.dispatch_url.as_deref().unwrap_or_default();
     let base = url.trim_end_matches('/');
     let base = base.strip_suffix(DISPATCH_PATH).unwrap_or(base);
-    let dispatcher = Dispatcher::new(base).map_err(|e| BenchError::Dispatch(e.to_string()))?;
+    let dispatcher =
+        Dispatcher::with_trust(base, trust).map_err(|e| BenchError::Dispatch(e.to_string()))?;
+    let tls = args.tls;
     let uids: Arc<[String]> = uids.into();
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
@@ -349,10 +369,12 @@ async fn comet_addrs(
                 let Some(uid) = uids.get(i) else {
                     return Ok(answers);
                 };
-                let addr = dispatcher
-                    .comet_addr(uid, term)
-                    .await
-                    .map_err(|e| format!("{uid}: {e}"))?;
+                let addr = if tls {
+                    dispatcher.comet_addr_tls(uid, term).await
+                } else {
+                    dispatcher.comet_addr(uid, term).await
+                };
+                let addr = addr.map_err(|e| format!("{uid}: {e}"))?;
                 answers.push((i, addr));
             }
         });
@@ -423,6 +445,7 @@ async fn sources(args: &BenchArgs, addrs: &[Arc<str>]) -> Result<Vec<Option<IpAd
 async fn await_login(
     addr: &str,
     transport: Transport,
+    tls: Option<&Tls>,
     term: TermType,
     probe: &str,
     deadline: Instant,
@@ -430,7 +453,7 @@ async fn await_login(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let attempt = tokio::time::timeout(left, async {
-            let mut terminal = Terminal::connect(addr, transport).await?;
+            let mut terminal = connect(addr, transport, tls, None).await?;
             let code = terminal.register(probe, "probe", term).await?;
             // The probe has done its job; how its connection ends does not matter.
             let _ = terminal.close().await;

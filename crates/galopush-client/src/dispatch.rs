@@ -1,5 +1,6 @@
-//! The router's HTTP side as a terminal sees it: which comet to connect to (SPEC §8) and, for
-//! demos, a login published through the business API (SPEC §7, §8).
+//! The router's HTTP side as a terminal sees it: which comet to connect to (SPEC §8), plain or
+//! TLS, and, for demos, a login published through the business API (SPEC §7, §8). Both may be
+//! served over `https://`, trusting the system's roots or a given CA ([`Trust`]).
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 
 use crate::error::{ClientError, Result};
+use crate::tls::Trust;
 
 /// Path of the dispatcher.
 const DISPATCH_PATH: &str = "/v1/gComet.addr";
@@ -25,10 +27,16 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// A client for the router at `http_base`, e.g. `http://127.0.0.1:5150`.
+    /// A client for the router at `http_base`, e.g. `http://127.0.0.1:5150` (or `https://…`,
+    /// trusting the system's roots).
     pub fn new(http_base: &str) -> Result<Dispatcher> {
+        Dispatcher::with_trust(http_base, &Trust::system())
+    }
+
+    /// A client for the router at `http_base`, trusting `trust` when it is `https://`.
+    pub fn with_trust(http_base: &str, trust: &Trust) -> Result<Dispatcher> {
         Ok(Dispatcher {
-            client: reqwest::Client::builder().timeout(HTTP_TIMEOUT).build()?,
+            client: trust.http_client_builder()?.timeout(HTTP_TIMEOUT).build()?,
             base: http_base.trim_end_matches('/').to_owned(),
         })
     }
@@ -36,10 +44,23 @@ impl Dispatcher {
     /// The comet (`host:port`) for terminal `uid` of type `term`, asked with
     /// `POST /v1/gComet.addr` and form fields `id` and `termtype`.
     pub async fn comet_addr(&self, uid: &str, term: TermType) -> Result<String> {
+        self.post(&[("id", uid), ("termtype", term.name())]).await
+    }
+
+    /// The comet's TLS listener (`host:port`) for terminal `uid` of type `term`: its TLS TCP
+    /// listener, or its WSS one for Web terminals. Asked as [`Dispatcher::comet_addr`] with
+    /// the form field `tls=1` added; [`ClientError::NoComet`] when no comet has a TLS listener.
+    pub async fn comet_addr_tls(&self, uid: &str, term: TermType) -> Result<String> {
+        self.post(&[("id", uid), ("termtype", term.name()), ("tls", "1")])
+            .await
+    }
+
+    /// Asks the dispatcher with `POST` and `form`.
+    async fn post(&self, form: &[(&str, &str)]) -> Result<String> {
         let response = self
             .client
             .post(format!("{}{DISPATCH_PATH}", self.base))
-            .form(&[("id", uid), ("termtype", term.name())])
+            .form(form)
             .send()
             .await?;
         comet_addr_from(response).await
@@ -66,11 +87,16 @@ pub struct BusinessApi {
 }
 
 impl BusinessApi {
-    /// A client for the API at `api_base`, e.g. `http://127.0.0.1:5152`, with its bearer token
-    /// (`api.token`) when it has one.
+    /// A client for the API at `api_base`, e.g. `http://127.0.0.1:5152` (or `https://…`,
+    /// trusting the system's roots), with its bearer token (`api.token`) when it has one.
     pub fn new(api_base: &str, token: Option<&str>) -> Result<BusinessApi> {
+        BusinessApi::with_trust(api_base, token, &Trust::system())
+    }
+
+    /// As [`BusinessApi::new`], trusting `trust` when the API is `https://`.
+    pub fn with_trust(api_base: &str, token: Option<&str>, trust: &Trust) -> Result<BusinessApi> {
         Ok(BusinessApi {
-            client: reqwest::Client::builder().timeout(HTTP_TIMEOUT).build()?,
+            client: trust.http_client_builder()?.timeout(HTTP_TIMEOUT).build()?,
             base: api_base.trim_end_matches('/').to_owned(),
             token: token.filter(|t| !t.is_empty()).map(str::to_owned),
         })

@@ -1,8 +1,9 @@
-//! The `galopush client` command: a terminal in the shell. It dispatches, connects and
-//! registers, prints and acks every message that arrives, sends each line of its input as an
-//! IM, and keeps the connection alive with PINGs. The binary only parses arguments.
+//! The `galopush client` command: a terminal in the shell. It dispatches, connects (plain or
+//! over TLS) and registers, prints and acks every message that arrives, sends each line of its
+//! input as an IM, and keeps the connection alive with PINGs. The binary only parses arguments.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use crate::dispatch::{BusinessApi, Dispatcher};
 use crate::error::{ClientError, Result};
 use crate::terminal::{Terminal, Transport};
+use crate::tls::{Tls, Trust};
 
 /// How often the shell pings by default: well within the comet's idle timeout (SPEC §5).
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(60);
@@ -37,6 +39,11 @@ pub struct ShellOptions {
     pub login: bool,
     /// Time between PINGs; zero sends none.
     pub ping_interval: Duration,
+    /// Ask the dispatcher with `tls=1` and connect over TLS (WSS for a Web terminal).
+    pub tls: bool,
+    /// A PEM file of CA certificates to trust instead of the system's roots: for the comet,
+    /// the dispatcher and the API.
+    pub ca: Option<PathBuf>,
 }
 
 /// Runs the shell until the comet kicks the terminal or closes the connection.
@@ -48,9 +55,14 @@ pub async fn run(
     input: impl AsyncBufRead + Unpin,
     mut output: impl AsyncWrite + Unpin,
 ) -> Result<()> {
-    let dispatcher = Dispatcher::new(&opts.http)?;
+    let trust = match &opts.ca {
+        Some(path) => Trust::ca_file(path)?,
+        None => Trust::system(),
+    };
+    let tls = opts.tls.then(|| Tls::new(&trust)).transpose()?;
+    let dispatcher = Dispatcher::with_trust(&opts.http, &trust)?;
     if opts.login {
-        BusinessApi::new(&opts.api, opts.api_token.as_deref())?
+        BusinessApi::with_trust(&opts.api, opts.api_token.as_deref(), &trust)?
             .login(&opts.uid, opts.term, &opts.token)
             .await?;
         say(
@@ -61,15 +73,20 @@ pub async fn run(
     }
     let addr = match opts.addr {
         Some(addr) => addr,
+        None if opts.tls => dispatcher.comet_addr_tls(&opts.uid, opts.term).await?,
         None => dispatcher.comet_addr(&opts.uid, opts.term).await?,
     };
-    let mut terminal = Terminal::connect(&addr, opts.transport).await?;
+    let mut terminal = match &tls {
+        Some(tls) => Terminal::connect_tls(&addr, opts.transport, tls, None).await?,
+        None => Terminal::connect(&addr, opts.transport).await?,
+    };
     let code = terminal.register(&opts.uid, &opts.token, opts.term).await?;
     if code != REGRESP_OK {
         say(&mut output, &format!("register failed: code {code}")).await?;
         return Err(ClientError::Rejected(code));
     }
-    say(&mut output, &format!("registered on {addr}")).await?;
+    let over = if tls.is_some() { " over TLS" } else { "" };
+    say(&mut output, &format!("registered on {addr}{over}")).await?;
 
     let mut lines = Some(input.lines());
     let mut ims_in_flight = HashSet::new();

@@ -1,8 +1,12 @@
 //! One terminal's connection to a comet, over the binary TCP protocol (SPEC §3) or WebSocket
-//! (SPEC §4), with the request/answer exchanges a terminal runs: REGISTER, PING, IM and acks.
+//! (SPEC §4), either plain or inside TLS, with the request/answer exchanges a terminal runs:
+//! REGISTER, PING, IM and acks.
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,14 +14,16 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use galopush_protocol::message::Register;
 use galopush_protocol::web::{self, WebFraming};
 use galopush_protocol::{ClientCodec, Down, Encoding, Frame, TermType, Up};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::codec::Framed;
 
 use crate::error::{ClientError, Result};
+use crate::tls::Tls;
 
 /// REGISTER protocol version this SDK speaks.
 const REGISTER_VERSION: u8 = 1;
@@ -31,12 +37,12 @@ const WS_READ_BUFFER: usize = 4 * 1024;
 /// WebSocket write buffer: none, every message is written at once.
 const WS_WRITE_BUFFER: usize = 0;
 
-/// How a terminal talks to the comet.
+/// How a terminal talks to the comet. Either can run inside TLS ([`Terminal::connect_tls`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// Binary frames on TCP, every up-frame's body in `encoding`.
+    /// Binary frames on TCP, every up-frame's body in `encoding`; inside TLS, the same bytes.
     Tcp { encoding: Encoding },
-    /// JSON messages on WebSocket (path `/ws`), in `framing`.
+    /// JSON messages on WebSocket (path `/ws`), in `framing`; inside TLS, WSS.
     Web { framing: WebFraming },
 }
 
@@ -58,13 +64,22 @@ pub struct Terminal {
 #[derive(Debug)]
 enum Link {
     Tcp {
-        frames: Framed<TcpStream, ClientCodec>,
+        frames: Framed<Stream, ClientCodec>,
         encoding: Encoding,
     },
     Web {
-        socket: Box<WebSocketStream<TcpStream>>,
+        socket: Box<WebSocketStream<Stream>>,
         framing: WebFraming,
     },
+}
+
+/// The bytes under a link: a TCP connection, or TLS on one. The TLS state is boxed so that a
+/// plain terminal stays as small as before; each read or write costs one branch, no
+/// allocation and no dynamic dispatch.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Terminal {
@@ -83,17 +98,52 @@ impl Terminal {
         let stream = connect_tcp(addr, local_ip).await?;
         stream.set_nodelay(true)?;
         let local_addr = stream.local_addr()?;
+        Terminal::start(addr, transport, Stream::Plain(stream), local_addr).await
+    }
+
+    /// Connects to the comet's TLS listener at `addr` (`host:port`), from `local_ip` when given:
+    /// for [`Transport::Tcp`] the binary frames go inside TLS unchanged, for [`Transport::Web`]
+    /// the WebSocket handshake goes over TLS (`wss://addr/ws`).
+    ///
+    /// The comet's certificate is verified as `tls` says: against its roots, for the host part
+    /// of `addr` unless [`Tls::with_server_name`] names another. A certificate that does not
+    /// pass fails with [`ClientError::TlsHandshake`].
+    pub async fn connect_tls(
+        addr: &str,
+        transport: Transport,
+        tls: &Tls,
+        local_ip: Option<IpAddr>,
+    ) -> Result<Terminal> {
+        let server_name = tls.server_name_for(addr)?;
+        let stream = connect_tcp(addr, local_ip).await?;
+        stream.set_nodelay(true)?;
+        let local_addr = stream.local_addr()?;
+        let stream = tls.handshake(addr, server_name, stream).await?;
+        Terminal::start(addr, transport, Stream::Tls(Box::new(stream)), local_addr).await
+    }
+
+    /// Starts the session on the connection to `addr`: the WebSocket handshake for Web.
+    async fn start(
+        addr: &str,
+        transport: Transport,
+        stream: Stream,
+        local_addr: SocketAddr,
+    ) -> Result<Terminal> {
         let link = match transport {
             Transport::Tcp { encoding } => Link::Tcp {
                 frames: Framed::new(stream, ClientCodec::default()),
                 encoding,
             },
             Transport::Web { framing } => {
+                let scheme = match stream {
+                    Stream::Plain(_) => "ws",
+                    Stream::Tls(_) => "wss",
+                };
                 let config = WebSocketConfig::default()
                     .read_buffer_size(WS_READ_BUFFER)
                     .write_buffer_size(WS_WRITE_BUFFER);
                 let (socket, _response) = tokio_tungstenite::client_async_with_config(
-                    format!("ws://{addr}{WS_PATH}"),
+                    format!("{scheme}://{addr}{WS_PATH}"),
                     stream,
                     Some(config),
                 )
@@ -338,6 +388,64 @@ impl Link {
                     Some(Err(e)) => return Err(e.into()),
                 }
             },
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(tcp) => tcp.is_write_vectored(),
+            Stream::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -58,10 +58,10 @@ enum Command {
 /// How `galopush client` connects.
 #[derive(clap::Args)]
 struct ClientArgs {
-    /// The router's public HTTP address (the dispatcher).
+    /// The router's public HTTP address (the dispatcher), http:// or https://.
     #[arg(long, default_value = "http://127.0.0.1:5150")]
     http: String,
-    /// The business API's address, where --login publishes.
+    /// The business API's address, where --login publishes, http:// or https://.
     #[arg(long, default_value = "http://127.0.0.1:5152")]
     api: String,
     /// The business API's bearer token (api.token), for --login.
@@ -91,6 +91,14 @@ struct ClientArgs {
     /// Seconds between PINGs (0: none).
     #[arg(long, default_value_t = 60)]
     ping: u64,
+    /// Connect over TLS: ask the dispatcher with tls=1 and connect to the comet's TLS listener
+    /// (its WSS listener for Web terminals); --addr then names a TLS listener.
+    #[arg(long)]
+    tls: bool,
+    /// A PEM file of CA certificates to trust instead of the system's roots, for the comet,
+    /// the dispatcher and the API.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -124,6 +132,8 @@ impl ClientArgs {
             addr: self.addr,
             login: self.login,
             ping_interval: Duration::from_secs(self.ping),
+            tls: self.tls,
+            ca: self.ca,
         }
     }
 }

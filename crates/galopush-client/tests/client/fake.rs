@@ -1,5 +1,6 @@
 //! Fakes of the server side for the SDK's tests: a comet on TCP and on WebSocket, each driven
-//! step by step by the test, and an HTTP responder that answers each connection in turn.
+//! step by step by the test, and an HTTP responder that answers each connection in turn; each
+//! either plain or inside TLS.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,9 +10,11 @@ use galopush_client::{Down, Encoding, Up, WebFraming};
 use galopush_protocol::message::Register;
 use galopush_protocol::web;
 use galopush_protocol::{Frame, ServerCodec};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use rustls::HandshakeKind;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{
@@ -38,15 +41,75 @@ fn addr_of(listener: &TcpListener) -> String {
     listener.local_addr().expect("local addr").to_string()
 }
 
-/// A comet's binary TCP listener.
+/// The bytes a fake serves on: TCP, or TLS on TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One accepted connection.
+struct Accepted {
+    stream: Box<dyn Io>,
+    peer: SocketAddr,
+    /// Whether its TLS handshake was full or resumed; `None` on plain TCP.
+    handshake: Option<HandshakeKind>,
+}
+
+/// Accepts one connection on `listener`, with the TLS handshake when `tls` is given.
+async fn accept_on(listener: &TcpListener, tls: Option<&TlsAcceptor>) -> Accepted {
+    let (stream, peer) = bounded("accept", listener.accept()).await.expect("accept");
+    match tls {
+        Some(acceptor) => {
+            let stream = bounded("TLS handshake", acceptor.accept(stream))
+                .await
+                .expect("TLS handshake");
+            Accepted {
+                handshake: stream.get_ref().1.handshake_kind(),
+                stream: Box::new(stream),
+                peer,
+            }
+        }
+        None => Accepted {
+            stream: Box::new(stream),
+            peer,
+            handshake: None,
+        },
+    }
+}
+
+/// A TLS listener that accepts one connection and returns why its handshake failed (the
+/// client refused the certificate).
+pub async fn tls_refuser(acceptor: TlsAcceptor) -> (String, JoinHandle<std::io::Error>) {
+    let listener = listen().await;
+    let addr = addr_of(&listener);
+    let task = tokio::spawn(async move {
+        let (stream, _) = bounded("accept", listener.accept()).await.expect("accept");
+        match bounded("TLS handshake", acceptor.accept(stream)).await {
+            Ok(_) => panic!("the client accepted the certificate"),
+            Err(e) => e,
+        }
+    });
+    (addr, task)
+}
+
+/// A comet's binary TCP listener, or its TLS listener.
 pub struct TcpComet {
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
 }
 
 impl TcpComet {
     pub async fn bind() -> TcpComet {
         TcpComet {
             listener: listen().await,
+            tls: None,
+        }
+    }
+
+    /// A TLS listener carrying the binary protocol, with `acceptor`'s certificate.
+    pub async fn bind_tls(acceptor: TlsAcceptor) -> TcpComet {
+        TcpComet {
+            listener: listen().await,
+            tls: Some(acceptor),
         }
     }
 
@@ -55,12 +118,11 @@ impl TcpComet {
     }
 
     pub async fn accept(&self) -> TcpConn {
-        let (stream, peer) = bounded("accept", self.listener.accept())
-            .await
-            .expect("accept");
+        let accepted = accept_on(&self.listener, self.tls.as_ref()).await;
         TcpConn {
-            frames: Framed::new(stream, ServerCodec::default()),
-            peer,
+            frames: Framed::new(accepted.stream, ServerCodec::default()),
+            peer: accepted.peer,
+            handshake: accepted.handshake,
         }
     }
 
@@ -80,8 +142,10 @@ impl TcpComet {
 
 /// One terminal's connection, seen from the comet.
 pub struct TcpConn {
-    frames: Framed<TcpStream, ServerCodec>,
+    frames: Framed<Box<dyn Io>, ServerCodec>,
     pub peer: SocketAddr,
+    /// Whether the TLS handshake was full or resumed; `None` on plain TCP.
+    pub handshake: Option<HandshakeKind>,
 }
 
 impl TcpConn {
@@ -106,15 +170,25 @@ impl TcpConn {
     }
 }
 
-/// A comet's WebSocket listener.
+/// A comet's WebSocket listener, or its WSS listener.
 pub struct WebComet {
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
 }
 
 impl WebComet {
     pub async fn bind() -> WebComet {
         WebComet {
             listener: listen().await,
+            tls: None,
+        }
+    }
+
+    /// A WSS listener (WebSocket over TLS), with `acceptor`'s certificate.
+    pub async fn bind_tls(acceptor: TlsAcceptor) -> WebComet {
+        WebComet {
+            listener: listen().await,
+            tls: Some(acceptor),
         }
     }
 
@@ -124,9 +198,7 @@ impl WebComet {
 
     /// Accepts a WebSocket terminal, noting the path it asked for.
     pub async fn accept(&self) -> WebConn {
-        let (stream, _) = bounded("accept", self.listener.accept())
-            .await
-            .expect("accept");
+        let stream = accept_on(&self.listener, self.tls.as_ref()).await.stream;
         let mut path = String::new();
         let socket = tokio_tungstenite::accept_hdr_async(stream, NotePath(&mut path))
             .await
@@ -151,7 +223,7 @@ impl Callback for NotePath<'_> {
 
 /// One WebSocket terminal, seen from the comet; the framing is detected from its first text.
 pub struct WebConn {
-    socket: WebSocketStream<TcpStream>,
+    socket: WebSocketStream<Box<dyn Io>>,
     pub path: String,
     pub framing: Option<WebFraming>,
 }
@@ -206,14 +278,28 @@ pub struct HttpRequest {
 /// Serves one connection per answer `(status, body)`, in order, each answer closing its
 /// connection; the task returns the requests it read.
 pub async fn http_responder(answers: Vec<(u16, String)>) -> (String, JoinHandle<Vec<HttpRequest>>) {
+    serve_http(answers, None).await
+}
+
+/// [`http_responder`] over HTTPS, with `acceptor`'s certificate.
+pub async fn https_responder(
+    answers: Vec<(u16, String)>,
+    acceptor: TlsAcceptor,
+) -> (String, JoinHandle<Vec<HttpRequest>>) {
+    serve_http(answers, Some(acceptor)).await
+}
+
+async fn serve_http(
+    answers: Vec<(u16, String)>,
+    tls: Option<TlsAcceptor>,
+) -> (String, JoinHandle<Vec<HttpRequest>>) {
     let listener = listen().await;
-    let base = format!("http://{}", addr_of(&listener));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{}", addr_of(&listener));
     let task = tokio::spawn(async move {
         let mut requests = Vec::new();
         for (status, body) in answers {
-            let (stream, _) = bounded("accept HTTP", listener.accept())
-                .await
-                .expect("accept");
+            let stream = accept_on(&listener, tls.as_ref()).await.stream;
             let mut stream = BufReader::new(stream);
             requests.push(bounded("read HTTP request", read_request(&mut stream)).await);
             let answer = format!(
@@ -232,7 +318,7 @@ pub async fn http_responder(answers: Vec<(u16, String)>) -> (String, JoinHandle<
     (base, task)
 }
 
-async fn read_request(stream: &mut BufReader<TcpStream>) -> HttpRequest {
+async fn read_request(stream: &mut BufReader<Box<dyn Io>>) -> HttpRequest {
     let mut line = String::new();
     stream.read_line(&mut line).await.expect("request line");
     let mut parts = line.split_whitespace();

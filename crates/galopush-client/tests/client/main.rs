@@ -3,6 +3,8 @@
 
 mod dispatch;
 mod fake;
+mod pki;
 mod shell;
 mod tcp;
+mod tls;
 mod web;

@@ -1,5 +1,5 @@
 //! The `galopush client` shell over in-memory input and output: what it prints, what it acks,
-//! the IMs it sends, its PINGs, the login and dispatch, and how it ends.
+//! the IMs it sends, its PINGs, the login and dispatch, TLS, and how it ends.
 
 use std::time::Duration;
 
@@ -7,7 +7,8 @@ use bytes::Bytes;
 use galopush_client::shell::{self, DEFAULT_PING_INTERVAL, ShellOptions};
 use galopush_client::{ClientError, Down, Encoding, TermType, Transport, Up, WebFraming};
 
-use crate::fake::{TcpComet, WebComet, bounded, http_responder};
+use crate::fake::{TcpComet, WebComet, bounded, http_responder, https_responder};
+use crate::pki::Pki;
 
 fn options(addr: Option<String>, transport: Transport) -> ShellOptions {
     ShellOptions {
@@ -21,6 +22,8 @@ fn options(addr: Option<String>, transport: Transport) -> ShellOptions {
         addr,
         login: false,
         ping_interval: DEFAULT_PING_INTERVAL,
+        tls: false,
+        ca: None,
     }
 }
 
@@ -256,4 +259,67 @@ async fn a_refused_register_prints_the_code_and_fails() {
     );
     server.await.expect("fake comet");
     assert_eq!(lines(&output), vec!["register failed: code 3".to_owned()]);
+}
+
+#[tokio::test]
+async fn with_tls_dispatches_with_tls_1_and_registers_over_tls_trusting_the_ca_file() {
+    let pki = Pki::localhost();
+    let comet = TcpComet::bind_tls(pki.acceptor()).await;
+    let comet_addr = comet.addr();
+    let (http, router) = https_responder(vec![(200, comet_addr.clone())], pki.acceptor()).await;
+    let server = tokio::spawn(async move {
+        let (mut conn, register, encoding) = comet.accept_registered().await;
+        assert_eq!(register.id, "shell-user");
+        assert_eq!(encoding, Encoding::PairSwap);
+        conn.send(encoding, 4, Down::Kick { reason: 2 }).await;
+        let ack = conn.next().await;
+        assert_eq!((ack.tid, ack.message), (4, Up::KickResp { code: 0 }));
+    });
+
+    let ca = pki.ca_file();
+    let mut output = Vec::new();
+    let mut opts = options(
+        None,
+        Transport::Tcp {
+            encoding: Encoding::PairSwap,
+        },
+    );
+    opts.http = http;
+    opts.tls = true;
+    opts.ca = Some(ca.path().to_owned());
+    bounded("shell", shell::run(opts, tokio::io::empty(), &mut output))
+        .await
+        .expect("shell ends cleanly on KICK");
+    server.await.expect("fake comet");
+    let requests = router.await.expect("fake router");
+    assert_eq!(requests[0].target, "/v1/gComet.addr");
+    assert_eq!(requests[0].body, "id=shell-user&termtype=Android&tls=1");
+    assert_eq!(
+        lines(&output),
+        vec![
+            format!("registered on {comet_addr} over TLS"),
+            "kick reason=2".to_owned(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_bad_ca_file_stops_the_shell_before_it_connects() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("ca.pem");
+    let mut opts = options(
+        Some("127.0.0.1:9".to_owned()),
+        Transport::Tcp {
+            encoding: Encoding::None,
+        },
+    );
+    opts.tls = true;
+    opts.ca = Some(missing.clone());
+    let mut output = Vec::new();
+    let result = bounded("shell", shell::run(opts, tokio::io::empty(), &mut output)).await;
+    assert!(
+        matches!(&result, Err(ClientError::CaFile { path, .. }) if *path == missing),
+        "{result:?}"
+    );
+    assert!(output.is_empty());
 }
