@@ -1070,6 +1070,9 @@ mod tests {
             "local/comet-2.toml",
             "multi-host/router.toml",
             "multi-host/comet.toml",
+            "tls/router.toml",
+            "tls/comet-1.toml",
+            "tls/comet-2.toml",
         ] {
             let path = deploy.join(file);
             let c = Config::load(Some(&path), env(&[("GALOPUSH_API__TOKEN", "t")]))

@@ -184,6 +184,7 @@ async fn oversized_ids_and_frames_are_refused() {
 async fn connections_over_the_limits_are_closed_at_once() {
     let g = Gateway::start(&[("limits.connections_per_ip", "3")]).await;
     let from = |i: u8| Some(std::net::IpAddr::from([127, 0, 0, i]));
+    let ping = [0x03, 0, 0, 0, 5];
     let mut kept = Vec::new();
     for _ in 0..3 {
         kept.push(raw::connect(&g.tcp, from(7), None).await);
@@ -192,7 +193,6 @@ async fn connections_over_the_limits_are_closed_at_once() {
     assert!(raw::closed_within(&mut fourth, SOON).await);
     // Another address is not affected, nor are the three.
     let mut other = raw::connect(&g.tcp, from(8), None).await;
-    let ping = [0x03, 0, 0, 0, 5];
     other.write_all(&ping).await.expect("ping");
     let mut buf = bytes::BytesMut::new();
     let pong = raw::read_downs(&mut other, &mut buf, 1).await;
@@ -226,7 +226,12 @@ async fn connections_over_the_limits_are_closed_at_once() {
     let mut t = g.terminal("first", TermType::Android, TCP).await;
     let mut held = Vec::new();
     for i in 0..3 {
-        held.push(raw::connect(&g.ws, from(10 + i), None).await);
+        // Answered, so the comet has taken it before the next one comes.
+        let mut s = raw::connect(&g.tcp, from(10 + i), None).await;
+        s.write_all(&ping).await.expect("ping");
+        let pong = raw::read_downs(&mut s, &mut bytes::BytesMut::new(), 1).await;
+        assert_eq!(pong.len(), 1);
+        held.push(s);
     }
     let mut over = raw::connect(&g.tcp, from(20), None).await;
     assert!(raw::closed_within(&mut over, SOON).await);

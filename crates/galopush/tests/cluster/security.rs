@@ -20,9 +20,7 @@ async fn a_join_without_the_secret_is_refused_and_the_comet_exits_naming_it() {
         return;
     }
     let cluster = Cluster::new(REDIS, &[]);
-    let router = cluster
-        .router(None, &[("cluster.secret", SECRET)])
-        .await;
+    let router = cluster.router(None, &[("cluster.secret", SECRET)]).await;
     let rpc = router.addr("rpc");
     for wrong in ["", "not-the-secret"] {
         let comet = cluster
@@ -43,7 +41,10 @@ async fn a_join_without_the_secret_is_refused_and_the_comet_exits_naming_it() {
     router.login("ann", TermType::Android, "c").await;
     let mut t = register(&comet.addr("tcp"), "ann", "c", TermType::Android).await;
     router.push("ann", 1, "joined").await;
-    assert_eq!(push_body(&next_acked(&mut t).await.1).1, Bytes::from("joined"));
+    assert_eq!(
+        push_body(&next_acked(&mut t).await.1).1,
+        Bytes::from("joined")
+    );
     cluster.clean().await;
 }
 
@@ -87,7 +88,12 @@ async fn a_second_comet_with_a_joined_id_exits_and_leaves_the_first_alone() {
     let (status, log) = second.exit_within(Duration::from_secs(40)).await;
     assert!(!status.success());
     assert!(log.contains("comet id taken"), "{log}");
-    assert!(router.metric("galopush_link_refused_total{reason=\"id_taken\"}").await >= 1.0);
+    assert!(
+        router
+            .metric("galopush_link_refused_total{reason=\"id_taken\"}")
+            .await
+            >= 1.0
+    );
     // The first comet and its terminal were never disturbed.
     router.wait_comets(1, 1).await;
     router.push("bo", 1, "still here").await;
@@ -128,10 +134,7 @@ async fn an_ack_forged_by_another_comet_is_ignored() {
         .send(proto::CometMessage { body: Some(join) })
         .await
         .expect("join");
-    let _downward = client
-        .link(ReceiverStream::new(up))
-        .await
-        .expect("joined");
+    let _downward = client.link(ReceiverStream::new(up)).await.expect("joined");
     router.wait_comets(2, 1).await;
 
     router.push("cy", 1, "mine").await;
@@ -161,10 +164,7 @@ async fn an_ack_forged_by_another_comet_is_ignored() {
         .await;
     // The delivery was not taken as acked: it times out and is stored for the terminal.
     router
-        .wait_metric(
-            "galopush_offline_stored_total{kind=\"push\"}",
-            |v| v >= 1.0,
-        )
+        .wait_metric("galopush_offline_stored_total{kind=\"push\"}", |v| v >= 1.0)
         .await;
     drop(victim);
     let mut back = register(&comet.addr("tcp"), "cy", "c", TermType::Android).await;

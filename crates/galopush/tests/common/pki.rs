@@ -60,13 +60,35 @@ impl Pki {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
         let cert_path = self.dir.path().join(format!("{name}.pem"));
         let key_path = self.dir.path().join(format!("{name}.key"));
         let ca_pem = std::fs::read_to_string(&self.ca).expect("CA PEM");
         std::fs::write(&cert_path, format!("{}{ca_pem}", cert.pem())).expect("write leaf");
         std::fs::write(&key_path, key.serialize_pem()).expect("write key");
         (cert_path, key_path)
+    }
+
+    /// A rustls server configuration serving a new leaf named `name`.
+    pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        use rustls_pki_types::PrivateKeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let (cert, key) = self.leaf(name);
+        let chain = CertificateDer::pem_file_iter(&cert)
+            .expect("PEM")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificates");
+        let key = PrivateKeyDer::from_pem_file(&key).expect("key");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        Arc::new(config)
     }
 
     /// A rustls client configuration that trusts this CA only.

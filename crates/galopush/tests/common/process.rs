@@ -122,7 +122,10 @@ impl Process {
             .await
             .unwrap_or_else(|_| panic!("{} did not exit within {wait:?}", self.role))
             .expect("wait");
-        (status, std::fs::read_to_string(&self.log).unwrap_or_default())
+        (
+            status,
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+        )
     }
 
     /// The process's log so far.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use galopush_client::{Terminal, Transport};
-use galopush_nsq::fake::{ChannelStats, FakeLookupd, FakeNsqd};
+use galopush_nsq::fake::{ChannelStats, FakeLookupd, FakeNsqd, FakeNsqdOptions};
 use galopush_protocol::message::Down;
 use galopush_protocol::{Encoding, TermType};
 
@@ -39,7 +39,12 @@ pub struct Nsq {
 
 impl Nsq {
     pub async fn start() -> Nsq {
-        let nsqd = FakeNsqd::start().await.expect("fake nsqd");
+        Nsq::start_with(FakeNsqdOptions::default()).await
+    }
+
+    /// As [`Nsq::start`], with an nsqd started with `options` (TLS, AUTH).
+    pub async fn start_with(options: FakeNsqdOptions) -> Nsq {
+        let nsqd = FakeNsqd::start_with(options).await.expect("fake nsqd");
         let lookupd = FakeLookupd::start().await.expect("fake nsqlookupd");
         for topic in INBOUND {
             lookupd.register(topic, nsqd.addr());

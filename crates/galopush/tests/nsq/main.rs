@@ -13,3 +13,4 @@ mod outbound;
 mod requeue;
 mod restart;
 mod store;
+mod tls;
