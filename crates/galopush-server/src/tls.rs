@@ -197,9 +197,14 @@ impl ReloadingCert {
         });
     }
 
-    /// An acceptor serving this certificate, announcing `alpn` (e.g. `http/1.1`; empty for the
-    /// terminals' binary protocol).
+    /// An acceptor serving this certificate, announcing `alpn` (e.g. `http/1.1`).
     pub fn acceptor(self: &Arc<Self>, alpn: &[&[u8]]) -> TlsAcceptor {
+        TlsAcceptor::from(self.server_config(alpn))
+    }
+
+    /// The server configuration serving this certificate, announcing `alpn` (empty for the
+    /// terminals' protocols).
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
         let versions = [&version::TLS13, &version::TLS12];
         // The provider's defaults and these versions always go together.
         let builder = ServerConfig::builder_with_provider(provider())
@@ -219,7 +224,7 @@ impl ReloadingCert {
                 tracing::warn!(error = %e, "no TLS session tickets: every handshake is a full one")
             }
         }
-        TlsAcceptor::from(Arc::new(config))
+        Arc::new(config)
     }
 }
 

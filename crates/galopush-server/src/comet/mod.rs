@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod session;
+pub mod tls_stream;
 pub mod transport;
 pub mod websocket;
 
@@ -32,7 +33,8 @@ use crate::metrics::{Metrics, Refusal};
 use crate::sharded::ShardedMap;
 use crate::tls::ReloadingCert;
 use conn::{Conn, Outbound, Pushed, RouterIdx};
-use tokio_rustls::TlsAcceptor;
+use rustls::ServerConfig;
+use tls_stream::TlsStream;
 use transport::{Stream, TcpTransport, WsTransport};
 
 /// What a comet needs from the configuration.
@@ -123,7 +125,7 @@ pub struct Comet {
 struct TlsListeners {
     tls: TcpListener,
     wss: TcpListener,
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
 }
 
 /// Where a comet's listeners are bound.
@@ -194,7 +196,7 @@ impl Comet {
                 Some(TlsListeners {
                     tls,
                     wss,
-                    acceptor: cert.acceptor(&[]),
+                    config: cert.server_config(&[]),
                 })
             }
             None => None,
@@ -248,17 +250,13 @@ impl Comet {
         tokio::spawn(accept_loop(shared.clone(), self.tcp, Listener::Tcp));
         tokio::spawn(accept_loop(shared.clone(), self.ws, Listener::Ws));
         if let Some(tls) = self.tls {
-            let acceptor = tls.acceptor;
+            let config = tls.config;
             tokio::spawn(accept_loop(
                 shared.clone(),
                 tls.tls,
-                Listener::Tls(acceptor.clone()),
+                Listener::Tls(config.clone()),
             ));
-            tokio::spawn(accept_loop(
-                shared.clone(),
-                tls.wss,
-                Listener::Wss(acceptor),
-            ));
+            tokio::spawn(accept_loop(shared.clone(), tls.wss, Listener::Wss(config)));
         }
         tracing::info!(comet = %self.info.id, tcp = %self.info.tcp, ws = %self.info.ws, tls = ?self.info.tls, wss = ?self.info.wss, "comet accepting terminals");
         shared
@@ -272,9 +270,9 @@ enum Listener {
     /// WebSocket (SPEC §4).
     Ws,
     /// Binary frames inside TLS (SPEC §11).
-    Tls(TlsAcceptor),
+    Tls(Arc<ServerConfig>),
     /// WebSocket inside TLS.
-    Wss(TlsAcceptor),
+    Wss(Arc<ServerConfig>),
 }
 
 async fn accept_loop(shared: Arc<CometShared>, listener: TcpListener, kind: Listener) {
@@ -297,17 +295,18 @@ async fn accept_loop(shared: Arc<CometShared>, listener: TcpListener, kind: List
             Listener::Ws => {
                 tokio::spawn(serve_ws(comet, stream, slot, deadline));
             }
-            Listener::Tls(acceptor) => {
-                tokio::spawn(serve_tls(comet, acceptor.clone(), stream, slot, deadline));
+            Listener::Tls(config) => {
+                tokio::spawn(serve_tls(comet, config.clone(), stream, slot, deadline));
             }
-            Listener::Wss(acceptor) => {
-                tokio::spawn(serve_wss(comet, acceptor.clone(), stream, slot, deadline));
+            Listener::Wss(config) => {
+                tokio::spawn(serve_wss(comet, config.clone(), stream, slot, deadline));
             }
         }
     }
 }
 
-/// A WebSocket terminal: the upgrade, then the session.
+/// A WebSocket terminal: the upgrade, then the session in a task of its own (the handshake's
+/// state is not kept for the connection's life).
 async fn serve_ws<S: Stream>(
     comet: Arc<CometShared>,
     mut stream: S,
@@ -320,7 +319,7 @@ async fn serve_ws<S: Stream>(
         Ok(Ok(())) => {
             let max = comet.settings.max_unregistered_frame;
             let transport = WsTransport::new(stream, read, max);
-            session::serve(comet, transport, slot, deadline).await;
+            tokio::spawn(session::serve(comet, transport, slot, deadline));
         }
         Ok(Err(e)) => tracing::debug!(error = %e, "websocket handshake failed"),
         Err(_) => tracing::debug!("websocket handshake not done within comet.register_timeout"),
@@ -329,11 +328,11 @@ async fn serve_ws<S: Stream>(
 
 /// The TLS handshake of a terminal's connection, within `deadline`.
 async fn tls_handshake(
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
     stream: TcpStream,
     deadline: Instant,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout_at(deadline, TlsStream::accept(stream, config)).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -349,26 +348,27 @@ async fn tls_handshake(
 /// A TCP terminal inside TLS.
 async fn serve_tls(
     comet: Arc<CometShared>,
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
     stream: TcpStream,
     slot: ConnSlot,
     deadline: Instant,
 ) {
-    if let Some(tls) = tls_handshake(acceptor, stream, deadline).await {
+    if let Some(tls) = tls_handshake(config, stream, deadline).await {
         let transport = TcpTransport::new(tls, comet.settings.max_unregistered_frame);
-        session::serve(comet, transport, slot, deadline).await;
+        // A task of its own: the handshake's state is not kept for the connection's life.
+        tokio::spawn(session::serve(comet, transport, slot, deadline));
     }
 }
 
 /// A WebSocket terminal inside TLS (`wss://`).
 async fn serve_wss(
     comet: Arc<CometShared>,
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
     stream: TcpStream,
     slot: ConnSlot,
     deadline: Instant,
 ) {
-    if let Some(tls) = tls_handshake(acceptor, stream, deadline).await {
+    if let Some(tls) = tls_handshake(config, stream, deadline).await {
         serve_ws(comet, tls, slot, deadline).await;
     }
 }

@@ -14,6 +14,7 @@
 //! time-out.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 
 use galopush_protocol::message::{
@@ -37,50 +38,56 @@ const MAX_ID: usize = 32;
 
 /// Serves one connection from accept to close; it must register by `deadline`. `slot` is the
 /// connection's place within the comet's connection limits, given back when this returns.
-pub async fn serve<T: Transport>(
+///
+/// An `async` block rather than an `async fn`: an `async fn` keeps its arguments and its
+/// bindings of them as two copies in the task, and a TLS transport is over a kilobyte.
+pub fn serve<T: Transport>(
     comet: Arc<CometShared>,
-    mut transport: T,
+    transport: T,
     slot: ConnSlot,
     deadline: Instant,
-) {
-    let _slot = slot;
-    let conn = comet.open_conn();
-    comet.metrics.connections_unregistered.inc();
-    let registered = await_register(&comet, &conn, &mut transport, deadline).await;
-    comet.metrics.connections_unregistered.dec();
-    let mut txns = Transactions::default();
-    if let Some(Registered {
-        info,
-        encoding,
-        router,
-        stored,
-    }) = registered
-    {
-        let gauge = comet.metrics.connections(info.term).clone();
-        gauge.inc();
-        transport.set_max_message(comet.settings.max_body);
-        let mut session = Session {
-            comet: &comet,
-            conn: &conn,
-            info: &info,
+) -> impl Future<Output = ()> + Send {
+    let mut transport = transport;
+    async move {
+        let _slot = slot;
+        let conn = comet.open_conn();
+        comet.metrics.connections_unregistered.inc();
+        let registered = await_register(&comet, &conn, &mut transport, deadline).await;
+        comet.metrics.connections_unregistered.dec();
+        let mut txns = Transactions::default();
+        if let Some(Registered {
+            info,
             encoding,
-            next_tid: fastrand::u32(..),
-            txns: &mut txns,
-            ims_in_flight: 0,
-        };
-        session.run(&mut transport, router, stored).await;
-        gauge.dec();
-        comet.close_conn(conn.id);
-        settle_leftovers(&comet, &conn, &mut txns);
-        comet.closed(&info);
-    } else {
-        comet.close_conn(conn.id);
-        settle_leftovers(&comet, &conn, &mut txns);
+            router,
+            stored,
+        }) = registered
+        {
+            let gauge = comet.metrics.connections(info.term).clone();
+            gauge.inc();
+            transport.set_max_message(comet.settings.max_body);
+            let mut session = Session {
+                comet: &comet,
+                conn: &conn,
+                info: &info,
+                encoding,
+                next_tid: fastrand::u32(..),
+                txns: &mut txns,
+                ims_in_flight: 0,
+            };
+            session.run(&mut transport, router, stored).await;
+            gauge.dec();
+            comet.close_conn(conn.id);
+            settle_leftovers(&comet, &conn, &mut txns);
+            comet.closed(&info);
+        } else {
+            comet.close_conn(conn.id);
+            settle_leftovers(&comet, &conn, &mut txns);
+        }
+        if transport.has_pending() {
+            let _ = timeout(comet.settings.write_timeout, transport.flush()).await;
+        }
+        let _ = timeout(comet.settings.write_timeout, transport.close()).await;
     }
-    if transport.has_pending() {
-        let _ = timeout(comet.settings.write_timeout, transport.flush()).await;
-    }
-    let _ = timeout(comet.settings.write_timeout, transport.close()).await;
 }
 
 /// Everything still open when a connection ends fails: queued deliveries and transactions.

@@ -94,8 +94,9 @@ pub trait Transport: Send {
     /// Writes the queued frames.
     fn flush(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;
 
-    /// Closes the connection politely.
-    fn close(self) -> impl Future<Output = ()> + Send;
+    /// Closes the connection politely. By reference, so that waiting for it does not keep a
+    /// second copy of the transport in the connection's task.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 /// Bytes read from a socket at a time.
@@ -189,11 +190,13 @@ impl<S: Stream> Transport for TcpTransport<S> {
 
     async fn flush(&mut self) -> Result<(), TransportError> {
         self.stream.write_all(&self.write).await?;
+        // Nothing for TCP; TLS keeps what the socket did not take until flushed.
+        self.stream.flush().await?;
         self.write = BytesMut::new();
         Ok(())
     }
 
-    async fn close(mut self) {
+    async fn close(&mut self) {
         let _ = self.stream.shutdown().await;
     }
 }
@@ -292,10 +295,11 @@ impl<S: Stream> Transport for WsTransport<S> {
         }
         self.closed |= self.close_replied;
         self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 
-    async fn close(mut self) {
+    async fn close(&mut self) {
         if !self.closed && !self.close_replied {
             let mut out = Vec::new();
             websocket::close_frame(&mut out);
