@@ -302,6 +302,20 @@ async fn a_replaced_certificate_is_served_to_new_connections_and_old_ones_stay()
             .log_text()
             .contains("TLS certificate not reloaded")
     );
+
+    // Without a signal: the files are watched, and a good pair written later is picked up.
+    let (third_cert, third_key) = g.pki.leaf("third");
+    std::fs::copy(&third_key, &g.key).expect("replace key");
+    std::fs::copy(&third_cert, &g.cert).expect("replace cert");
+    let third = leaf_of(&third_cert);
+    let deadline = tokio::time::Instant::now() + SOON;
+    while g.served_certificate().await != third {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a changed file is never picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[test]
