@@ -296,10 +296,24 @@ async fn accept_loop(shared: Arc<CometShared>, listener: TcpListener, kind: List
                 tokio::spawn(serve_ws(comet, stream, slot, deadline));
             }
             Listener::Tls(config) => {
-                tokio::spawn(serve_tls(comet, config.clone(), stream, slot, deadline));
+                tokio::spawn(serve_tls(
+                    comet,
+                    config.clone(),
+                    stream,
+                    slot,
+                    deadline,
+                    false,
+                ));
             }
             Listener::Wss(config) => {
-                tokio::spawn(serve_wss(comet, config.clone(), stream, slot, deadline));
+                tokio::spawn(serve_tls(
+                    comet,
+                    config.clone(),
+                    stream,
+                    slot,
+                    deadline,
+                    true,
+                ));
             }
         }
     }
@@ -345,31 +359,24 @@ async fn tls_handshake(
     }
 }
 
-/// A TCP terminal inside TLS.
+/// A terminal inside TLS: binary frames, or WebSocket (`wss://`) when `web`.
 async fn serve_tls(
     comet: Arc<CometShared>,
     config: Arc<ServerConfig>,
     stream: TcpStream,
     slot: ConnSlot,
     deadline: Instant,
+    web: bool,
 ) {
-    if let Some(tls) = tls_handshake(config, stream, deadline).await {
+    let Some(tls) = tls_handshake(config, stream, deadline).await else {
+        return;
+    };
+    if web {
+        serve_ws(comet, tls, slot, deadline).await;
+    } else {
         let transport = TcpTransport::new(tls, comet.settings.max_unregistered_frame);
         // A task of its own: the handshake's state is not kept for the connection's life.
         tokio::spawn(session::serve(comet, transport, slot, deadline));
-    }
-}
-
-/// A WebSocket terminal inside TLS (`wss://`).
-async fn serve_wss(
-    comet: Arc<CometShared>,
-    config: Arc<ServerConfig>,
-    stream: TcpStream,
-    slot: ConnSlot,
-    deadline: Instant,
-) {
-    if let Some(tls) = tls_handshake(config, stream, deadline).await {
-        serve_ws(comet, tls, slot, deadline).await;
     }
 }
 

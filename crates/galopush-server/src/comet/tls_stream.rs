@@ -35,6 +35,55 @@ fn tls_error(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
 }
 
+/// Why rustls did not write into the room it was given.
+enum Short {
+    /// More room: this much.
+    Needs(InsufficientSizeError),
+    Failed(String),
+}
+
+impl From<EncodeError> for Short {
+    fn from(e: EncodeError) -> Short {
+        match e {
+            EncodeError::InsufficientSize(size) => Short::Needs(size),
+            e => Short::Failed(format!("{e:?}")),
+        }
+    }
+}
+
+impl From<EncryptError> for Short {
+    fn from(e: EncryptError) -> Short {
+        match e {
+            EncryptError::InsufficientSize(size) => Short::Needs(size),
+            e => Short::Failed(format!("{e:?}")),
+        }
+    }
+}
+
+/// Appends what `fill` writes to `out`, giving it `room` bytes at first and then what it asks
+/// for.
+fn append(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    mut fill: impl FnMut(&mut [u8]) -> Result<usize, Short>,
+) -> io::Result<()> {
+    let start = out.len();
+    loop {
+        out.resize(start + room, 0);
+        match fill(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(Short::Needs(InsufficientSizeError { required_size })) => room = required_size,
+            Err(Short::Failed(why)) => {
+                out.truncate(start);
+                return Err(tls_error(why));
+            }
+        }
+    }
+}
+
 /// Where the connection stands after its records were processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
@@ -118,24 +167,9 @@ impl<S> TlsStream<S> {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    let start = self.outgoing.len();
-                    let mut room = 1024;
-                    loop {
-                        self.outgoing.resize(start + room, 0);
-                        match encode.encode(&mut self.outgoing[start..]) {
-                            Ok(n) => {
-                                self.outgoing.truncate(start + n);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(InsufficientSizeError {
-                                required_size,
-                            })) => room = required_size,
-                            Err(e) => {
-                                self.outgoing.truncate(start);
-                                return Err(tls_error(format!("{e:?}")));
-                            }
-                        }
-                    }
+                    append(&mut self.outgoing, 1024, |room| {
+                        encode.encode(room).map_err(Short::from)
+                    })?;
                     None
                 }
                 // What was encoded is in `outgoing`, written before anything encrypted later.
@@ -145,25 +179,11 @@ impl<S> TlsStream<S> {
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
                     if let Some(plaintext) = data.take() {
-                        let start = self.outgoing.len();
                         let records = plaintext.len() / MAX_RECORD + 1;
-                        let mut room = plaintext.len() + records * RECORD_OVERHEAD;
-                        loop {
-                            self.outgoing.resize(start + room, 0);
-                            match traffic.encrypt(plaintext, &mut self.outgoing[start..]) {
-                                Ok(n) => {
-                                    self.outgoing.truncate(start + n);
-                                    break;
-                                }
-                                Err(EncryptError::InsufficientSize(InsufficientSizeError {
-                                    required_size,
-                                })) => room = required_size,
-                                Err(e) => {
-                                    self.outgoing.truncate(start);
-                                    return Err(tls_error(format!("{e:?}")));
-                                }
-                            }
-                        }
+                        let room = plaintext.len() + records * RECORD_OVERHEAD;
+                        append(&mut self.outgoing, room, |room| {
+                            traffic.encrypt(plaintext, room).map_err(Short::from)
+                        })?;
                     }
                     Some(Progress::Open)
                 }
@@ -192,15 +212,9 @@ impl<S> TlsStream<S> {
     fn close_notify(&mut self) -> io::Result<()> {
         let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::WriteTraffic(mut traffic)) = state {
-            let start = self.outgoing.len();
-            self.outgoing.resize(start + RECORD_OVERHEAD, 0);
-            match traffic.queue_close_notify(&mut self.outgoing[start..]) {
-                Ok(n) => self.outgoing.truncate(start + n),
-                Err(e) => {
-                    self.outgoing.truncate(start);
-                    return Err(tls_error(format!("{e:?}")));
-                }
-            }
+            append(&mut self.outgoing, RECORD_OVERHEAD, |room| {
+                traffic.queue_close_notify(room).map_err(Short::from)
+            })?;
         }
         Ok(())
     }

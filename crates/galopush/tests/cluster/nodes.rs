@@ -204,17 +204,7 @@ impl Node {
 
     /// The value of one metric line on this node.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = api_client()
-            .get(format!("{}/metrics", self.api()))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        crate::common::process::metric(&api_client(), &self.api(), series).await
     }
 
     /// Waits until `check` holds for a metric's value.

@@ -158,6 +158,22 @@ pub fn api_client() -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// The value of one metric line at `{api}/metrics`, e.g.
+/// `galopush_kicks_total{reason="logged_out"}`; 0 when the series is absent.
+pub async fn metric(client: &reqwest::Client, api: &str, series: &str) -> f64 {
+    let text = client
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A setting's environment variable: `auth.mode` → `GALOPUSH_AUTH__MODE`.
 pub fn env_name(key: &str) -> String {
     let (section, name) = key.split_once('.').expect("section.key");

@@ -190,18 +190,7 @@ impl Gateway {
     /// The value of one metric line, e.g.
     /// `galopush_bus_messages_total{topic="push",event="malformed"}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.api))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        crate::common::process::metric(&self.client, &self.api, series).await
     }
 
     /// The bus counter of `topic` for `event` (received, retired, requeued, malformed).

@@ -160,18 +160,7 @@ impl Gateway {
 
     /// The value of one metric line, e.g. `galopush_kicks_total{reason="logged_out"}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.api))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        crate::common::process::metric(&self.client, &self.api, series).await
     }
 
     /// Waits until a metric reaches `at_least`.

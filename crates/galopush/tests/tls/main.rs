@@ -107,18 +107,7 @@ impl Gateway {
     }
 
     async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .client()
-            .get(format!("{}/metrics", self.api))
-            .send()
-            .await
-            .expect("GET /metrics over HTTPS")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        crate::common::process::metric(&self.client(), &self.api, series).await
     }
 
     async fn wait_metric(&self, series: &str, at_least: f64) {
