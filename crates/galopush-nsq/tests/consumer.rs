@@ -96,7 +96,8 @@ async fn a_paused_consumer_sends_rdy_0_and_takes_nothing_until_resumed() {
     let mut consumer = consumer(config);
     nsqd.publish(TOPIC, "before");
     next_message(&mut consumer).await.fin();
-    assert_eq!(nsqd.stats(TOPIC, CHANNEL).ready, 8);
+    // A connection starts at RDY 1 and gets its share once subscribed.
+    eventually("RDY 8", || nsqd.stats(TOPIC, CHANNEL).ready == 8).await;
     consumer.set_paused(true);
     eventually("nsqd got RDY 0", || nsqd.stats(TOPIC, CHANNEL).ready == 0).await;
     for i in 0..3 {
@@ -113,7 +114,7 @@ async fn a_paused_consumer_sends_rdy_0_and_takes_nothing_until_resumed() {
     for _ in 0..3 {
         next_message(&mut consumer).await.fin();
     }
-    assert_eq!(nsqd.stats(TOPIC, CHANNEL).ready, 8);
+    eventually("RDY 8 again", || nsqd.stats(TOPIC, CHANNEL).ready == 8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
