@@ -26,13 +26,13 @@ pub enum Scenario {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
-    /// The binary protocol (SPEC §3), as Android terminals.
+    /// The binary protocol (docs/protocol.md), as Android terminals.
     Tcp,
-    /// WebSocket (SPEC §4), as Web terminals.
+    /// WebSocket (docs/protocol.md), as Web terminals.
     Ws,
 }
 
-/// The WebSocket framing of Web terminals (SPEC §4).
+/// The WebSocket framing of Web terminals (docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
@@ -42,7 +42,7 @@ pub enum Framing {
     Plain,
 }
 
-/// Which kind of down-message the run publishes (SPEC §7).
+/// Which kind of down-message the run publishes (docs/business.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageKind {
@@ -55,7 +55,7 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
-    /// The default topic of this kind (SPEC §7).
+    /// The default topic of this kind (docs/business.md).
     pub fn default_topic(self) -> &'static str {
         match self {
             MessageKind::Push => "push",

@@ -330,7 +330,7 @@ impl Metrics {
         let refused = Family::<Labels, Counter>::default();
         registry.register(
             "refused",
-            "Refusals by the limits.* bound that was reached (SPEC §10)",
+            "Refusals by the limits.* bound that was reached",
             refused.clone(),
         );
         let refusals = Refusal::ALL.map(|r| RefusalCounter {
@@ -502,6 +502,36 @@ mod tests {
         assert!(
             text.contains("galopush_registrations_total{result=\"refused\"} 0"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn every_metric_is_described_in_docs_operations_md() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/operations.md");
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = Metrics::new().render();
+        let mut missing = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let mut parts = rest.split_whitespace();
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let exposed = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            if !doc.contains(&format!("`{exposed}`")) {
+                missing.push(exposed);
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "metrics not described in docs/operations.md: {missing:?}"
         );
     }
 

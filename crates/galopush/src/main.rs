@@ -27,11 +27,25 @@ use galopush_server::start::StartError;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// galopush: a push gateway for mobile and web terminals.
+/// The version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("BUILT_FROM_COMMIT"),
+    ")"
+);
+
+/// galopush: a push gateway for mobile and web terminals. Documentation: docs/ in the source
+/// repository (configuration.md, operations.md, protocol.md, business.md).
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version = VERSION,
+    about,
+    after_help = "Documentation: docs/ in the source repository (configuration.md, \
+                  operations.md, protocol.md, business.md, architecture.md)."
+)]
 struct Cli {
-    /// TOML configuration file (SPEC §9); every key can also be set by
+    /// TOML configuration file (docs/configuration.md); every key can also be set by
     /// GALOPUSH_<SECTION>__<KEY>.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
@@ -53,6 +67,55 @@ enum Command {
     /// The load generator: many terminals, publishing, latency percentiles, throughput,
     /// server memory.
     Bench(galopush_bench::BenchArgs),
+    /// The configuration in force (file, environment and defaults; secrets redacted), every
+    /// key with its default, or a file checked.
+    Config(ConfigArgs),
+}
+
+/// What `galopush config` prints.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Every key with its default and what it does, as a commented TOML file.
+    #[arg(long, conflicts_with_all = ["check", "markdown"])]
+    defaults: bool,
+    /// Check FILE alone (not the environment): exit 0 if it can be used, 2 naming the bad key.
+    #[arg(long, value_name = "FILE", conflicts_with = "markdown")]
+    check: Option<PathBuf>,
+    /// The reference of every key as Markdown (docs/configuration.md).
+    #[arg(long)]
+    markdown: bool,
+}
+
+/// Runs `galopush config`.
+fn config_command(args: ConfigArgs, file: Option<&PathBuf>) -> ExitCode {
+    use galopush_server::config::reference;
+    if args.defaults {
+        print!("{}", reference::defaults_toml());
+        return ExitCode::SUCCESS;
+    }
+    if args.markdown {
+        print!("{}", reference::markdown());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = args.check {
+        return match Config::load(Some(&path), std::iter::empty()) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("galopush: bad configuration: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match load_config(file) {
+        Ok(config) => {
+            print!("{}", reference::effective_toml(&config));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
 }
 
 /// How `galopush client` connects.
@@ -138,6 +201,26 @@ impl ClientArgs {
     }
 }
 
+/// Keeps SIGHUP from ending the process (its default action): with `[tls]` it reloads the
+/// certificate (the server listens for it too); without, it is only logged. Service managers
+/// send it for "reload".
+fn survive_sighup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        tracing::info!("SIGHUP received");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -197,7 +280,11 @@ fn serve(config: Option<&PathBuf>, part: Part) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(part(config, Box::pin(shutdown_signal()))) {
+    let run = async {
+        survive_sighup();
+        part(config, Box::pin(shutdown_signal())).await
+    };
+    match rt.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("galopush: {e}");
@@ -219,6 +306,7 @@ fn main() -> ExitCode {
             Box::pin(galopush_server::cluster::run_comet(config, stop))
         }),
         Command::Bench(args) => galopush_bench::main(args),
+        Command::Config(args) => config_command(args, cli.config.as_ref()),
         Command::Client(args) => {
             let rt = match runtime() {
                 Ok(rt) => rt,

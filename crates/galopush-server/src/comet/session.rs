@@ -500,6 +500,11 @@ impl Session<'_> {
                         fail(self.comet, txn.router, txn.delivery);
                     }
                     if now >= last_seen + idle {
+                        if !reading {
+                            // Not read because it waits for its IMs' answers: not idle.
+                            last_seen = now;
+                            continue;
+                        }
                         tracing::debug!(session = self.conn.id, "idle timeout; closing");
                         return;
                     }
@@ -513,7 +518,8 @@ impl Session<'_> {
         let (items, slow) = self.conn.take();
         // One clock reading for what arrived together.
         let now = Instant::now();
-        for item in items {
+        let mut items = items.into_iter();
+        while let Some(item) = items.next() {
             match item {
                 Outbound::Deliver { router, delivery } => {
                     self.deliver(transport, router, delivery, now)
@@ -528,6 +534,13 @@ impl Session<'_> {
                         },
                     );
                     tracing::debug!(session = self.conn.id, uid = %self.info.uid, ?reason, "kicked");
+                    // What came after the kick is not written: it settles as failed, so it goes
+                    // to the offline rule (or to the terminal's next session).
+                    for rest in items {
+                        if let Outbound::Deliver { router, delivery } = rest {
+                            fail(self.comet, router, delivery.id);
+                        }
+                    }
                     return AfterQueue::Kicked;
                 }
                 Outbound::ImResult {

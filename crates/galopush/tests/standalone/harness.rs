@@ -99,6 +99,11 @@ impl Gateway {
         self.process.pid
     }
 
+    /// Sends a signal (`HUP`, `TERM`, …) to the gateway.
+    pub fn signal(&self, name: &str) {
+        self.process.signal(name);
+    }
+
     /// Whether the process is still running (not exited, not a zombie).
     pub fn alive(&self) -> bool {
         std::fs::read_to_string(format!("/proc/{}/status", self.process.pid))

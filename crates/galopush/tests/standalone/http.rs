@@ -173,3 +173,21 @@ fn a_port_in_use_stops_the_program_naming_the_address() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn sighup_without_tls_is_harmless() {
+    let g = Gateway::start(&[]).await;
+    g.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        g.alive(),
+        "SIGHUP's default action would have ended the process"
+    );
+    let r = g
+        .client()
+        .get(format!("{}/healthz", g.http))
+        .send()
+        .await
+        .expect("still serving");
+    assert_eq!(r.status().as_u16(), 200);
+}

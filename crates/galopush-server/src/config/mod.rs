@@ -12,6 +12,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod reference;
+
 /// Prefix of the environment variables that override settings.
 pub const ENV_PREFIX: &str = "GALOPUSH_";
 
