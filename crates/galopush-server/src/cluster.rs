@@ -16,6 +16,7 @@ use crate::http::{self, ApiToken, HttpLimits};
 use crate::link::RouterLink;
 use crate::link::grpc::comet_side::{GrpcRouterLink, LinkSecurity};
 use crate::link::grpc::router_side::LinkService;
+use crate::link::grpc::{self};
 use crate::link::grpc::{HEARTBEAT, SILENCE};
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -48,7 +49,12 @@ pub async fn run_router(
     let router = parts.router.clone();
     let (rpc, rpc_bound) = listen(config.router.rpc_addr, "router.rpc_addr").await?;
     let (listeners, http_bound, api_bound) = HttpListeners::bind(&config, tls.as_ref()).await?;
-    let service = LinkService::new(router.clone(), &cluster.secret).into_server();
+    let service = LinkService::new(
+        router.clone(),
+        &cluster.secret,
+        grpc::message_limit(&config.limits),
+    )
+    .into_server();
     let mut server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(HEARTBEAT))
         .http2_keepalive_timeout(Some(SILENCE))
@@ -136,6 +142,7 @@ pub async fn run_comet(
                 .identity(Identity::from_pem(&pems.cert, &pems.key))
         }),
         incarnation: fastrand::u64(1..),
+        message_limit: grpc::message_limit(&config.limits),
     };
     let (fatal, mut refused) = tokio::sync::mpsc::unbounded_channel();
     let links: Vec<Arc<dyn RouterLink>> = config

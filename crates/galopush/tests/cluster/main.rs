@@ -7,6 +7,7 @@
 mod common;
 
 mod nodes;
+mod scale;
 mod security;
 
 use std::collections::HashSet;

@@ -271,6 +271,24 @@ impl Node {
         );
     }
 
+    /// `POST /mpub` of `lines` to a router; must be accepted.
+    pub async fn publish_many(&self, topic: &str, lines: &[serde_json::Value]) {
+        let body: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        let r = api_client()
+            .post(format!("{}/mpub", self.api()))
+            .query(&[("topic", topic)])
+            .body(body.join("\n"))
+            .send()
+            .await
+            .expect("POST /mpub");
+        let status = r.status();
+        assert!(
+            status.is_success(),
+            "/mpub {topic}: {status} {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+
     /// Publishes a login record and waits until this router retired it.
     pub async fn login(&self, uid: &str, term: TermType, code: &str) {
         let series = "galopush_bus_messages_total{topic=\"userOnlineState\",event=\"retired\"}";

@@ -7,7 +7,7 @@
 //! comet for longer than a crashed predecessor could stay joined ([`ID_TAKEN_GRACE`]), makes
 //! the comet exit: it reports the reason on its [`Fatal`] channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,7 +21,8 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::proto::{self, comet_message, router_message};
 use super::{
-    HEARTBEAT, REQUEST_TIMEOUT, SILENCE, commands_from_proto, delivery_from_proto, session_to_proto,
+    HEARTBEAT, REQUEST_TIMEOUT, SILENCE, commands_from_proto, delivery_with_body, session_chunks,
+    session_to_proto,
 };
 use crate::link::{
     CometInfo, CometLink, ImUp, LinkError, Outcome, Registration, RouterLink, SessionInfo, Settle,
@@ -45,6 +46,8 @@ pub struct LinkSecurity {
     pub tls: Option<ClientTlsConfig>,
     /// Random for each comet process, so a router tells a rejoin from a second comet.
     pub incarnation: u64,
+    /// The largest message taken or sent ([`super::message_limit`]).
+    pub message_limit: usize,
 }
 
 /// Why a joined stream ended.
@@ -166,7 +169,7 @@ impl RouterLink for GrpcRouterLink {
                 Err(LinkError::Unavailable(r.error))
             }
             router_message::Body::RegisterReply(r) if r.accepted => Ok(Registration::Accepted {
-                stored: r.stored.into_iter().map(delivery_from_proto).collect(),
+                stored: r.stored.into_iter().map(delivery_with_body).collect(),
             }),
             router_message::Body::RegisterReply(_) => Ok(Registration::Refused),
             _ => Err(LinkError::Unavailable("router answered out of turn".into())),
@@ -204,7 +207,7 @@ impl RouterLink for GrpcRouterLink {
                     request,
                     uid: im.uid.to_string(),
                     term: u32::from(im.term.bit()),
-                    body: im.body.to_vec(),
+                    body: im.body,
                 })
             })
             .await?;
@@ -290,22 +293,29 @@ async fn joined_session(
             .map_err(|e| broken(&e))?;
     }
     let channel = endpoint.connect().await.map_err(|e| broken(&e))?;
-    let mut client = proto::router_client::RouterClient::new(channel);
+    let mut client = proto::router_client::RouterClient::new(channel)
+        .max_decoding_message_size(security.message_limit)
+        .max_encoding_message_size(security.message_limit);
     let (tx, rx) = mpsc::unbounded_channel();
+    // The join, then the rest of the sessions in chunks: no message grows with the sessions.
+    let mut chunks = session_chunks(&comet.live_sessions()).into_iter();
     let join = comet_message::Body::Join(proto::Join {
         comet_id: info.id.clone(),
         tcp: info.tcp.clone(),
         ws: info.ws.clone(),
-        sessions: comet.live_sessions().iter().map(session_to_proto).collect(),
+        sessions: chunks.next().unwrap_or_default(),
         tls: info.tls.clone().unwrap_or_default(),
         wss: info.wss.clone().unwrap_or_default(),
         secret: security.secret.clone(),
         incarnation: security.incarnation,
     });
+    let first = std::iter::once(join)
+        .chain(chunks.map(|sessions| comet_message::Body::Sessions(proto::Sessions { sessions })))
+        .collect();
     let mut ticker = tokio::time::interval(HEARTBEAT);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let upward = Outgoing {
-        first: Some(join),
+        first,
         rx,
         carry: None,
         ticker,
@@ -334,7 +344,19 @@ async fn joined_session(
             Ok(Ok(Some(m))) => m,
         };
         match message.body {
-            Some(router_message::Body::Commands(c)) => comet.send(commands_from_proto(c.commands)),
+            Some(router_message::Body::Commands(batch)) => {
+                let (commands, orphans) = commands_from_proto(batch);
+                comet.send(commands);
+                for id in orphans {
+                    tracing::warn!(router = %state.addr, delivery = id, "delivery without its body; settled as failed");
+                    if let Some(upward) = &*state.upward.lock() {
+                        let _ = upward.send(Upward::Settle(Settle {
+                            id,
+                            outcome: Outcome::Failed,
+                        }));
+                    }
+                }
+            }
             Some(reply @ router_message::Body::RegisterReply(_)) => answer(state, reply),
             Some(reply @ router_message::Body::OpenedReply(_)) => answer(state, reply),
             Some(reply @ router_message::Body::ImUpReply(_)) => answer(state, reply),
@@ -358,7 +380,8 @@ fn answer(state: &LinkState, reply: Reply) {
 /// The upward stream: the join, then queued messages (consecutive settles merged into one)
 /// and a heartbeat every [`HEARTBEAT`].
 struct Outgoing {
-    first: Option<comet_message::Body>,
+    /// What opens the stream: the join and the rest of its sessions.
+    first: VecDeque<comet_message::Body>,
     rx: mpsc::UnboundedReceiver<Upward>,
     carry: Option<Upward>,
     ticker: Interval,
@@ -366,8 +389,8 @@ struct Outgoing {
 
 impl Outgoing {
     async fn next(mut self) -> Option<(proto::CometMessage, Outgoing)> {
-        let body = match self.first.take() {
-            Some(join) => join,
+        let body = match self.first.pop_front() {
+            Some(opening) => opening,
             None => {
                 let up = match self.carry.take() {
                     Some(up) => up,

@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use futures_util::{Stream, StreamExt};
 use parking_lot::Mutex;
@@ -17,7 +18,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::{self, comet_message, router_message};
-use super::{HEARTBEAT, SILENCE, commands_to_proto, delivery_to_proto, session_from_proto};
+use super::{BATCH_BYTES, Batcher, HEARTBEAT, SILENCE, session_from_proto};
 use crate::link::{
     CometCommand, CometInfo, CometLink, ImUp, Outcome, Registration, SessionInfo, Settle,
 };
@@ -30,13 +31,16 @@ pub struct LinkService {
     router: Arc<Router>,
     /// `cluster.secret`; empty: joins are not checked (a loopback `router.rpc_addr` only).
     secret: Arc<str>,
+    /// The largest message taken or sent ([`super::message_limit`]).
+    message_limit: usize,
 }
 
 impl LinkService {
-    pub fn new(router: Arc<Router>, secret: &str) -> LinkService {
+    pub fn new(router: Arc<Router>, secret: &str, message_limit: usize) -> LinkService {
         LinkService {
             router,
             secret: Arc::from(secret),
+            message_limit,
         }
     }
 
@@ -47,11 +51,46 @@ impl LinkService {
 
     /// The tonic service to add to a server.
     pub fn into_server(self) -> proto::router_server::RouterServer<LinkService> {
+        let limit = self.message_limit;
         proto::router_server::RouterServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
     }
 }
 
-type Downward = mpsc::UnboundedSender<router_message::Body>;
+/// A message for a comet's stream, with about how many bytes of deliveries it holds.
+struct Outbound {
+    body: router_message::Body,
+    size: usize,
+}
+
+/// What goes down a comet's stream, in order.
+#[derive(Clone)]
+struct Downward {
+    tx: mpsc::UnboundedSender<Outbound>,
+    /// Numbers the bodies of `Commands`, unique on the stream.
+    next_body: Arc<AtomicU64>,
+}
+
+impl Downward {
+    fn send(&self, body: router_message::Body) {
+        let _ = self.tx.send(Outbound { body, size: 0 });
+    }
+
+    /// Sends commands as `Commands` messages of about [`BATCH_BYTES`].
+    fn commands(&self, commands: Vec<CometCommand>) {
+        let mut batcher = Batcher::new(&self.next_body);
+        for command in commands {
+            batcher.push(command);
+        }
+        for (batch, size) in batcher.finish() {
+            let _ = self.tx.send(Outbound {
+                body: router_message::Body::Commands(batch),
+                size,
+            });
+        }
+    }
+}
 
 /// A joined comet as the router sees it: commands go down its stream.
 struct GrpcCometLink {
@@ -62,11 +101,7 @@ struct GrpcCometLink {
 
 impl CometLink for GrpcCometLink {
     fn send(&self, commands: Vec<CometCommand>) {
-        let _ = self
-            .downward
-            .send(router_message::Body::Commands(proto::Commands {
-                commands: commands_to_proto(commands),
-            }));
+        self.downward.commands(commands);
     }
 
     fn live_sessions(&self) -> Vec<SessionInfo> {
@@ -102,6 +137,10 @@ impl proto::router_server::Router for LinkService {
             return Err(Status::unauthenticated("wrong or missing cluster.secret"));
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let tx = Downward {
+            tx,
+            next_body: Arc::new(AtomicU64::new(0)),
+        };
         let present = |s: String| (!s.is_empty()).then_some(s);
         let info = CometInfo {
             id: join.comet_id,
@@ -130,7 +169,7 @@ impl proto::router_server::Router for LinkService {
                 return Err(Status::already_exists(taken.to_string()));
             }
         };
-        let _ = tx.send(router_message::Body::Joined(proto::Joined {}));
+        tx.send(router_message::Body::Joined(proto::Joined {}));
         tokio::spawn(serve_comet(self.router.clone(), idx, upward, tx));
         let downward = merged(UnboundedReceiverStream::new(rx))
             .map(|body| Ok(proto::RouterMessage { body: Some(body) }));
@@ -138,22 +177,27 @@ impl proto::router_server::Router for LinkService {
     }
 }
 
-/// Merges consecutive command batches that are ready together into one message.
+/// Merges consecutive command batches that are ready together into one message, up to about
+/// [`BATCH_BYTES`].
 fn merged(
-    rx: UnboundedReceiverStream<router_message::Body>,
+    rx: UnboundedReceiverStream<Outbound>,
 ) -> impl Stream<Item = router_message::Body> + Send {
     rx.ready_chunks(256).flat_map(|chunk| {
-        let mut out: Vec<router_message::Body> = Vec::with_capacity(chunk.len());
-        for body in chunk {
+        let mut out: Vec<(router_message::Body, usize)> = Vec::with_capacity(chunk.len());
+        for Outbound { body, size } in chunk {
             match (out.last_mut(), body) {
                 (
-                    Some(router_message::Body::Commands(batch)),
+                    Some((router_message::Body::Commands(batch), merged_size)),
                     router_message::Body::Commands(more),
-                ) => batch.commands.extend(more.commands),
-                (_, body) => out.push(body),
+                ) if *merged_size + size <= BATCH_BYTES => {
+                    batch.commands.extend(more.commands);
+                    batch.bodies.extend(more.bodies);
+                    *merged_size += size;
+                }
+                (_, body) => out.push((body, size)),
             }
         }
-        futures_util::stream::iter(out)
+        futures_util::stream::iter(out.into_iter().map(|(body, _)| body))
     })
 }
 
@@ -176,7 +220,7 @@ async fn serve_comet(
                     tracing::warn!(comet, "comet silent for {SILENCE:?}");
                     break;
                 }
-                let _ = tx.send(router_message::Body::Heartbeat(proto::Heartbeat {}));
+                tx.send(router_message::Body::Heartbeat(proto::Heartbeat {}));
                 continue;
             }
         };
@@ -195,7 +239,7 @@ async fn serve_comet(
         match body {
             comet_message::Body::Register(r) => {
                 let Some(session) = r.session.and_then(session_from_proto) else {
-                    let _ = tx.send(router_message::Body::RegisterReply(proto::RegisterReply {
+                    tx.send(router_message::Body::RegisterReply(proto::RegisterReply {
                         request: r.request,
                         accepted: false,
                         ..Default::default()
@@ -205,12 +249,16 @@ async fn serve_comet(
                 let (router, tx) = (router.clone(), tx.clone());
                 tokio::spawn(async move {
                     let reply = match router.register(comet, session).await {
-                        Ok(Registration::Accepted { stored }) => proto::RegisterReply {
-                            request: r.request,
-                            accepted: true,
-                            stored: stored.into_iter().map(delivery_to_proto).collect(),
-                            error: String::new(),
-                        },
+                        Ok(Registration::Accepted { stored }) => {
+                            // Ahead of the reply on the same stream: the comet queues them for
+                            // the connection, which writes them after REGRESP 0, in order.
+                            tx.commands(stored.into_iter().map(CometCommand::Deliver).collect());
+                            proto::RegisterReply {
+                                request: r.request,
+                                accepted: true,
+                                ..Default::default()
+                            }
+                        }
                         Ok(Registration::Refused) => proto::RegisterReply {
                             request: r.request,
                             ..Default::default()
@@ -221,16 +269,22 @@ async fn serve_comet(
                             ..Default::default()
                         },
                     };
-                    let _ = tx.send(router_message::Body::RegisterReply(reply));
+                    tx.send(router_message::Body::RegisterReply(reply));
                 });
             }
             comet_message::Body::Opened(o) => {
                 if let Some(session) = o.session.and_then(session_from_proto) {
                     router.opened(comet, &session);
                 }
-                let _ = tx.send(router_message::Body::OpenedReply(proto::OpenedReply {
+                tx.send(router_message::Body::OpenedReply(proto::OpenedReply {
                     request: o.request,
                 }));
+            }
+            // The rest of the sessions the comet joined with.
+            comet_message::Body::Sessions(more) => {
+                for session in more.sessions.into_iter().filter_map(session_from_proto) {
+                    router.opened(comet, &session);
+                }
             }
             comet_message::Body::Closed(c) => {
                 if let Some(session) = c.session.and_then(session_from_proto) {
@@ -267,7 +321,7 @@ async fn serve_comet(
                                     ImUp {
                                         uid: Arc::from(im.uid),
                                         term,
-                                        body: im.body.into(),
+                                        body: im.body,
                                     },
                                 )
                                 .await,
@@ -279,7 +333,7 @@ async fn serve_comet(
                             error: "bad terminal type".into(),
                         },
                     };
-                    let _ = tx.send(router_message::Body::ImUpReply(reply));
+                    tx.send(router_message::Body::ImUpReply(reply));
                 });
             }
             comet_message::Body::Heartbeat(_) | comet_message::Body::Join(_) => {}
