@@ -1,12 +1,14 @@
 //! End-to-end tests of a cluster (issue: routers and comets as separate processes over gRPC,
 //! with Redis): dispatch across comets, delivery and kicks across comets, a killed comet's
-//! unsettled deliveries stored, a restarted router rebuilt from the comets' reports.
+//! unsettled deliveries stored, a restarted router rebuilt from the comets' reports; several
+//! routers in `routers`, sizes in `scale`, the link's security in `security`.
 //! Each test has its own processes, ports and Redis key prefix.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod nodes;
+mod routers;
 mod scale;
 mod security;
 
@@ -184,96 +186,5 @@ async fn a_restarted_router_delivers_again_without_terminals_reconnecting() {
         Bytes::from("after the restart too")
     );
     drop((a, b));
-    cluster.clean().await;
-}
-
-#[tokio::test]
-async fn two_routers_consume_nsq_together_and_every_message_is_delivered() {
-    use galopush_nsq::fake::{FakeLookupd, FakeNsqd};
-    if !redis_or_skip(REDIS).await {
-        return;
-    }
-    let nsqd = FakeNsqd::start().await.expect("fake nsqd");
-    let lookupd = FakeLookupd::start().await.expect("fake nsqlookupd");
-    for topic in [
-        "userOnlineState",
-        "push",
-        "callback",
-        "msgDownward",
-        "sessionTimeout",
-    ] {
-        lookupd.register(topic, nsqd.addr());
-    }
-    let (nsqd_tcp, lookupd_http) = (nsqd.tcp_address(), lookupd.http_address());
-    let cluster = Cluster::new(
-        REDIS,
-        &[
-            ("bus.kind", "nsq"),
-            ("bus.nsqd_tcp", &nsqd_tcp),
-            ("bus.nsqlookupd_http", &lookupd_http),
-            ("bus.heartbeat_interval", "1s"),
-        ],
-    );
-    let r1 = cluster.router(None, &[]).await;
-    let r2 = cluster.router(None, &[]).await;
-    let (rpc1, rpc2) = (r1.addr("rpc"), r2.addr("rpc"));
-    let a = cluster.comet("comet-a", &[&rpc1, &rpc2]).await;
-    let b = cluster.comet("comet-b", &[&rpc1, &rpc2]).await;
-    r1.wait_comets(2, 0).await;
-    r2.wait_comets(2, 0).await;
-
-    let users = [("n1", &a), ("n2", &b), ("n3", &a), ("n4", &b)];
-    for (uid, _) in users {
-        let login = serde_json::json!({"uid": uid, "termtype": 1, "code": uid, "online": true});
-        nsqd.publish("userOnlineState", login.to_string());
-    }
-    let retired = "galopush_bus_messages_total{topic=\"userOnlineState\",event=\"retired\"}";
-    let deadline = tokio::time::Instant::now() + SOON;
-    while r1.metric(retired).await + r2.metric(retired).await < users.len() as f64 {
-        assert!(tokio::time::Instant::now() < deadline, "logins not applied");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let mut terminals = Vec::new();
-    for (uid, comet) in users {
-        terminals.push(register(&comet.addr("tcp"), uid, uid, TermType::Android).await);
-    }
-    // Both routers know every session, whichever authenticated it.
-    r1.wait_comets(2, 4).await;
-    r2.wait_comets(2, 4).await;
-
-    let rounds = 10;
-    for i in 0..rounds {
-        for (uid, _) in users {
-            let push = serde_json::json!({
-                "receivers": [{"uid": uid, "termtype": 1}], "flag": 0, "body": format!("{uid}-{i}")
-            });
-            nsqd.publish("push", push.to_string());
-        }
-    }
-    for (t, (uid, _)) in terminals.iter_mut().zip(users) {
-        let mut seen = HashSet::new();
-        while seen.len() < rounds {
-            let (_, down) = next_acked(t).await;
-            seen.insert(push_body(&down).1);
-        }
-        let expected: HashSet<Bytes> = (0..rounds)
-            .map(|i| Bytes::from(format!("{uid}-{i}")))
-            .collect();
-        assert_eq!(seen, expected, "{uid} got every message");
-    }
-    let taken = "galopush_bus_messages_total{topic=\"push\",event=\"received\"}";
-    let (by1, by2) = (r1.metric(taken).await, r2.metric(taken).await);
-    assert!(
-        by1 > 0.0 && by2 > 0.0,
-        "both routers consumed pushes ({by1} and {by2})"
-    );
-    let deadline = tokio::time::Instant::now() + SOON;
-    while nsqd.stats("push", "galopush").finished < (rounds * users.len()) as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pushes not all FINished"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     cluster.clean().await;
 }
