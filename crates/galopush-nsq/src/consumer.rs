@@ -420,7 +420,7 @@ struct ConnTask {
 /// Keeps one nsqd connection subscribed until closed, reconnecting with back-off.
 async fn run_connection(mut task: ConnTask) {
     let connection = &task.config.connection;
-    let mut backoff = Backoff::new(connection.backoff_initial, connection.backoff_max);
+    let mut backoff = Backoff::new(connection.backoff_initial, connection.backoff_max).retries();
     loop {
         let subscribed = tokio::select! {
             subscribed = subscribe(&task) => subscribed,

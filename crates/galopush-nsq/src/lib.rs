@@ -16,11 +16,12 @@
 //!     with `--auth-http-address`), after the TLS upgrade if any; nsqd's refusals
 //!     (`E_AUTH_FAILED`, `E_UNAUTHORIZED`) are [`Error::Nsqd`], a missing secret is
 //!     [`Error::AuthRequired`].
+//! - [`Backoff`]: the exponential back-off with jitter used here and by the server.
 //! - `fake` (cargo feature `fake`): a protocol-level fake nsqd (with TLS, `--tls-required` and
 //!   AUTH) and nsqlookupd for tests.
 #![forbid(unsafe_code)]
 
-mod backoff;
+pub mod backoff;
 mod config;
 mod connection;
 mod consumer;
@@ -34,6 +35,7 @@ mod transport;
 #[cfg(feature = "fake")]
 pub mod fake;
 
+pub use backoff::{Backoff, Retries};
 pub use config::ConnectionConfig;
 pub use consumer::{Consumer, ConsumerConfig};
 pub use error::Error;

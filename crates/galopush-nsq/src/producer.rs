@@ -136,7 +136,8 @@ async fn run_producer(
     let mut backoff = Backoff::new(
         config.connection.backoff_initial,
         config.connection.backoff_max,
-    );
+    )
+    .retries();
     let mut retry_at: Option<Instant> = None;
     while let Some(first) = requests.recv().await {
         if let Some(at) = retry_at {

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::Shared;
+use galopush_nsq::Backoff;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -35,14 +36,9 @@ use crate::router::Router;
 use crate::router::inbound::Checked;
 use crate::store::{QueuedMessage, Store, StoreError, StoreFuture};
 
-/// Longest wait between two attempts at a failing message.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(9));
-    let capped = base.min(MAX_BACKOFF);
-    capped + capped.mul_f64(fastrand::f64() * 0.2)
-}
+/// The wait before trying a failing message again (requeued, or refused by the webhook):
+/// 100 ms after its first failure, doubling up to 30 s.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
 
 /// Where an inbound message's inbox sequence number comes from.
 enum Seq {
@@ -484,7 +480,7 @@ impl Retire for InboxEntry {
             attempt: self.attempt + 1,
             slot: self.slot,
         };
-        let delay = backoff(self.attempt);
+        let delay = RETRY.delay(self.attempt);
         let queue = self.requeue;
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -651,7 +647,7 @@ async fn webhook_loop(
                 }
             }
             metrics.webhook_failures.inc();
-            tokio::time::sleep(backoff(attempt)).await;
+            tokio::time::sleep(RETRY.delay(attempt)).await;
             attempt += 1;
         }
         metrics.webhook_delivered.inc();

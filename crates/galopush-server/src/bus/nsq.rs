@@ -26,7 +26,7 @@ use base64::Engine;
 use base64::engine::general_purpose;
 use bytes::Bytes;
 use galopush_nsq::{
-    ConnectionConfig, Consumer, ConsumerConfig, Error as NsqError, Message, Producer,
+    Backoff, ConnectionConfig, Consumer, ConsumerConfig, Error as NsqError, Message, Producer,
     ProducerConfig, is_valid_topic_name,
 };
 use tokio::sync::Semaphore;
@@ -39,14 +39,11 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::tls::{self, TlsError};
 
-/// The first requeue delay of a message; it doubles with every further attempt.
-const REQUEUE_DELAY: Duration = Duration::from_millis(500);
-/// The longest requeue delay.
-const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(60);
-/// The first consumption pause after a requeue; it doubles with every further requeue.
-const PAUSE: Duration = Duration::from_millis(100);
-/// The longest consumption pause.
-const MAX_PAUSE: Duration = Duration::from_secs(10);
+/// A message's REQ delay: 500 ms after its first failed attempt, doubling with every further
+/// one up to a minute, jittered so that requeued messages spread out.
+const REQUEUE: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+/// The consumption pause after requeues in a row: 100 ms after the first, doubling up to 10 s.
+const PAUSE: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 /// How galopush's connections to nsqd identify themselves, keep alive, and (SPEC §11) upgrade
 /// to TLS and authenticate.
@@ -245,14 +242,9 @@ impl Retire for NsqRetire {
     }
 }
 
-/// The REQ delay after the `attempts`-th delivery failed: doubling from [`REQUEUE_DELAY`] up
-/// to [`MAX_REQUEUE_DELAY`], plus up to a fifth of jitter so requeued messages spread out.
+/// The REQ delay after the `attempts`-th delivery failed (nsqd counts attempts from 1).
 fn requeue_delay(attempts: u16) -> Duration {
-    let doublings = u32::from(attempts.saturating_sub(1)).min(16);
-    let delay = REQUEUE_DELAY
-        .saturating_mul(1 << doublings)
-        .min(MAX_REQUEUE_DELAY);
-    delay + delay.mul_f64(fastrand::f64() * 0.2)
+    REQUEUE.delay(u32::from(attempts.saturating_sub(1)))
 }
 
 /// Consumption back-off shared by every inbound topic: each requeue starts or lengthens a
@@ -270,12 +262,10 @@ struct PauseState {
     until: Option<Instant>,
 }
 
-/// The pause after the `requeues`-th requeue in a row: doubling from [`PAUSE`] up to
-/// [`MAX_PAUSE`].
+/// The pause after the `requeues`-th requeue in a row (counted from 1), without jitter: the
+/// pause is one for the whole router, not one per client.
 fn pause_after(requeues: u32) -> Duration {
-    PAUSE
-        .saturating_mul(1 << requeues.saturating_sub(1).min(16))
-        .min(MAX_PAUSE)
+    PAUSE.ceiling(requeues.saturating_sub(1))
 }
 
 impl Pause {
@@ -435,21 +425,22 @@ mod tests {
 
     #[test]
     fn requeue_delays_grow_with_attempts_up_to_the_cap() {
-        let first = requeue_delay(1);
-        assert!(first >= REQUEUE_DELAY && first <= REQUEUE_DELAY.mul_f64(1.2));
+        let (first, max) = (Duration::from_millis(500), Duration::from_secs(60));
+        let delay = requeue_delay(1);
+        assert!(delay >= first / 2 && delay <= first, "{delay:?}");
         let third = requeue_delay(3);
-        assert!(third >= REQUEUE_DELAY * 4, "{third:?}");
+        assert!(third >= first * 2 && third <= first * 4, "{third:?}");
         for attempts in [20, 1000, u16::MAX] {
             let late = requeue_delay(attempts);
-            assert!(late >= MAX_REQUEUE_DELAY && late <= MAX_REQUEUE_DELAY.mul_f64(1.2));
+            assert!(late >= max / 2 && late <= max, "{late:?}");
         }
     }
 
     #[test]
     fn pauses_grow_with_requeues_in_a_row_up_to_the_cap() {
-        assert_eq!(pause_after(1), PAUSE);
-        assert_eq!(pause_after(2), PAUSE * 2);
-        assert_eq!(pause_after(u32::MAX), MAX_PAUSE);
+        assert_eq!(pause_after(1), Duration::from_millis(100));
+        assert_eq!(pause_after(2), Duration::from_millis(200));
+        assert_eq!(pause_after(u32::MAX), Duration::from_secs(10));
     }
 
     #[tokio::test]
@@ -461,10 +452,10 @@ mod tests {
         pause.requeued();
         let until = pause.state.lock().until.expect("paused");
         assert!(
-            until > Instant::now() + PAUSE,
+            until > Instant::now() + pause_after(1),
             "the second requeue lengthens the pause"
         );
-        assert!(until <= Instant::now() + PAUSE * 2);
+        assert!(until <= Instant::now() + pause_after(2));
         pause.retired();
         assert_eq!(pause.state.lock().requeues, 0);
         pause.wait().await;

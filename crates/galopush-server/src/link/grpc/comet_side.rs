@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream;
+use galopush_nsq::Backoff;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Interval, MissedTickBehavior, timeout};
@@ -28,8 +29,8 @@ use crate::link::{
     CometInfo, CometLink, ImUp, LinkError, Outcome, Registration, RouterLink, SessionInfo, Settle,
 };
 
-/// Longest wait between two attempts to reach a router.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The wait between two attempts to reach a router: 100 ms, doubling up to 5 s.
+const REJOIN: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 /// How long a join refused because the id is taken is tried again: a comet restarted right
 /// after a crash finds its predecessor still joined until the router notices the silence.
 pub const ID_TAKEN_GRACE: Duration = Duration::from_secs(SILENCE.as_secs() + 4);
@@ -224,13 +225,13 @@ impl RouterLink for GrpcRouterLink {
 /// Connects and joins, again and again, for as long as the comet runs or until the router
 /// refuses it for good.
 async fn keep_joined(state: Arc<LinkState>, info: CometInfo, comet: Arc<dyn CometLink>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut retries = REJOIN.retries();
     let mut taken_since: Option<tokio::time::Instant> = None;
     loop {
         match joined_session(&state, &info, &comet).await {
             Ok(()) => {
                 tracing::warn!(router = %state.addr, "router link closed; rejoining");
-                backoff = Duration::from_millis(100);
+                retries.reset();
                 taken_since = None;
             }
             Err(LinkEnd::Refused(status)) if status.code() == tonic::Code::AlreadyExists => {
@@ -260,9 +261,7 @@ async fn keep_joined(state: Arc<LinkState>, info: CometInfo, comet: Arc<dyn Come
         *state.upward.lock() = None;
         // Requests in flight will never be answered on this stream.
         state.waiting.lock().clear();
-        let jitter = backoff.mul_f64(fastrand::f64() * 0.3);
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(retries.next_delay()).await;
     }
 }
 
