@@ -176,9 +176,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub uid_prefix: Option<String>,
     /// The server's process id: its RSS (VmRSS) and CPU time are read from /proc before and
-    /// after connecting.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// after connecting. Against a cluster, give the router's and every comet's (repeated, or
+    /// separated by commas): their figures are added up.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -245,5 +246,18 @@ mod tests {
         ]);
         assert!(args.tls);
         assert_eq!(args.ca, Some(PathBuf::from("/etc/galopush/ca.pem")));
+    }
+
+    #[test]
+    fn a_cluster_has_several_server_pids() {
+        let args = BenchArgs::parse_from([
+            "bench",
+            "idle",
+            "--server-pid",
+            "10,11",
+            "--server-pid",
+            "12",
+        ]);
+        assert_eq!(args.server_pid, [10, 11, 12]);
     }
 }

@@ -26,7 +26,8 @@ use std::process::ExitCode;
 pub use args::{BenchArgs, Framing, MessageKind, Scenario, TransportKind, parse_duration};
 pub use error::BenchError;
 pub use report::{
-    ConnectReport, DeliveryReport, ErrorReport, Latency, Phase, Rate, Report, ServerReport,
+    CometShare, ConnectReport, DeliveryReport, ErrorReport, Latency, Phase, Rate, Report,
+    ServerReport,
 };
 pub use run::run;
 

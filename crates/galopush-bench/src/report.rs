@@ -28,6 +28,9 @@ pub struct Report {
     pub login: Option<Rate>,
     /// The dispatcher's answers, when asked.
     pub dispatch: Option<Rate>,
+    /// How many terminals the dispatcher sent to each comet address, busiest first (empty when
+    /// the comet was given).
+    pub comets: Vec<CometShare>,
     pub connect: ConnectReport,
     /// How long idle held the terminals.
     pub hold_seconds: Option<f64>,
@@ -37,6 +40,13 @@ pub struct Report {
     pub phases: Vec<Phase>,
     /// Given --server-pid.
     pub server: Option<ServerReport>,
+}
+
+/// The terminals the dispatcher sent to one comet address.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CometShare {
+    pub addr: String,
+    pub terminals: u64,
 }
 
 /// `count` things done in `seconds`.
@@ -159,10 +169,10 @@ pub struct Phase {
     pub server_cores_share: Option<f64>,
 }
 
-/// The server's resident memory (VmRSS) at the points of the run.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// The server's resident memory (VmRSS) at the points of the run, added up over its processes.
+#[derive(Debug, Clone, Serialize)]
 pub struct ServerReport {
-    pub pid: u32,
+    pub pids: Vec<u32>,
     pub rss_kib_start: Option<u64>,
     pub rss_kib_before_connect: Option<u64>,
     /// After every terminal registered (for idle: at the end of the hold).
@@ -232,6 +242,13 @@ impl Report {
                 dispatch.count,
                 rate(dispatch)
             )?;
+            for share in &self.comets {
+                writeln!(
+                    out,
+                    "  comet    {} terminals on {}",
+                    share.terminals, share.addr
+                )?;
+            }
         }
         let c = &self.connect;
         writeln!(
@@ -331,7 +348,11 @@ impl Report {
                 out,
                 "server rss pid {}: {} at start, {} before connecting, {} after, {} at the end; \
                  {} per connection",
-                s.pid,
+                s.pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join("+"),
                 kib(s.rss_kib_start),
                 kib(s.rss_kib_before_connect),
                 kib(s.rss_kib_after_connect),
@@ -388,6 +409,7 @@ mod tests {
             open_files_limit: 20_000,
             login: Some(Rate::new(2, 0.5)),
             dispatch: None,
+            comets: Vec::new(),
             connect: ConnectReport {
                 connects: Rate::new(2, 0.1),
                 registrations: Rate::new(2, 0.2),

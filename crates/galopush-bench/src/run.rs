@@ -21,7 +21,8 @@ use crate::fleet::{
 };
 use crate::publish::{Bus, Messages, Receivers, publish_messages};
 use crate::report::{
-    ConnectReport, DeliveryReport, ErrorReport, Latency, Phase, Rate, Report, ServerReport,
+    CometShare, ConnectReport, DeliveryReport, ErrorReport, Latency, Phase, Rate, Report,
+    ServerReport,
 };
 use crate::system::{self, CpuTime, ServerProcess};
 
@@ -49,7 +50,9 @@ const DISPATCH_PATH: &str = "/v1/gComet.addr";
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     validate(args)?;
     let open_files_limit = system::raise_open_files(args.terminals as u64 + SPARE_FILES)?;
-    let server = args.server_pid.map(ServerProcess::new).transpose()?;
+    let server = (!args.server_pid.is_empty())
+        .then(|| ServerProcess::new(&args.server_pid))
+        .transpose()?;
     let epoch = Instant::now();
     let mut clock = PhaseClock::new(server.clone());
     let rss_start = server.as_ref().and_then(ServerProcess::rss_kib);
@@ -81,6 +84,11 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let codes: Vec<String> = (0..args.terminals).map(|i| format!("c{i}")).collect();
     let (addrs, dispatched) = comet_addrs(args, &trust, &uids, term).await?;
     let dispatch = dispatched.then(|| Rate::new(uids.len() as u64, clock.lap("dispatch")));
+    let comets = if dispatched {
+        comet_shares(&addrs)
+    } else {
+        Vec::new()
+    };
     let sources = sources(args, &addrs).await?;
 
     let login = match (&args.api_url, args.no_login) {
@@ -226,7 +234,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     });
     let registered = connect.registrations.count;
     let server = server.map(|s| ServerReport {
-        pid: s.pid,
+        pids: s.pids,
         rss_kib_start: rss_start,
         rss_kib_before_connect: rss_before_connect,
         rss_kib_after_connect: rss_after_connect,
@@ -249,6 +257,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         open_files_limit,
         login,
         dispatch,
+        comets,
         connect: ConnectReport {
             register_retries: tally.register_retries,
             ..connect
@@ -334,6 +343,23 @@ fn expectation_of(args: &BenchArgs) -> Expectation {
             messages: args.messages,
         },
     }
+}
+
+/// How many terminals go to each comet address, busiest first.
+fn comet_shares(addrs: &[Arc<str>]) -> Vec<CometShare> {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for addr in addrs {
+        *counts.entry(addr).or_default() += 1;
+    }
+    let mut shares: Vec<CometShare> = counts
+        .into_iter()
+        .map(|(addr, terminals)| CometShare {
+            addr: addr.to_owned(),
+            terminals,
+        })
+        .collect();
+    shares.sort_by(|a, b| b.terminals.cmp(&a.terminals).then(a.addr.cmp(&b.addr)));
+    shares
 }
 
 /// Each terminal's comet: the one given, or the dispatcher's answer for it (then `true`), asked

@@ -66,45 +66,58 @@ fn timeval(t: TimeVal) -> Duration {
     Duration::from_micros(u64::try_from(micros).unwrap_or(0))
 }
 
-/// The server's process, observed through /proc.
+/// The server's processes (one, or a cluster's router and comets), observed through /proc and
+/// added up.
 #[derive(Debug, Clone)]
 pub(crate) struct ServerProcess {
-    pub pid: u32,
+    pub pids: Vec<u32>,
     ticks_per_second: u64,
 }
 
 impl ServerProcess {
-    /// The process `pid`, which must exist.
-    pub fn new(pid: u32) -> Result<ServerProcess, BenchError> {
+    /// The processes `pids`, which must exist.
+    pub fn new(pids: &[u32]) -> Result<ServerProcess, BenchError> {
         let process = ServerProcess {
-            pid,
+            pids: pids.to_vec(),
             ticks_per_second: match sysconf(SysconfVar::CLK_TCK) {
                 Ok(Some(ticks)) if ticks > 0 => ticks.unsigned_abs(),
                 _ => 100,
             },
         };
-        if process.rss_kib().is_none() {
-            return Err(BenchError::ServerPid(pid));
+        if let Some(&gone) = pids.iter().find(|&&pid| rss_kib_of(pid).is_none()) {
+            return Err(BenchError::ServerPid(gone));
         }
         Ok(process)
     }
 
-    /// Resident memory in KiB (`VmRSS` of /proc/PID/status).
+    /// Resident memory in KiB (`VmRSS` of /proc/PID/status), of all the processes.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        parse_vm_rss(&status)
+        self.pids.iter().map(|&pid| rss_kib_of(pid)).sum()
     }
 
-    /// CPU time used so far (`utime` and `stime` of /proc/PID/stat).
+    /// CPU time used so far (`utime` and `stime` of /proc/PID/stat), of all the processes.
     pub fn cpu(&self) -> Option<CpuTime> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        let (user, system) = parse_stat_times(&stat)?;
         let tick = |t: u64| Duration::from_secs_f64(t as f64 / self.ticks_per_second as f64);
-        Some(CpuTime {
-            user: tick(user),
-            system: tick(system),
-        })
+        self.pids.iter().try_fold(
+            CpuTime {
+                user: Duration::ZERO,
+                system: Duration::ZERO,
+            },
+            |total, &pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let (user, system) = parse_stat_times(&stat)?;
+                Some(CpuTime {
+                    user: total.user + tick(user),
+                    system: total.system + tick(system),
+                })
+            },
+        )
     }
+}
+
+fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
 }
 
 fn parse_vm_rss(status: &str) -> Option<u64> {
@@ -147,9 +160,15 @@ mod tests {
 
     #[test]
     fn observes_itself() {
-        let me = ServerProcess::new(std::process::id()).expect("this process exists");
-        assert!(me.rss_kib().is_some_and(|kib| kib > 0));
+        let me = ServerProcess::new(&[std::process::id()]).expect("this process exists");
+        let rss = me.rss_kib().expect("VmRSS");
+        assert!(rss > 0);
         assert!(me.cpu().is_some());
+        let twice = ServerProcess::new(&[std::process::id(); 2]).expect("this process exists");
+        assert!(
+            twice.rss_kib().is_some_and(|kib| kib >= rss * 3 / 2),
+            "the processes' memory is added up"
+        );
         let start = std::time::Instant::now();
         while own_cpu().total() == Duration::ZERO {
             assert!(

@@ -68,7 +68,8 @@ async fn idle_tcp_through_the_dispatcher_with_server_memory() {
     assert_eq!(report.hold_seconds, Some(0.3));
     assert!(report.delivery.is_none());
     let server = report.server.expect("--server-pid gives server figures");
-    assert_eq!(server.pid, gw.pid);
+    assert_eq!(server.pids, [gw.pid]);
+    assert_eq!(report.comets.len(), 1, "one comet: {:?}", report.comets);
     assert!(server.rss_kib_before_connect.is_some_and(|k| k > 0));
     assert!(server.rss_kib_after_connect.is_some_and(|k| k > 0));
     assert!(server.rss_bytes_per_connection.is_some());

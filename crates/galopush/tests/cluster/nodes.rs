@@ -164,6 +164,10 @@ impl Node {
         self.process.addr(name)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
     /// `http://host:port` of the node's public HTTP listener (a router's dispatcher).
     pub fn http(&self) -> String {
         format!("http://{}", self.addr("http"))
