@@ -8,6 +8,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
+/// The largest `--body-size`: a body must fit in one `/mpub` request of at most 4 MiB.
+pub const MAX_BODY_SIZE: u64 = 1024 * 1024;
+
 /// What a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +156,10 @@ pub struct BenchArgs {
     /// `/mpub` requests in flight at once.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
+    /// Bytes of each message's body: the sequence number and send time it always carries are
+    /// padded up to this size (smaller values leave them as they are, about 30 bytes).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_BODY_SIZE))]
+    pub body_size: u64,
     /// The kind of down-message to publish.
     #[arg(long, value_enum, default_value_t = MessageKind::Push)]
     pub kind: MessageKind,

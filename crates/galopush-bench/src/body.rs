@@ -1,13 +1,27 @@
 //! The body of a bench message, `{"seq":S,"t":T}`: which message it is and when it was sent
-//! (µs since the bench started). Written straight into the `/mpub` line, escaped as the JSON
-//! string it travels in, and read back on the receive path without allocating.
+//! (µs since the bench started), padded with `,"pad":"xx…"` when a bigger body is asked for.
+//! Written straight into the `/mpub` line, escaped as the JSON string it travels in, and read
+//! back on the receive path without allocating.
 
 use std::io::Write;
 
-/// Appends the body as it appears inside a JSON string: `{\"seq\":S,\"t\":T}`.
-pub(crate) fn write_escaped(out: &mut Vec<u8>, seq: u64, sent_us: u64) {
+/// What padding adds besides its `x`s: `,"pad":""`.
+const PAD_FRAME: usize = 9;
+
+/// Appends the body as it appears inside a JSON string: `{\"seq\":S,\"t\":T}`, padded to
+/// `size` bytes (once unescaped) when that is more.
+pub(crate) fn write_escaped(out: &mut Vec<u8>, seq: u64, sent_us: u64, size: usize) {
+    let start = out.len();
     // Writing into a Vec cannot fail.
-    let _ = write!(out, r#"{{\"seq\":{seq},\"t\":{sent_us}}}"#);
+    let _ = write!(out, r#"{{\"seq\":{seq},\"t\":{sent_us}"#);
+    // Unescaped, the four `\"` are one byte each; the closing brace is still to come.
+    let plain = out.len() - start - 4 + 1;
+    if size > plain + PAD_FRAME {
+        out.extend_from_slice(br#",\"pad\":\""#);
+        out.resize(out.len() + size - plain - PAD_FRAME, b'x');
+        out.extend_from_slice(br#"\""#);
+    }
+    out.push(b'}');
 }
 
 /// The sequence number and send time of a body written by [`write_escaped`], once unescaped
@@ -17,6 +31,14 @@ pub(crate) fn parse(body: &[u8]) -> Option<(u64, u64)> {
     let (seq, rest) = number(rest)?;
     let rest = rest.strip_prefix(br#","t":"#)?;
     let (sent_us, rest) = number(rest)?;
+    let rest = match rest.strip_prefix(br#","pad":""#) {
+        Some(pad) => pad
+            .strip_suffix(br#""}"#)?
+            .iter()
+            .all(|&b| b == b'x')
+            .then_some(&b"}"[..])?,
+        None => rest,
+    };
     (rest == b"}").then_some((seq, sent_us))
 }
 
@@ -39,12 +61,27 @@ mod tests {
     #[test]
     fn round_trip_through_json() {
         let mut line = b"{\"body\":\"".to_vec();
-        write_escaped(&mut line, 42, 1_234_567);
+        write_escaped(&mut line, 42, 1_234_567, 0);
         line.extend_from_slice(b"\"}");
         let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
         let body = value["body"].as_str().expect("a string");
         assert_eq!(body, r#"{"seq":42,"t":1234567}"#);
         assert_eq!(parse(body.as_bytes()), Some((42, 1_234_567)));
+    }
+
+    #[test]
+    fn padded_to_the_size_asked() {
+        for size in [0, 22, 31, 32, 33, 4096] {
+            let mut line = b"{\"body\":\"".to_vec();
+            write_escaped(&mut line, 42, 1_234_567, size);
+            line.extend_from_slice(b"\"}");
+            let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+            let body = value["body"].as_str().expect("a string");
+            // Unpadded it is 22 bytes; padding needs room for `,"pad":"x"`.
+            let expected = if size > 22 + PAD_FRAME { size } else { 22 };
+            assert_eq!(body.len(), expected, "{body}");
+            assert_eq!(parse(body.as_bytes()), Some((42, 1_234_567)), "{body}");
+        }
     }
 
     #[test]
@@ -56,6 +93,8 @@ mod tests {
             br#"{"seq":,"t":2}"#,
             br#"{"seq":1,"t":2} "#,
             br#"{"seq":99999999999999999999,"t":2}"#,
+            br#"{"seq":1,"t":2,"pad":"xy"}"#,
+            br#"{"seq":1,"t":2,"pad":"xx"#,
         ] {
             assert_eq!(parse(body), None, "{:?}", String::from_utf8_lossy(body));
         }

@@ -152,7 +152,7 @@ impl Receivers {
     }
 
     /// Appends message `seq`, sent at `sent_us`, as one `/mpub` line.
-    fn write_line(&self, out: &mut Vec<u8>, seq: u64, sent_us: u64) {
+    fn write_line(&self, out: &mut Vec<u8>, seq: u64, sent_us: u64, body_size: usize) {
         match self {
             Receivers::Unicast { uids, termtype } => {
                 let uid = &uids[(seq % uids.len() as u64) as usize];
@@ -163,17 +163,17 @@ impl Receivers {
             }
             Receivers::Fanout { head } => out.extend_from_slice(head),
         }
-        body::write_escaped(out, seq, sent_us);
+        body::write_escaped(out, seq, sent_us, body_size);
         out.extend_from_slice(b"\"}\n");
     }
 
-    /// About how long one line is.
-    fn line_len(&self) -> usize {
+    /// About how long one line is, with bodies of `body_size`.
+    fn line_len(&self, body_size: usize) -> usize {
         let head = match self {
             Receivers::Unicast { uids, .. } => 60 + uids.iter().map(String::len).max().unwrap_or(0),
             Receivers::Fanout { head } => head.len(),
         };
-        head + 48
+        head + 48.max(body_size + 16)
     }
 }
 
@@ -188,13 +188,20 @@ pub(crate) struct Messages {
     pub rate: Option<f64>,
     pub publishers: usize,
     pub receivers: Receivers,
+    /// Bytes of each body at least (`--body-size`).
+    pub body_size: usize,
 }
 
 impl Messages {
     /// Messages per request: as asked, but keeping each body under [`MAX_BATCH_BYTES`].
     pub fn effective_batch(&self) -> u64 {
-        let fit = (MAX_BATCH_BYTES / self.receivers.line_len()).max(1) as u64;
+        let fit = (MAX_BATCH_BYTES / self.line_len()).max(1) as u64;
         self.batch.clamp(1, fit)
+    }
+
+    /// About how long one `/mpub` line is.
+    pub fn line_len(&self) -> usize {
+        self.receivers.line_len(self.body_size)
     }
 }
 
@@ -267,9 +274,11 @@ pub(crate) async fn publish_messages(
                     }
                     None => micros(epoch.elapsed()),
                 };
-                let mut lines = Vec::with_capacity(n as usize * messages.receivers.line_len());
+                let mut lines = Vec::with_capacity(n as usize * messages.line_len());
                 for seq in first..first + n {
-                    messages.receivers.write_line(&mut lines, seq, sent_us);
+                    messages
+                        .receivers
+                        .write_line(&mut lines, seq, sent_us, messages.body_size);
                 }
                 match bus.post(&url, lines).await {
                     Ok(()) => published.accepted += n,
@@ -308,7 +317,7 @@ mod tests {
     fn lines(receivers: &Receivers, seqs: std::ops::Range<u64>) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         for seq in seqs {
-            receivers.write_line(&mut out, seq, 77);
+            receivers.write_line(&mut out, seq, 77, 0);
         }
         out.split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
@@ -357,10 +366,11 @@ mod tests {
             rate: None,
             publishers: 1,
             receivers: Receivers::fanout(&uids, 1),
+            body_size: 4096,
         };
         let batch = messages.effective_batch();
         assert!((1..100).contains(&batch));
-        assert!(batch as usize * messages.receivers.line_len() <= MAX_BATCH_BYTES);
+        assert!(batch as usize * messages.line_len() <= MAX_BATCH_BYTES);
     }
 
     #[test]

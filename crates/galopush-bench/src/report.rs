@@ -92,6 +92,8 @@ pub struct DeliveryReport {
     pub kind: MessageKind,
     pub topic: String,
     pub messages: u64,
+    /// `--body-size`: each body is padded up to it (0: not padded).
+    pub body_size: u64,
     /// Messages per `/mpub` request.
     pub batch: u64,
     pub publishers: usize,
@@ -269,10 +271,15 @@ impl Report {
                 .map_or("at full speed".to_owned(), |r| format!("paced at {r:.0}/s"));
             writeln!(
                 out,
-                "publish    {} {} messages on {} in /mpub batches of {} by {} publishers {pace}: \
-                 {} accepted in {}",
+                "publish    {} {} messages{} on {} in /mpub batches of {} by {} publishers \
+                 {pace}: {} accepted in {}",
                 d.messages,
                 name(d.kind),
+                if d.body_size > 0 {
+                    format!(" of {} bytes", d.body_size)
+                } else {
+                    String::new()
+                },
                 d.topic,
                 d.batch,
                 d.publishers,
@@ -420,6 +427,7 @@ mod tests {
                 kind: MessageKind::Push,
                 topic: "push".into(),
                 messages: 4,
+                body_size: 0,
                 batch: 2,
                 publishers: 1,
                 rate: None,

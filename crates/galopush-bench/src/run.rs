@@ -187,6 +187,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
                 rate: (args.rate > 0.0).then_some(args.rate),
                 publishers: args.publishers,
                 receivers,
+                body_size: args.body_size as usize,
             });
             let published = publish_messages(&bus, messages.clone(), epoch).await;
             let expected = expectation.deliveries_of(published.accepted, args.terminals as u64);
@@ -216,6 +217,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         kind: args.kind,
         topic,
         messages: messages.count,
+        body_size: args.body_size,
         batch: messages.effective_batch(),
         publishers: messages.publishers,
         rate: messages.rate,

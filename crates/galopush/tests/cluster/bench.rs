@@ -1,6 +1,6 @@
 //! `galopush bench` against a cluster (issue 13): the dispatcher on the router spreads the
 //! terminals over both comets, logins and messages go to the router's business API, and the
-//! server figures add up the router's and the comets' processes.
+//! server figures add up the router's and the comets' processes; bodies can be padded to a size.
 
 use clap::Parser;
 use galopush_bench::{BenchArgs, Report, run};
@@ -72,7 +72,15 @@ async fn bench_spreads_terminals_over_the_comets_and_everything_is_delivered() {
 
     let fanout = run(&args(
         &[
-            &["fanout", "--messages", "5", "--batch", "1"][..],
+            &[
+                "fanout",
+                "--messages",
+                "5",
+                "--batch",
+                "1",
+                "--body-size",
+                "4096",
+            ][..],
             &common[..],
         ]
         .concat(),
@@ -80,7 +88,8 @@ async fn bench_spreads_terminals_over_the_comets_and_everything_is_delivered() {
     .await
     .expect("the fan-out run is carried out");
     assert_all_delivered(&fanout);
-    assert_eq!(fanout.delivery.as_ref().map(|d| d.expected), Some(600));
+    let delivery = fanout.delivery.as_ref().expect("fan-out delivers");
+    assert_eq!((delivery.expected, delivery.body_size), (600, 4096));
     drop((a, b, router));
     cluster.clean().await;
 }
