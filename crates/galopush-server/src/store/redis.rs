@@ -1,29 +1,73 @@
 //! The Redis store (`store.kind = "redis"`): login records, offline messages and the embedded
-//! bus's queues in one Redis shared by several routers.
+//! bus's queues in one Redis, or one Redis Cluster, shared by several routers.
 //!
-//! Every key starts with `store.redis_prefix` (default `galopush:`); `<bit>` is the terminal
-//! type's bit of SPEC §2 and the uid comes last, so any uid is unambiguous:
+//! `store.redis_url` names either
+//! - one Redis, as a Redis URL: `redis://[user:password@]host[:port][/db]`, or
+//! - a Redis Cluster, as `redis+cluster://[user:password@]host[:port][,host[:port]...]`: one or
+//!   more of its nodes, sharing the credentials (the other nodes are found from these).
+//!
+//! Every key starts with `store.redis_prefix` (default `galopush:`; with a cluster it must not
+//! contain `{` or `}`) and carries a hash tag, `{...}`: Redis Cluster places a key by its tag,
+//! and every key one script call touches has the same one, so it is in one hash slot.
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `seq` | string | the store-wide counter (INCR): offline ids, push versions, queue sequences |
-//! | `login:<uid>` | hash | field `<bit>` → `{"code","deviceToken","login"}` (JSON) |
-//! | `push:<bit>:<uid>` | hash | the coalesced push: `count`, `body`, `version` |
-//! | `callbacks:<bit>:<uid>` | list | `<id>:<body>`, oldest first |
-//! | `ims:<bit>:<uid>` | list | `<id>:<flag>:<body>`, oldest first |
-//! | `inbox`, `outbox` | hash | field `<seq>` → `<topic length>:<topic><body>` |
+//! | `{<uid>}:login` | hash | field `<bit>` → `{"code","deviceToken","login"}` (JSON) |
+//! | `{<uid>}:push:<bit>` | hash | the coalesced push: `count`, `body`, `version` |
+//! | `{<uid>}:callbacks:<bit>` | list | `<id>:<body>`, oldest first |
+//! | `{<uid>}:ims:<bit>` | list | `<id>:<flag>:<body>`, oldest first |
+//! | `{<n>}:seq` | string | the counter (INCR) of ids and push versions for the users in `<n>`'s slot |
+//! | `{inbox}:messages`, `{outbox}:messages` | hash | field `<seq>` → `<topic length>:<topic><body>` |
+//! | `{inbox}:seq`, `{outbox}:seq` | string | the queue's sequence counter |
+//!
+//! `<bit>` is the terminal type's bit of SPEC §2; `<uid>` is the uid with `%` and `}` written
+//! `%25` and `%7D` (the empty uid is `%`), so a tag never ends early; `<n>` is the smallest
+//! number in the user's slot, so the user's keys and counter share the slot and a user's ids never
+//! repeat ([`keys`]). The same names serve one Redis, where tags change nothing.
+//!
+//! Upgrading: a store written before hash tags (names `login:<uid>`, `push:<bit>:<uid>`, ...,
+//! `inbox`, `outbox` and the store-wide counter `seq`) is renamed in place the first time a store
+//! opens on it ([`upgrade`]); stop every router of the old version first.
 //!
 //! Every write that must be atomic (the offline rules, login records, queue appends) and the
-//! read of a terminal's stored messages run in one Lua script (`SCRIPT`, called by EVALSHA),
-//! so several routers writing the same terminal never interleave inside a rule.
+//! read of a terminal's stored messages run in one Lua script (`SCRIPT`, called by EVALSHA), so
+//! several routers writing the same terminal never interleave inside a rule. The other reads
+//! (and HDEL) are plain commands.
 //!
-//! Ordering: one task owns the command stream. Every operation becomes its Redis commands and is
-//! sent to the task over a channel before the call returns (unbounded itself, bounded by its
-//! callers: see [`Store`](super::Store)); the task takes everything
-//! queued and sends it as one pipeline on one connection, which Redis runs in order, then answers
-//! each caller. So a read sees every write called before it, dropping a write's future does not
-//! cancel the write, and a burst of operations costs one round trip.
+//! Ordering: one task owns the command stream. Every operation becomes calls, each on the keys
+//! of one user (or one queue), and is sent to the task over a channel before the call returns
+//! (unbounded itself, bounded by its callers: see [`Store`](super::Store)). The task takes
+//! everything queued, a batch, and sends it:
+//! - to one Redis, as one pipeline on one connection, which Redis runs in order;
+//! - to a cluster, per hash slot: the batch's calls on that slot in call order, as one script
+//!   call running them in turn (or, if all are plain, as one pipeline), to the master owning the
+//!   slot; the slots' commands at once.
+//!
+//! The next batch goes only once every command of this one is answered. So the calls on one slot
+//! run in call order, and with them every call on one user or one queue (their keys share one
+//! slot). That is all a read can tell apart: it reads the keys of one slot (`logged_in` one slot
+//! per user, each read after every write to its user called before it), so a read sees every
+//! write called before it: what the router relies on under a user's lock (a registration takes
+//! the session as live, then reads the user's stored messages; a message for the user is either
+//! delivered live or its offline write is called before that read). Dropping a write's future
+//! does not cancel the write, and a burst of operations costs one round trip (per node).
+//!
+//! Failures: a command that fails (Redis down or stalled) fails every call in it, and only those,
+//! within [`RESPONSE_TIMEOUT`]. The cluster connection follows MOVED and ASK redirects and waits
+//! out a slot migration or a failover within that time, sending a command again, a pipeline
+//! whole: a pipeline holds plain calls only, which may run twice, and a script call runs whole
+//! or, redirected, not at all, so a write never runs twice for a redirect, nor ahead of a read
+//! queued before it. (While a slot migrates, a pipeline of several reads on it may fail instead:
+//! ASK holds for one command.) A command sent again after its connection broke may have run
+//! already, as a command that fails on one Redis may have (its bus message is then applied
+//! again): writes are at-least-once either way.
 
+#[cfg(test)]
+mod cluster_tests;
+mod keys;
+mod upgrade;
+
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
@@ -31,22 +75,30 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::future::join_all;
 use galopush_protocol::{TermMask, TermType};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
-use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, ServerErrorKind, Value};
+use redis::{
+    Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisResult, ServerErrorKind, Value,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use self::keys::{Keys, Queue};
 use super::offline::{OfflineKey, OfflineMessage, StoredItem, StoredPush};
 use super::{
     LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
-    StoreFuture, StoredKey, UserLogins, resolved,
+    StoreFuture, StoredKey, resolved,
 };
 
 /// Each connection attempt gives up after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// A pipeline without an answer after this long fails (Redis stalled or unreachable).
+/// A command without an answer after this long fails (Redis stalled or unreachable); with a
+/// cluster, redirects and retries included.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle connections are probed, so a vanished Redis is noticed.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
@@ -55,13 +107,23 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Opening the store (connect, load the script) gives up after this long.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most operations sent in one pipeline.
+/// Most operations sent in one batch.
 const MAX_BATCH: usize = 1024;
+/// How often the cluster connection sends a command again (redirected, or while a slot moves or
+/// a master fails over), all of it within [`RESPONSE_TIMEOUT`].
+const CLUSTER_RETRIES: u32 = 8;
+/// The least and most the cluster connection waits before sending a command again
+/// (milliseconds, growing between the two).
+const CLUSTER_RETRY_WAIT: (u64, u64) = (10, 500);
+/// The scheme of a Redis Cluster's `store.redis_url`.
+const CLUSTER_SCHEME: &str = "redis+cluster://";
 
-/// The store's operations that must be atomic. `ARGV[1]` names the operation.
+/// The store's operations. One call runs one operation (ARGV: its name, its other arguments;
+/// KEYS: its keys), answering its reply, or a batch of them (ARGV: `batch`, then per operation
+/// its name, its number of keys, its number of other arguments and those arguments; KEYS: the
+/// operations' keys in turn), answering one reply per operation: an operation that fails answers
+/// its error, and the others go on.
 const SCRIPT: &str = r#"
-local op = ARGV[1]
-
 -- A stored item is "<id>:<rest>".
 local function split(item)
   local colon = string.find(item, ':', 1, true)
@@ -88,150 +150,405 @@ local function bound(list, max)
   end
 end
 
-if op == 'set_login' then
-  -- KEYS: the login hash. ARGV: op, field, [record]; no record removes it.
-  if ARGV[3] then
-    redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-  else
-    redis.call('HDEL', KEYS[1], ARGV[2])
-  end
-  return 1
-elseif op == 'store' then
-  -- KEYS: the counter, then one key per write (its push hash, callbacks or IMs list).
-  -- ARGV: op, max callbacks, max IMs, then kind, flag, body per write.
-  local max_callbacks, max_ims = tonumber(ARGV[2]), tonumber(ARGV[3])
-  for w = 1, #KEYS - 1 do
-    local key = KEYS[w + 1]
-    local kind, flag, body = ARGV[3 * w + 1], ARGV[3 * w + 2], ARGV[3 * w + 3]
-    local id = string.format('%d', redis.call('INCR', KEYS[1]))
-    if kind == 'push' then
-      local count = tonumber(redis.call('HGET', key, 'count') or '0') + 1
-      if count > 4294967295 then
-        count = 4294967295
-      end
-      redis.call('HSET', key, 'count', string.format('%d', count), 'body', body, 'version', id)
-    elseif kind == 'callback' then
-      local stored = false
-      for _, item in ipairs(redis.call('LRANGE', key, 0, -1)) do
-        local _, old = split(item)
-        if old == body then
-          stored = true
-          break
+-- Runs one operation: its keys are KEYS[k + 1] to KEYS[k + nkeys], its other arguments
+-- ARGV[a + 1] to ARGV[a + nargs]. (Offsets, not tables, and one function, not one per
+-- operation: what the script builds, it builds on every call.)
+local function run(op, k, nkeys, a, nargs)
+  if op == 'store' then
+    -- KEYS: the ids counter, then one key per write (its push hash, callbacks or IMs list).
+    -- ARGV: max callbacks, max IMs, then kind, flag, body per write.
+    local counter = KEYS[k + 1]
+    local max_callbacks, max_ims = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    for w = 1, nkeys - 1 do
+      local key = KEYS[k + 1 + w]
+      local kind, flag, body = ARGV[a + 3 * w], ARGV[a + 3 * w + 1], ARGV[a + 3 * w + 2]
+      local id = string.format('%d', redis.call('INCR', counter))
+      if kind == 'push' then
+        local count = tonumber(redis.call('HGET', key, 'count') or '0') + 1
+        if count > 4294967295 then
+          count = 4294967295
         end
-      end
-      if not stored then
-        redis.call('RPUSH', key, id .. ':' .. body)
-        bound(key, max_callbacks)
-      end
-    elseif kind == 'im' then
-      redis.call('RPUSH', key, id .. ':' .. flag .. ':' .. body)
-      bound(key, max_ims)
-    else
-      return redis.error_reply('galopush: unknown offline kind ' .. tostring(kind))
-    end
-  end
-  return 1
-elseif op == 'remove' then
-  -- KEYS: one key per delivered item. ARGV: op, then kind, id (or version), count per item.
-  for k = 1, #KEYS do
-    local key = KEYS[k]
-    local kind, id, count = ARGV[3 * k - 1], ARGV[3 * k], ARGV[3 * k + 1]
-    if kind == 'push' then
-      local stored = redis.call('HMGET', key, 'version', 'count')
-      if stored[1] == id then
-        redis.call('DEL', key)
-      elseif stored[1] then
-        local left = tonumber(stored[2]) - tonumber(count)
-        if left < 1 then
-          left = 1
+        redis.call('HSET', key, 'count', string.format('%d', count), 'body', body, 'version', id)
+      elseif kind == 'callback' then
+        local stored = false
+        for _, item in ipairs(redis.call('LRANGE', key, 0, -1)) do
+          local _, old = split(item)
+          if old == body then
+            stored = true
+            break
+          end
         end
-        redis.call('HSET', key, 'count', string.format('%d', left))
+        if not stored then
+          redis.call('RPUSH', key, id .. ':' .. body)
+          bound(key, max_callbacks)
+        end
+      elseif kind == 'im' then
+        redis.call('RPUSH', key, id .. ':' .. flag .. ':' .. body)
+        bound(key, max_ims)
+      else
+        return redis.error_reply('galopush: unknown offline kind ' .. tostring(kind))
       end
-    else
-      remove_item(key, id)
     end
+    return 1
+  elseif op == 'offline' then
+    -- KEYS: push hash, callbacks list, IMs list.
+    return {
+      redis.call('HMGET', KEYS[k + 1], 'count', 'body', 'version'),
+      redis.call('LRANGE', KEYS[k + 2], 0, -1),
+      redis.call('LRANGE', KEYS[k + 3], 0, -1),
+    }
+  elseif op == 'remove' then
+    -- KEYS: one key per delivered item. ARGV: kind, id (or version), count per item.
+    for i = 1, nkeys do
+      local key = KEYS[k + i]
+      local kind, id, count = ARGV[a + 3 * i - 2], ARGV[a + 3 * i - 1], ARGV[a + 3 * i]
+      if kind == 'push' then
+        local stored = redis.call('HMGET', key, 'version', 'count')
+        if stored[1] == id then
+          redis.call('DEL', key)
+        elseif stored[1] then
+          local left = tonumber(stored[2]) - tonumber(count)
+          if left < 1 then
+            left = 1
+          end
+          redis.call('HSET', key, 'count', string.format('%d', left))
+        end
+      else
+        remove_item(key, id)
+      end
+    end
+    return 1
+  elseif op == 'set_login' then
+    -- KEYS: the login hash. ARGV: field, [record]; no record removes it.
+    if nargs > 1 then
+      redis.call('HSET', KEYS[k + 1], ARGV[a + 1], ARGV[a + 2])
+    else
+      redis.call('HDEL', KEYS[k + 1], ARGV[a + 1])
+    end
+    return 1
+  elseif op == 'append' then
+    -- KEYS: the queue's counter, the queue hash. ARGV: one encoded message each.
+    local seqs = {}
+    for i = 1, nargs do
+      local seq = redis.call('INCR', KEYS[k + 1])
+      redis.call('HSET', KEYS[k + 2], string.format('%d', seq), ARGV[a + i])
+      seqs[i] = seq
+    end
+    return seqs
+  elseif op == 'hkeys' then
+    -- The plain operations, here when they share a script call with others. KEYS: a hash.
+    return redis.call('HKEYS', KEYS[k + 1])
+  elseif op == 'hget' then
+    -- ARGV: a field.
+    return redis.call('HGET', KEYS[k + 1], ARGV[a + 1])
+  elseif op == 'hgetall' then
+    return redis.call('HGETALL', KEYS[k + 1])
+  elseif op == 'hdel' then
+    -- ARGV: the fields to delete.
+    for i = 1, nargs do
+      redis.call('HDEL', KEYS[k + 1], ARGV[a + i])
+    end
+    return 1
+  elseif op == 'rename' then
+    -- Upgrading (one Redis only). KEYS: a key under its old name, its new name, [the counter
+    -- of its ids]. ARGV: the old store-wide counter. Answers 0 if the new name is taken
+    -- (nothing done).
+    local old, new, counter = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+    if redis.call('EXISTS', old) == 0 then
+      return 1
+    end
+    if redis.call('EXISTS', new) == 1 then
+      return 0
+    end
+    redis.call('RENAME', old, new)
+    if nkeys > 2 and tonumber(redis.call('GET', counter) or '0') < tonumber(ARGV[a + 1]) then
+      redis.call('SET', counter, ARGV[a + 1])
+    end
+    return 1
   end
-  return 1
-elseif op == 'offline' then
-  -- KEYS: push hash, callbacks list, IMs list.
-  return {
-    redis.call('HMGET', KEYS[1], 'count', 'body', 'version'),
-    redis.call('LRANGE', KEYS[2], 0, -1),
-    redis.call('LRANGE', KEYS[3], 0, -1),
-  }
-elseif op == 'append' then
-  -- KEYS: the counter, the queue hash. ARGV: op, then one encoded message each.
-  local seqs = {}
-  for i = 2, #ARGV do
-    local seq = redis.call('INCR', KEYS[1])
-    redis.call('HSET', KEYS[2], string.format('%d', seq), ARGV[i])
-    seqs[i - 1] = seq
-  end
-  return seqs
+  return redis.error_reply('galopush: unknown store operation ' .. tostring(op))
 end
-return redis.error_reply('galopush: unknown store operation ' .. tostring(op))
+
+if ARGV[1] ~= 'batch' then
+  return run(ARGV[1], 0, #KEYS, 1, #ARGV - 1)
+end
+local replies = {}
+local k, a, n = 0, 1, #ARGV
+while a < n do
+  local op, nkeys, nargs = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local ok, reply = pcall(run, op, k, nkeys, a + 3, nargs)
+  if not ok and not (type(reply) == 'table' and reply.err) then
+    reply = redis.error_reply(tostring(reply))
+  end
+  replies[#replies + 1] = reply
+  k, a = k + nkeys, a + 3 + nargs
+end
+return replies
 "#;
 
-/// A [`Store`] in Redis.
+/// A [`Store`] in Redis or a Redis Cluster.
 pub struct RedisStore {
     keys: Keys,
     limits: OfflineLimits,
-    /// SHA1 of [`SCRIPT`], for EVALSHA.
-    script_hash: Arc<str>,
     jobs: mpsc::UnboundedSender<Job>,
 }
 
-/// The Redis commands of one operation and where their replies go.
+/// The calls of one store operation and where their replies go.
 struct Job {
     calls: Vec<Call>,
     reply: oneshot::Sender<Result<Vec<Value>, StoreError>>,
 }
 
-/// One Redis command, and whether it runs [`SCRIPT`] (the others are reads and idempotent
-/// deletes, safe to send again).
+/// One operation of [`SCRIPT`]: its name, its keys (all in one hash slot) and its other
+/// arguments. The plain ones are Redis commands of the same name, sent as themselves where they
+/// may be (see [`Call::plain`]).
 struct Call {
-    cmd: Cmd,
-    scripted: bool,
+    op: &'static str,
+    keys: Vec<String>,
+    args: Vec<Bytes>,
 }
 
-#[derive(Clone, Copy)]
-enum Queue {
-    Inbox,
-    Outbox,
-}
-
-/// The key names under the configured prefix.
-struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    fn counter(&self) -> String {
-        format!("{}seq", self.prefix)
-    }
-
-    fn login(&self, uid: &str) -> String {
-        format!("{}login:{uid}", self.prefix)
-    }
-
-    fn push(&self, uid: &str, term: TermType) -> String {
-        format!("{}push:{}:{uid}", self.prefix, term.bit())
-    }
-
-    fn callbacks(&self, uid: &str, term: TermType) -> String {
-        format!("{}callbacks:{}:{uid}", self.prefix, term.bit())
-    }
-
-    fn ims(&self, uid: &str, term: TermType) -> String {
-        format!("{}ims:{}:{uid}", self.prefix, term.bit())
-    }
-
-    fn queue(&self, queue: Queue) -> String {
-        match queue {
-            Queue::Inbox => format!("{}inbox", self.prefix),
-            Queue::Outbox => format!("{}outbox", self.prefix),
+impl Call {
+    fn new(op: &'static str, keys: Vec<String>) -> Call {
+        Call {
+            op,
+            keys,
+            args: Vec::new(),
         }
     }
+
+    fn number(mut self, n: impl Display) -> Call {
+        self.args.push(Bytes::from(n.to_string()));
+        self
+    }
+
+    fn bytes(mut self, bytes: impl Into<Bytes>) -> Call {
+        self.args.push(bytes.into());
+        self
+    }
+
+    /// Whether the operation is one Redis command that may run twice to the same effect (a
+    /// read, or HDEL): sent as itself, it costs Redis less than through the script.
+    fn plain(&self) -> bool {
+        matches!(self.op, "hget" | "hkeys" | "hgetall" | "hdel")
+    }
+
+    /// The call as one command: itself if plain, else the script running it alone.
+    fn command(&self, hash: &str) -> Cmd {
+        if !self.plain() {
+            return script_call(Some(hash), &[self]);
+        }
+        let mut cmd = redis::cmd(self.op);
+        cmd.arg(&self.keys);
+        for arg in &self.args {
+            cmd.arg(&arg[..]);
+        }
+        cmd
+    }
+
+    /// The hash slot of its keys.
+    fn slot(&self) -> u16 {
+        self.keys
+            .first()
+            .map_or(0, |k| keys::key_slot(k.as_bytes()))
+    }
+}
+
+/// Where the store's calls go.
+enum Server {
+    /// One Redis: a batch is one pipeline of its calls.
+    Single(ConnectionManager),
+    /// A Redis Cluster: a batch is one script call, or one pipeline of plain calls, per slot.
+    Cluster(ClusterConnection),
+}
+
+impl Server {
+    /// Runs `calls`, in order per slot (see the module doc); one result per call, in order.
+    async fn run(&self, hash: &str, calls: &[&Call]) -> Vec<Result<Value, String>> {
+        let conn = match self {
+            Server::Single(conn) => {
+                return spread(pipelined(conn.clone(), hash, calls).await, calls.len());
+            }
+            Server::Cluster(conn) => conn,
+        };
+        let mut slots: HashMap<u16, usize> = HashMap::new();
+        let mut groups: Vec<Vec<&Call>> = Vec::new();
+        let mut group_of = Vec::with_capacity(calls.len());
+        for &call in calls {
+            let group = *slots.entry(call.slot()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[group].push(call);
+            group_of.push(group);
+        }
+        let answers = join_all(groups.iter().map(|g| on_slot(conn.clone(), hash, g))).await;
+        let mut answers: Vec<_> = answers
+            .into_iter()
+            .zip(&groups)
+            .map(|(answer, group)| spread(answer, group.len()).into_iter())
+            .collect();
+        group_of
+            .into_iter()
+            .map(|g| {
+                answers[g]
+                    .next()
+                    .unwrap_or_else(|| Err("a slot's calls answered too few replies".into()))
+            })
+            .collect()
+    }
+}
+
+/// One result per call of a command or pipeline that answered `answer`.
+fn spread(answer: Result<Vec<Value>, String>, calls: usize) -> Vec<Result<Value, String>> {
+    match answer {
+        Ok(replies) => replies.into_iter().map(Ok).collect(),
+        Err(e) => vec![Err(e); calls],
+    }
+}
+
+/// A batch's calls on one slot of a cluster. Plain calls alone go as a pipeline: should the
+/// cluster connection send it again (redirected while the slot moves), running some twice does
+/// no harm. Anything else goes as one script call: a command runs whole or, redirected, not at
+/// all, so a write never runs twice, nor ahead of the reads before it.
+async fn on_slot(
+    conn: ClusterConnection,
+    hash: &str,
+    calls: &[&Call],
+) -> Result<Vec<Value>, String> {
+    if calls.iter().all(|c| c.plain()) {
+        let mut pipe = redis::pipe();
+        for call in calls {
+            pipe.add_command(call.command(hash));
+        }
+        send(conn, &pipe).await
+    } else {
+        eval(conn, hash, calls).await
+    }
+}
+
+/// One Redis's calls as one pipeline, which it runs in order. A Redis that lost its script cache
+/// (restarted or flushed) answers NOSCRIPT: the script is loaded and the commands from the first
+/// NOSCRIPT on are sent again, in order, unless a script call after it did run (the cache changed
+/// during the pipeline): sending those again would reorder writes, so they fail instead.
+async fn pipelined(
+    conn: ConnectionManager,
+    hash: &str,
+    calls: &[&Call],
+) -> Result<Vec<Value>, String> {
+    let mut pipe = redis::pipe();
+    for call in calls {
+        pipe.add_command(call.command(hash));
+    }
+    let mut replies = send(conn.clone(), &pipe).await?;
+    let Some(first) = replies.iter().position(is_noscript) else {
+        return Ok(replies);
+    };
+    let ran_later = replies[first..]
+        .iter()
+        .zip(&calls[first..])
+        .any(|(reply, call)| !call.plain() && !is_noscript(reply));
+    if ran_later {
+        return Ok(replies);
+    }
+    tracing::info!("Redis has lost the store script; loading it again");
+    let mut again = redis::pipe();
+    again.add_command(script_load());
+    for cmd in pipe.cmd_iter().skip(first) {
+        again.add_command(cmd.clone());
+    }
+    let resent = send(conn, &again).await?;
+    replies.truncate(first);
+    // The first reply answers SCRIPT LOAD.
+    replies.extend(resent.into_iter().skip(1));
+    Ok(replies)
+}
+
+async fn send<C: ConnectionLike + Send>(
+    mut conn: C,
+    pipe: &redis::Pipeline,
+) -> Result<Vec<Value>, String> {
+    let n = pipe.len();
+    let replies = conn
+        .req_packed_commands(pipe, 0, n)
+        .await
+        .map_err(|e| e.to_string())?;
+    if replies.len() != n {
+        return Err(format!("{} replies to {n} commands", replies.len()));
+    }
+    Ok(replies)
+}
+
+/// Runs `calls` as one script call; one reply per call (a call alone answers its own reply, an
+/// error included). A Redis without the script in its cache (restarted, flushed, a node new to
+/// the cluster) answers NOSCRIPT: nothing ran, and the call is sent again with the script's
+/// text, which caches it.
+async fn eval<C: ConnectionLike + Send>(
+    mut conn: C,
+    hash: &str,
+    calls: &[&Call],
+) -> Result<Vec<Value>, String> {
+    let mut answer = conn
+        .req_packed_command(&script_call(Some(hash), calls))
+        .await;
+    let lost = match &answer {
+        Ok(value) => is_noscript(value),
+        Err(e) => e.kind() == ErrorKind::Server(ServerErrorKind::NoScript),
+    };
+    if lost {
+        tracing::info!("Redis lacks the store script; sending it again");
+        answer = conn.req_packed_command(&script_call(None, calls)).await;
+    }
+    match answer.map_err(|e| e.to_string())? {
+        reply if calls.len() == 1 => Ok(vec![reply]),
+        Value::Array(replies) if replies.len() == calls.len() => Ok(replies),
+        Value::Array(replies) => Err(format!(
+            "the store script answered {} replies to {} operations",
+            replies.len(),
+            calls.len()
+        )),
+        Value::ServerError(e) => Err(e.to_string()),
+        _ => Err("the store script answered something else than replies".into()),
+    }
+}
+
+/// An EVALSHA of the script by `hash`, or without one an EVAL of its text, running `calls`: one
+/// alone, several as a batch.
+fn script_call(hash: Option<&str>, calls: &[&Call]) -> Cmd {
+    let mut cmd = match hash {
+        Some(hash) => {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(hash);
+            cmd
+        }
+        None => {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(SCRIPT);
+            cmd
+        }
+    };
+    cmd.arg(calls.iter().map(|c| c.keys.len()).sum::<usize>());
+    for call in calls {
+        cmd.arg(&call.keys);
+    }
+    if let [call] = calls {
+        cmd.arg(call.op);
+    } else {
+        cmd.arg("batch");
+    }
+    for call in calls {
+        if calls.len() > 1 {
+            cmd.arg(call.op).arg(call.keys.len()).arg(call.args.len());
+        }
+        for arg in &call.args {
+            cmd.arg(&arg[..]);
+        }
+    }
+    cmd
+}
+
+fn is_noscript(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript))
 }
 
 /// A login record as stored: the JSON of the business side's `userOnlineState`.
@@ -251,55 +568,41 @@ fn stopped() -> StoreError {
     StoreError::Unavailable("Redis store task has stopped".into())
 }
 
+fn bad_url(e: impl Display) -> StoreError {
+    StoreError::Unavailable(format!("store.redis_url is not a usable Redis URL: {e}"))
+}
+
 impl RedisStore {
-    /// Connects to the Redis at `url` (`store.redis_url`) and keeps every key under `prefix`
-    /// (`store.redis_prefix`). Fails within a few seconds if Redis does not answer.
+    /// Connects to the Redis or Redis Cluster at `url` (`store.redis_url`, see the module doc)
+    /// and keeps every key under `prefix` (`store.redis_prefix`). Fails within a few seconds if
+    /// Redis does not answer. On one Redis, first renames keys of the scheme before hash tags.
     pub async fn open(
         url: &str,
         prefix: &str,
         limits: OfflineLimits,
     ) -> Result<RedisStore, StoreError> {
-        let bad_url = |e: redis::RedisError| {
-            StoreError::Unavailable(format!("store.redis_url is not a usable Redis URL: {e}"))
+        let hash: Arc<str> = Arc::from(redis::Script::new(SCRIPT).get_hash());
+        let keys = Keys::new(prefix);
+        let (server, name) = match cluster_nodes(url) {
+            None => {
+                let (conn, name) = connect_single(url, &hash).await?;
+                upgrade::upgrade(&conn, &keys, &name, &hash).await?;
+                (Server::Single(conn), name)
+            }
+            Some(nodes) => {
+                if prefix.contains(['{', '}']) {
+                    return Err(StoreError::Unavailable(format!(
+                        "store.redis_prefix {prefix:?} contains `{{` or `}}`, which a Redis Cluster \
+                         would read as the hash tag of every key"
+                    )));
+                }
+                let (conn, name) = connect_cluster(nodes?, &hash).await?;
+                (Server::Cluster(conn), name)
+            }
         };
-        let info = url.into_connection_info().map_err(bad_url)?;
-        // Named by address only: the URL may carry a password.
-        let name: Arc<str> = Arc::from(format!("Redis at {}", info.addr()));
-        let client = Client::open(info.set_tcp_settings(tcp_settings())).map_err(bad_url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            // One attempt per batch: while Redis is down, calls fail at once instead of
-            // waiting out a back-off, and the next batch tries again.
-            .set_number_of_retries(0);
-        let script_hash: Arc<str> = Arc::from(redis::Script::new(SCRIPT).get_hash());
-        let unreachable = |e: &dyn Display| {
-            StoreError::Unavailable(format!("cannot reach {name} (store.redis_url): {e}"))
-        };
-        let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client, config).await?;
-            let loaded: String = script_load().query_async(&mut conn).await?;
-            Ok::<_, redis::RedisError>((conn, loaded))
-        };
-        let (conn, loaded) = tokio::time::timeout(OPEN_TIMEOUT, connect)
-            .await
-            .map_err(|_| unreachable(&format!("no answer within {OPEN_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(&e))?;
-        if loaded != *script_hash {
-            return Err(unreachable(&format!(
-                "SCRIPT LOAD answered {loaded}, expected {script_hash}"
-            )));
-        }
         let (jobs, queued) = mpsc::unbounded_channel();
-        tokio::spawn(serve(conn, name, queued));
-        Ok(RedisStore {
-            keys: Keys {
-                prefix: prefix.to_owned(),
-            },
-            limits,
-            script_hash,
-            jobs,
-        })
+        tokio::spawn(serve(server, name, hash, queued));
+        Ok(RedisStore { keys, limits, jobs })
     }
 
     /// Queues `calls` on the command stream now; resolves to their replies, in order.
@@ -316,7 +619,7 @@ impl RedisStore {
         async move { done.await.map_err(|_| stopped())? }
     }
 
-    /// Queues a write; resolves once Redis has applied every command of it.
+    /// Queues a write; resolves once Redis has applied every operation of it.
     fn write(&self, calls: Vec<Call>) -> StoreFuture {
         let done = self.submit(calls);
         Box::pin(async move {
@@ -327,32 +630,27 @@ impl RedisStore {
         })
     }
 
-    /// An EVALSHA of [`SCRIPT`] for `op` on `keys`; the caller appends the other arguments.
-    fn script(&self, op: &str, keys: &[String]) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&*self.script_hash).arg(keys.len());
-        for key in keys {
-            cmd.arg(key);
-        }
-        cmd.arg(op);
-        cmd
+    /// Queues a one-operation read; resolves to its reply.
+    fn read(&self, call: Call) -> impl Future<Output = Result<Value, StoreError>> + Send + 'static {
+        let done = self.submit(vec![call]);
+        async move { only(done.await?) }
     }
 
     fn queue_append(&self, queue: Queue, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
         if messages.is_empty() {
             return resolved(Ok(Vec::new()));
         }
-        let mut cmd = self.script("append", &[self.keys.counter(), self.keys.queue(queue)]);
+        let mut call = Call::new(
+            "append",
+            vec![self.keys.queue_counter(queue), self.keys.queue(queue)],
+        );
         for (topic, body) in &messages {
-            cmd.arg(encode_queued(topic, body));
+            call = call.bytes(encode_queued(topic, body));
         }
-        let done = self.submit(vec![Call {
-            cmd,
-            scripted: true,
-        }]);
+        let done = self.read(call);
         let expected = messages.len();
         Box::pin(async move {
-            let seqs = array(only(done.await?)?)?
+            let seqs = array(done.await?)?
                 .into_iter()
                 .map(integer)
                 .collect::<Result<Vec<u64>, _>>()?;
@@ -370,30 +668,128 @@ impl RedisStore {
         if seqs.is_empty() {
             return resolved(Ok(()));
         }
-        let mut cmd = redis::cmd("HDEL");
-        cmd.arg(self.keys.queue(queue)).arg(seqs);
-        self.write(vec![Call {
-            cmd,
-            scripted: false,
-        }])
+        let call = seqs.into_iter().fold(
+            Call::new("hdel", vec![self.keys.queue(queue)]),
+            Call::number,
+        );
+        self.write(vec![call])
     }
 
     async fn queue_load(&self, queue: Queue) -> Result<Vec<QueuedMessage>, StoreError> {
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(self.keys.queue(queue));
-        let value = only(
-            self.submit(vec![Call {
-                cmd,
-                scripted: false,
-            }])
-            .await?,
-        )?;
+        let value = self
+            .read(Call::new("hgetall", vec![self.keys.queue(queue)]))
+            .await?;
         let mut messages = hash_pairs(value)?
             .into_iter()
             .map(|(seq, value)| decode_queued(&seq, value))
             .collect::<Result<Vec<_>, _>>()?;
         messages.sort_by_key(|m| m.seq);
         Ok(messages)
+    }
+}
+
+/// The nodes of a `redis+cluster://` URL, each as a `redis://` URL with the credentials, path
+/// and query of the whole; `None` for any other URL (one Redis).
+fn cluster_nodes(url: &str) -> Option<Result<Vec<ConnectionInfo>, StoreError>> {
+    let rest = url.strip_prefix(CLUSTER_SCHEME)?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (credentials, hosts) = match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), authority),
+    };
+    Some(
+        hosts
+            .split(',')
+            .map(|host| {
+                let host = host.trim();
+                if host.is_empty() {
+                    return Err(bad_url(format!("{CLUSTER_SCHEME} lists an empty node")));
+                }
+                format!("redis://{credentials}{host}{tail}")
+                    .into_connection_info()
+                    .map_err(bad_url)
+            })
+            .collect(),
+    )
+}
+
+/// Connects to one Redis and loads the script.
+async fn connect_single(
+    url: &str,
+    hash: &str,
+) -> Result<(ConnectionManager, Arc<str>), StoreError> {
+    let info = url.into_connection_info().map_err(bad_url)?;
+    // Named by address only: the URL may carry a password.
+    let name: Arc<str> = Arc::from(format!("Redis at {}", info.addr()));
+    let client = Client::open(info.set_tcp_settings(tcp_settings())).map_err(bad_url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        // One attempt per batch: while Redis is down, calls fail at once instead of
+        // waiting out a back-off, and the next batch tries again.
+        .set_number_of_retries(0);
+    let connect = async {
+        let mut conn = ConnectionManager::new_with_config(client, config).await?;
+        let loaded: String = script_load().query_async(&mut conn).await?;
+        Ok::<_, redis::RedisError>((conn, loaded))
+    };
+    let (conn, loaded) = opened(&name, connect).await?;
+    check_loaded(&name, &loaded, hash)?;
+    Ok((conn, name))
+}
+
+/// Connects to a Redis Cluster and loads the script on every master.
+async fn connect_cluster(
+    nodes: Vec<ConnectionInfo>,
+    hash: &str,
+) -> Result<(ClusterConnection, Arc<str>), StoreError> {
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+    let name: Arc<str> = Arc::from(format!("Redis Cluster at {}", addrs.join(",")));
+    let client = ClusterClientBuilder::new(nodes)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(CLUSTER_RETRY_WAIT.0)
+        .max_retry_wait(CLUSTER_RETRY_WAIT.1)
+        .tcp_settings(tcp_settings())
+        .build()
+        .map_err(bad_url)?;
+    let connect = async {
+        let mut conn = client.get_async_connection().await?;
+        let every_master = RoutingInfo::MultiNode((
+            MultipleNodeRoutingInfo::AllMasters,
+            Some(ResponsePolicy::AllSucceeded),
+        ));
+        let loaded = conn.route_command(script_load(), every_master).await?;
+        Ok::<_, redis::RedisError>((conn, redis::from_redis_value::<String>(loaded)?))
+    };
+    let (conn, loaded) = opened(&name, connect).await?;
+    check_loaded(&name, &loaded, hash)?;
+    Ok((conn, name))
+}
+
+/// Waits at most [`OPEN_TIMEOUT`] for `connect`.
+async fn opened<T>(
+    name: &str,
+    connect: impl Future<Output = RedisResult<T>>,
+) -> Result<T, StoreError> {
+    let unreachable = |e: &dyn Display| {
+        StoreError::Unavailable(format!("cannot reach {name} (store.redis_url): {e}"))
+    };
+    tokio::time::timeout(OPEN_TIMEOUT, connect)
+        .await
+        .map_err(|_| unreachable(&format!("no answer within {OPEN_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(&e))
+}
+
+fn check_loaded(name: &str, loaded: &str, hash: &str) -> Result<(), StoreError> {
+    if loaded == hash {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "cannot use {name} (store.redis_url): SCRIPT LOAD answered {loaded}, expected {hash}"
+        )))
     }
 }
 
@@ -412,104 +808,46 @@ fn script_load() -> Cmd {
     cmd
 }
 
-/// The task owning the command stream: sends what is queued as one pipeline, answers each job.
-/// Ends once the store is dropped and everything queued before has been answered.
+/// The task owning the command stream: sends what is queued as script calls (see the module
+/// doc), answers each job. Ends once the store is dropped and everything queued before has been
+/// answered.
 async fn serve(
-    mut conn: ConnectionManager,
+    server: Server,
     name: Arc<str>,
+    hash: Arc<str>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     // Whether the last batch failed: an outage is logged when it starts and when it ends.
     let mut failing = false;
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        let mut scripted = Vec::new();
-        let mut answers = Vec::with_capacity(batch.len());
+        let calls: Vec<&Call> = batch.iter().flat_map(|job| &job.calls).collect();
+        let results = server.run(&hash, &calls).await;
+        match results.iter().find_map(|r| r.as_ref().err()) {
+            None if failing => {
+                failing = false;
+                tracing::info!("{name} answers again");
+            }
+            None => {}
+            Some(e) if failing => tracing::debug!(error = %e, "{name}: Redis store batch failed"),
+            Some(e) => {
+                failing = true;
+                tracing::warn!(error = %e, "{name}: Redis store failing; calls fail until it answers");
+            }
+        }
+        let mut results = results.into_iter();
         for job in batch.drain(..) {
-            answers.push((job.calls.len(), job.reply));
-            for call in job.calls {
-                scripted.push(call.scripted);
-                pipe.add_command(call.cmd);
-            }
-        }
-        match run(&mut conn, &pipe, &scripted).await {
-            Ok(replies) => {
-                if failing {
-                    failing = false;
-                    tracing::info!("{name} answers again");
-                }
-                let mut replies = replies.into_iter();
-                for (n, reply) in answers {
-                    let _ = reply.send(Ok(replies.by_ref().take(n).collect()));
-                }
-            }
-            Err(e) => {
-                let e = StoreError::Unavailable(format!("{name}: {e}"));
-                if failing {
-                    tracing::debug!(error = %e, "Redis store batch failed");
-                } else {
-                    failing = true;
-                    tracing::warn!(error = %e, "Redis store failing; calls fail until it answers");
-                }
-                for (_, reply) in answers {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+            let replies: Vec<_> = results.by_ref().take(job.calls.len()).collect();
+            let replies = replies
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Unavailable(format!("{name}: {e}")));
+            let _ = job.reply.send(replies);
         }
     }
 }
 
-/// Sends one pipeline. A Redis that lost its script cache (restarted or flushed) answers
-/// NOSCRIPT: the script is loaded and the commands from the first NOSCRIPT on are sent again,
-/// in order, unless a script call after it did run (the cache changed during the pipeline):
-/// sending those again would reorder writes, so they fail instead.
-async fn run(
-    conn: &mut ConnectionManager,
-    pipe: &Pipeline,
-    scripted: &[bool],
-) -> Result<Vec<Value>, String> {
-    let mut replies = send(conn, pipe).await?;
-    let Some(first) = replies.iter().position(is_noscript) else {
-        return Ok(replies);
-    };
-    let ran_later = replies[first..]
-        .iter()
-        .zip(&scripted[first..])
-        .any(|(reply, scripted)| *scripted && !is_noscript(reply));
-    if ran_later {
-        return Ok(replies);
-    }
-    tracing::info!("Redis has lost the store script; loading it again");
-    let mut again = redis::pipe();
-    again.add_command(script_load());
-    for cmd in pipe.cmd_iter().skip(first) {
-        again.add_command(cmd.clone());
-    }
-    let resent = send(conn, &again).await?;
-    replies.truncate(first);
-    // The first reply answers SCRIPT LOAD.
-    replies.extend(resent.into_iter().skip(1));
-    Ok(replies)
-}
-
-async fn send(conn: &mut ConnectionManager, pipe: &Pipeline) -> Result<Vec<Value>, String> {
-    let n = pipe.len();
-    let replies = conn
-        .send_packed_commands(pipe, 0, n)
-        .await
-        .map_err(|e| e.to_string())?;
-    if replies.len() != n {
-        return Err(format!("{} replies to {n} commands", replies.len()));
-    }
-    Ok(replies)
-}
-
-fn is_noscript(value: &Value) -> bool {
-    matches!(value, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript))
-}
-
-/// One command's reply, or the error Redis answered with.
+/// One operation's reply, or the error Redis answered with.
 fn reply(value: Value) -> Result<Value, StoreError> {
     match value {
         Value::ServerError(e) if e.code() == "WRONGTYPE" => Err(corrupt(e)),
@@ -518,7 +856,7 @@ fn reply(value: Value) -> Result<Value, StoreError> {
     }
 }
 
-/// The reply of a one-command job.
+/// The reply of a one-operation job.
 fn only(replies: Vec<Value>) -> Result<Value, StoreError> {
     let mut replies = replies.into_iter();
     match (replies.next(), replies.next()) {
@@ -526,7 +864,6 @@ fn only(replies: Vec<Value>) -> Result<Value, StoreError> {
         _ => Err(corrupt("expected exactly one reply")),
     }
 }
-
 fn array(value: Value) -> Result<Vec<Value>, StoreError> {
     match value {
         Value::Array(values) | Value::Set(values) => Ok(values),
@@ -604,14 +941,16 @@ fn decode_login(bytes: &[u8]) -> Result<LoginRecord, StoreError> {
     })
 }
 
-fn decode_logins(value: Value) -> Result<UserLogins, StoreError> {
-    let mut logins = UserLogins::default();
-    for (field, record) in hash_pairs(value)? {
-        let term = TermType::from_bit(number(&field, "login field")?)
-            .ok_or_else(|| corrupt("login field is not a terminal type"))?;
-        logins.set(term, Some(decode_login(&record)?));
-    }
-    Ok(logins)
+/// The terminal types of a login hash's fields.
+fn decode_mask(value: Value) -> Result<TermMask, StoreError> {
+    array(value)?
+        .into_iter()
+        .try_fold(TermMask(0), |mask, field| {
+            let field = bulk(field)?.ok_or_else(|| corrupt("empty login field"))?;
+            let term = TermType::from_bit(number(&field, "login field")?)
+                .ok_or_else(|| corrupt("login field is not a terminal type"))?;
+            Ok(mask.with(term))
+        })
 }
 
 /// `<id>:<rest>`, as the script stores callbacks and IMs.
@@ -710,29 +1049,15 @@ fn decode_queued(seq: &[u8], value: Vec<u8>) -> Result<QueuedMessage, StoreError
 #[async_trait]
 impl Store for RedisStore {
     async fn login(&self, uid: &str, term: TermType) -> Result<Option<LoginRecord>, StoreError> {
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(self.keys.login(uid)).arg(term.bit());
-        let value = only(
-            self.submit(vec![Call {
-                cmd,
-                scripted: false,
-            }])
-            .await?,
-        )?;
+        let call = Call::new("hget", vec![self.keys.login(uid)]).number(term.bit());
+        let value = self.read(call).await?;
         bulk(value)?.map(|bytes| decode_login(&bytes)).transpose()
     }
 
     async fn logged_in(&self, uids: &[&str]) -> Result<Vec<TermMask>, StoreError> {
         let calls = uids
             .iter()
-            .map(|uid| {
-                let mut cmd = redis::cmd("HGETALL");
-                cmd.arg(self.keys.login(uid));
-                Call {
-                    cmd,
-                    scripted: false,
-                }
-            })
+            .map(|uid| Call::new("hkeys", vec![self.keys.login(uid)]))
             .collect();
         let replies = self.submit(calls).await?;
         if replies.len() != uids.len() {
@@ -740,95 +1065,82 @@ impl Store for RedisStore {
         }
         replies
             .into_iter()
-            .map(|value| Ok(decode_logins(reply(value)?)?.mask()))
+            .map(|value| decode_mask(reply(value)?))
             .collect()
     }
 
     fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> StoreFuture {
-        let mut cmd = self.script("set_login", &[self.keys.login(uid)]);
-        cmd.arg(term.bit());
+        let mut call = Call::new("set_login", vec![self.keys.login(uid)]).number(term.bit());
         if let Some(record) = record {
             match encode_login(record) {
-                Ok(json) => cmd.arg(json),
+                Ok(json) => call = call.bytes(json),
                 Err(e) => return resolved(Err(e)),
-            };
+            }
         }
-        self.write(vec![Call {
-            cmd,
-            scripted: true,
-        }])
+        self.write(vec![call])
     }
 
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
-        if writes.is_empty() {
-            return resolved(Ok(()));
-        }
-        let mut keys = Vec::with_capacity(writes.len() + 1);
-        keys.push(self.keys.counter());
-        for w in &writes {
-            keys.push(match w.message {
-                OfflineMessage::Push { .. } => self.keys.push(&w.uid, w.term),
-                OfflineMessage::Callback { .. } => self.keys.callbacks(&w.uid, w.term),
-                OfflineMessage::Im { .. } => self.keys.ims(&w.uid, w.term),
-            });
-        }
-        let mut cmd = self.script("store", &keys);
-        cmd.arg(self.limits.max_callbacks).arg(self.limits.max_ims);
-        for w in &writes {
-            let (kind, flag, body) = match &w.message {
-                OfflineMessage::Push { body } => ("push", 0, body),
-                OfflineMessage::Callback { body } => ("callback", 0, body),
-                OfflineMessage::Im { flag, body } => ("im", *flag, body),
-            };
-            cmd.arg(kind).arg(flag).arg(&body[..]);
-        }
-        self.write(vec![Call {
-            cmd,
-            scripted: true,
-        }])
+        // One call per run of writes to one user: its keys and its slot's counter.
+        let calls = writes
+            .chunk_by(|a, b| a.uid == b.uid)
+            .map(|run| {
+                let counter = run.first().map(|w| self.keys.ids(&w.uid));
+                let boxes = run.iter().map(|w| match w.message {
+                    OfflineMessage::Push { .. } => self.keys.push(&w.uid, w.term),
+                    OfflineMessage::Callback { .. } => self.keys.callbacks(&w.uid, w.term),
+                    OfflineMessage::Im { .. } => self.keys.ims(&w.uid, w.term),
+                });
+                let call = Call::new("store", counter.into_iter().chain(boxes).collect())
+                    .number(self.limits.max_callbacks)
+                    .number(self.limits.max_ims);
+                run.iter().fold(call, |call, w| {
+                    let (kind, flag, body) = match &w.message {
+                        OfflineMessage::Push { body } => ("push", 0, body),
+                        OfflineMessage::Callback { body } => ("callback", 0, body),
+                        OfflineMessage::Im { flag, body } => ("im", *flag, body),
+                    };
+                    call.bytes(kind).number(flag).bytes(body.clone())
+                })
+            })
+            .collect();
+        self.write(calls)
     }
 
     fn offline(&self, uid: &str, term: TermType) -> StoreFuture<Offline> {
-        let cmd = self.script(
+        let done = self.read(Call::new(
             "offline",
-            &[
+            vec![
                 self.keys.push(uid, term),
                 self.keys.callbacks(uid, term),
                 self.keys.ims(uid, term),
             ],
-        );
-        let done = self.submit(vec![Call {
-            cmd,
-            scripted: true,
-        }]);
-        Box::pin(async move { decode_offline(only(done.await?)?) })
+        ));
+        Box::pin(async move { decode_offline(done.await?) })
     }
 
     fn remove_offline(&self, keys: Vec<StoredKey>) -> StoreFuture {
-        if keys.is_empty() {
-            return resolved(Ok(()));
-        }
-        let names: Vec<String> = keys
-            .iter()
-            .map(|k| match k.item {
-                OfflineKey::Push { .. } => self.keys.push(&k.uid, k.term),
-                OfflineKey::Callback { .. } => self.keys.callbacks(&k.uid, k.term),
-                OfflineKey::Im { .. } => self.keys.ims(&k.uid, k.term),
+        // One call per run of items of one user.
+        let calls = keys
+            .chunk_by(|a, b| a.uid == b.uid)
+            .map(|run| {
+                let names = run.iter().map(|k| match k.item {
+                    OfflineKey::Push { .. } => self.keys.push(&k.uid, k.term),
+                    OfflineKey::Callback { .. } => self.keys.callbacks(&k.uid, k.term),
+                    OfflineKey::Im { .. } => self.keys.ims(&k.uid, k.term),
+                });
+                run.iter()
+                    .fold(Call::new("remove", names.collect()), |call, k| {
+                        let (kind, id, count) = match k.item {
+                            OfflineKey::Push { version, count } => ("push", version, count),
+                            OfflineKey::Callback { id } => ("callback", id, 0),
+                            OfflineKey::Im { id } => ("im", id, 0),
+                        };
+                        call.bytes(kind).number(id).number(count)
+                    })
             })
             .collect();
-        let mut cmd = self.script("remove", &names);
-        for k in &keys {
-            let (kind, id, count) = match k.item {
-                OfflineKey::Push { version, count } => ("push", version, count),
-                OfflineKey::Callback { id } => ("callback", id, 0),
-                OfflineKey::Im { id } => ("im", id, 0),
-            };
-            cmd.arg(kind).arg(id).arg(count);
-        }
-        self.write(vec![Call {
-            cmd,
-            scripted: true,
-        }])
+        self.write(calls)
     }
 
     fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
@@ -876,7 +1188,7 @@ mod tests {
     /// The Redis the project's tests share.
     const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
 
-    fn limits() -> OfflineLimits {
+    pub(super) fn limits() -> OfflineLimits {
         OfflineLimits {
             max_callbacks: 3,
             max_ims: 2,
@@ -885,11 +1197,11 @@ mod tests {
 
     /// A Redis a test needs is missing: outside CI the test says so and is skipped (returns
     /// `None`); with `CI=true` it fails.
-    fn missing<T>(why: impl Display) -> Option<T> {
+    pub(super) fn missing<T>(why: impl Display) -> Option<T> {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{why} (CI=true: Redis tests must run)");
         }
-        eprintln!("skipping this Redis test: {why}");
+        eprintln!("SKIPPED (this Redis test does not run): {why}");
         None
     }
 
@@ -912,7 +1224,7 @@ mod tests {
     }
 
     /// A plain connection to `url`, to look at or spoil what the store keeps.
-    async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    pub(super) async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         redis::Client::open(url)
             .expect("url")
             .get_multiplexed_async_connection()
@@ -941,7 +1253,7 @@ mod tests {
         }
     }
 
-    fn record(code: &str) -> LoginRecord {
+    pub(super) fn record(code: &str) -> LoginRecord {
         LoginRecord {
             code: code.into(),
             device_token: String::new(),
@@ -949,7 +1261,7 @@ mod tests {
         }
     }
 
-    fn write(uid: &str, term: TermType, message: OfflineMessage) -> OfflineWrite {
+    pub(super) fn write(uid: &str, term: TermType, message: OfflineMessage) -> OfflineWrite {
         OfflineWrite {
             uid: Arc::from(uid),
             term,
@@ -957,7 +1269,7 @@ mod tests {
         }
     }
 
-    fn push(body: &str) -> OfflineMessage {
+    pub(super) fn push(body: &str) -> OfflineMessage {
         OfflineMessage::Push {
             body: Bytes::from(body.to_owned()),
         }
@@ -971,12 +1283,21 @@ mod tests {
         };
         conformance::check_store(&store).await;
         // Everything lives under the prefix, and removed boxes leave no keys behind.
-        let (_, keys) = keys_under(&prefix.0).expect("scan");
-        let expected: Vec<String> = ["login:u1", "seq"]
-            .iter()
-            .map(|k| format!("{}{k}", prefix.0))
-            .collect();
-        assert_eq!(keys, expected);
+        let (_, found) = keys_under(&prefix.0).expect("scan");
+        assert_eq!(found, left_after_conformance(&prefix.0));
+    }
+
+    /// The keys [`conformance::check_store`] leaves: a login record and the counters.
+    pub(super) fn left_after_conformance(prefix: &str) -> Vec<String> {
+        let keys = Keys::new(prefix);
+        let mut left = vec![
+            keys.login("u1"),
+            keys.ids("u2"),
+            keys.queue_counter(Queue::Inbox),
+            keys.queue_counter(Queue::Outbox),
+        ];
+        left.sort();
+        left
     }
 
     #[tokio::test]
@@ -1054,31 +1375,36 @@ mod tests {
         let Some(store) = prefix.store().await else {
             return;
         };
+        check_order(&store, "u").await;
+    }
+
+    /// Reads see the writes to `uid` queued before them, awaited or not.
+    pub(super) async fn check_order(store: &RedisStore, uid: &str) {
         let t = TermType::Ios;
         // Neither write is awaited, one is even dropped: both are queued at the call.
-        let stored = store.store_offline(vec![write("u", t, push("p"))]);
-        drop(store.set_login("u", t, Some(record("c"))));
-        let read = store.offline("u", t);
+        let stored = store.store_offline(vec![write(uid, t, push("p"))]);
+        drop(store.set_login(uid, t, Some(record("c"))));
+        let read = store.offline(uid, t);
         let o = read.await.expect("read");
         assert_eq!(o.push.as_ref().map(|p| p.count), Some(1));
-        assert_eq!(store.login("u", t).await.expect("read"), Some(record("c")));
+        assert_eq!(store.login(uid, t).await.expect("read"), Some(record("c")));
         stored.await.expect("durable");
 
         // A removal queued and not awaited is seen by the next read too.
         let version = o.push.map(|p| p.version).expect("version");
         let removed = store.remove_offline(vec![StoredKey {
-            uid: Arc::from("u"),
+            uid: Arc::from(uid),
             term: t,
             item: OfflineKey::Push { version, count: 1 },
         }]);
-        assert!(store.offline("u", t).await.expect("read").is_empty());
+        assert!(store.offline(uid, t).await.expect("read").is_empty());
         removed.await.expect("durable");
 
         // Many writes queued back to back keep their order.
         let writes: Vec<_> = (0..200)
-            .map(|i| store.store_offline(vec![write("u", t, push(&format!("p{i}")))]))
+            .map(|i| store.store_offline(vec![write(uid, t, push(&format!("p{i}")))]))
             .collect();
-        let o = store.offline("u", t).await.expect("read");
+        let o = store.offline(uid, t).await.expect("read");
         let p = o.push.expect("push");
         assert_eq!((p.count, &p.body[..]), (200, &b"p199"[..]));
         for w in writes {
@@ -1092,22 +1418,27 @@ mod tests {
         let Some(store) = prefix.store().await else {
             return;
         };
+        let keys = Keys::new(&prefix.0);
         let mut raw = raw(SHARED_REDIS).await;
+        // `logged_in` reads the fields' names only: a record that is not JSON, under a name that
+        // is not a terminal type's bit.
         let _: () = redis::cmd("HSET")
-            .arg(format!("{}login:u", prefix.0))
+            .arg(keys.login("u"))
             .arg(1)
             .arg("not json")
+            .arg("nine")
+            .arg("{}")
             .query_async(&mut raw)
             .await
             .expect("hset");
         let _: () = redis::cmd("RPUSH")
-            .arg(format!("{}callbacks:1:u", prefix.0))
+            .arg(keys.callbacks("u", TermType::Android))
             .arg("no id here")
             .query_async(&mut raw)
             .await
             .expect("rpush");
         let _: () = redis::cmd("SET")
-            .arg(format!("{}ims:1:u", prefix.0))
+            .arg(keys.ims("u", TermType::Android))
             .arg("a string, not a list")
             .query_async(&mut raw)
             .await
@@ -1152,6 +1483,140 @@ mod tests {
         let bad = RedisStore::open("http://nowhere", "x:", limits()).await;
         assert!(
             matches!(bad, Err(StoreError::Unavailable(why)) if why.contains("store.redis_url"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_of_the_old_key_scheme_is_renamed_and_reads_on() {
+        let prefix = TestPrefix::new();
+        let p = &prefix.0;
+        let keys = Keys::new(p);
+        let Ok(mut raw) = redis::Client::open(SHARED_REDIS)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+        else {
+            missing::<()>("no Redis at 127.0.0.1:6379");
+            return;
+        };
+        let json = |code: &str| encode_login(record(code)).expect("json");
+        let mut old = redis::pipe();
+        old.set(format!("{p}seq"), 100)
+            .hset(format!("{p}login:u:1"), 1, json("c"))
+            .hset_multiple(
+                format!("{p}push:2:u:1"),
+                &[("count", "3"), ("body", "p"), ("version", "50")],
+            )
+            .rpush(format!("{p}callbacks:2:u:1"), "60:cb")
+            .rpush(format!("{p}ims:2:u:1"), "70:1:im")
+            .hset(format!("{p}inbox"), 80, encode_queued("push", b"in"))
+            .hset(format!("{p}outbox"), 90, encode_queued("back", b"out"))
+            // A user whose record was written under both names: the new one wins.
+            .hset(format!("{p}login:v"), 1, json("old"))
+            .hset(keys.login("v"), 1, json("new"));
+        let () = old.query(&mut raw).expect("write the old scheme");
+
+        let Some(store) = prefix.store().await else {
+            return;
+        };
+        let (u, t) = ("u:1", TermType::Ios);
+        assert_eq!(
+            store.login(u, TermType::Android).await.expect("login"),
+            Some(record("c"))
+        );
+        let o = store.offline(u, t).await.expect("offline");
+        let p0 = o.push.clone().expect("push");
+        assert_eq!((p0.count, &p0.body[..], p0.version), (3, &b"p"[..], 50));
+        assert_eq!(
+            (o.callbacks[0].id, &o.callbacks[0].body[..]),
+            (60, &b"cb"[..])
+        );
+        assert_eq!((o.ims[0].id, o.ims[0].flag), (70, 1));
+        let inbox = store.inbox_load().await.expect("inbox");
+        assert_eq!((inbox[0].seq, &inbox[0].body[..]), (80, &b"in"[..]));
+        let outbox = store.outbox_load().await.expect("outbox");
+        assert_eq!((outbox[0].seq, outbox[0].topic.as_str()), (90, "back"));
+        assert_eq!(
+            store.login("v", TermType::Android).await.expect("login"),
+            Some(record("new"))
+        );
+
+        // Ids go on above the old counter's.
+        store
+            .store_offline(vec![write(u, t, push("q"))])
+            .await
+            .expect("store");
+        let version = store
+            .offline(u, t)
+            .await
+            .expect("read")
+            .push
+            .expect("push")
+            .version;
+        assert!(version > 100, "{version}");
+        assert!(
+            store
+                .inbox_append(vec![("push".into(), Bytes::new())])
+                .await
+                .expect("append")[0]
+                > 100
+        );
+        assert!(
+            store
+                .outbox_append("back".into(), Bytes::new())
+                .await
+                .expect("append")
+                > 100
+        );
+
+        // Only the old key whose new name was taken is left of the old scheme; a second router
+        // finds nothing to do.
+        let (_, found) = keys_under(p).expect("scan");
+        let old_left: Vec<_> = found
+            .iter()
+            .filter(|k| !k[p.len()..].starts_with('{'))
+            .collect();
+        assert_eq!(old_left, [&format!("{p}login:v")]);
+        let again = prefix.store().await.expect("open again");
+        assert_eq!(
+            again
+                .offline(u, t)
+                .await
+                .expect("read")
+                .push
+                .map(|p| p.count),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn cluster_urls_name_every_node() {
+        assert!(cluster_nodes("redis://127.0.0.1:6379/0").is_none());
+        let nodes = cluster_nodes("redis+cluster://user:pw@10.0.0.1:7000, 10.0.0.2,[::1]:7002/")
+            .expect("a cluster")
+            .expect("valid");
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:7000", "10.0.0.2:6379", "::1:7002"]);
+        assert!(
+            nodes
+                .iter()
+                .all(|n| n.redis_settings().password() == Some("pw"))
+        );
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://a:1,,b:2",
+            "redis+cluster://a:x",
+        ] {
+            assert!(
+                matches!(cluster_nodes(bad), Some(Err(StoreError::Unavailable(why))) if why.contains("store.redis_url")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cluster_refuses_a_prefix_with_braces() {
+        let refused = RedisStore::open("redis+cluster://127.0.0.1:1", "a{b}:", limits()).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(why)) if why.contains("store.redis_prefix"))
         );
     }
 
