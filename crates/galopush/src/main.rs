@@ -78,7 +78,8 @@ struct ConfigArgs {
     /// Every key with its default and what it does, as a commented TOML file.
     #[arg(long, conflicts_with_all = ["check", "markdown"])]
     defaults: bool,
-    /// Check FILE alone (not the environment): exit 0 if it can be used, 2 naming the bad key.
+    /// Check FILE with the `GALOPUSH_*` environment, as a start would (secrets such as
+    /// api.token usually come from there): exit 0 if it can be used, 2 naming the bad key.
     #[arg(long, value_name = "FILE", conflicts_with = "markdown")]
     check: Option<PathBuf>,
     /// The reference of every key as Markdown (docs/configuration.md).
@@ -98,7 +99,7 @@ fn config_command(args: ConfigArgs, file: Option<&PathBuf>) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(path) = args.check {
-        return match Config::load(Some(&path), std::iter::empty()) {
+        return match Config::from_env(Some(&path)) {
             Ok(_) => {
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS

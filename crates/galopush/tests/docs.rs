@@ -100,6 +100,36 @@ fn the_version_names_the_commit() {
 }
 
 #[test]
+fn every_example_config_in_deploy_is_valid() {
+    let mut checked = 0;
+    for dir in ["deploy/local", "deploy/multi-host", "deploy/tls"] {
+        for entry in std::fs::read_dir(root().join(dir)).expect(dir) {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            // The secrets an operator sets in the environment, as the files say.
+            let out = Command::new(env!("CARGO_BIN_EXE_galopush"))
+                .args(["config", "--check"])
+                .arg(&path)
+                .env("GALOPUSH_API__TOKEN", "a-token")
+                .env("GALOPUSH_CLUSTER__SECRET", "a-secret")
+                .current_dir(root())
+                .output()
+                .expect("run galopush");
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} example configs found");
+}
+
+#[test]
 fn config_checks_files_and_prints_every_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let defaults = galopush(&["config", "--defaults"]);

@@ -299,10 +299,13 @@ pub const SETTINGS: &[Setting] = &[
         "`embedded` (on disk in `store.path`), `redis` (shared by several routers) or `memory` (tests).",
     ),
     s("store.path", "Directory of the embedded store."),
-    s("store.redis_url", "Redis of the `redis` store."),
+    s(
+        "store.redis_url",
+        "Redis of the `redis` store: `redis://[user:password@]host[:port][/db]` for one Redis, `redis+cluster://[user:password@]host[:port][,host[:port]...]` for a Redis Cluster (one node is enough; the others are found).",
+    ),
     s(
         "store.redis_prefix",
-        "Prefix of every Redis key, so several deployments can share one Redis.",
+        "Prefix of every Redis key, so several deployments can share one Redis; without `{` or `}` on a Redis Cluster.",
     ),
     s("topics.user_online_state", "Inbound: login records."),
     s("topics.push", "Inbound: pushes."),

@@ -9,6 +9,7 @@ mod common;
 
 mod bench;
 mod nodes;
+mod redis_cluster;
 mod routers;
 mod scale;
 mod security;

@@ -52,7 +52,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A cluster on the Redis at `redis` with a key prefix of its own.
+    /// A cluster on the Redis at `redis` (`host:port`, or a Redis Cluster's
+    /// `redis+cluster://…` URL) with a key prefix of its own.
     pub fn new(redis: &str, settings: &[(&str, &str)]) -> Cluster {
         let prefix = format!("galopush-test:{}:", unique());
         let mut common: Vec<(String, String)> = vec![
@@ -65,7 +66,12 @@ impl Cluster {
         .chain(settings.iter().copied())
         .map(|(k, v)| (env_name(k), v.to_owned()))
         .collect();
-        common.push((env_name("store.redis_url"), format!("redis://{redis}/0")));
+        let url = if redis.starts_with("redis+cluster://") {
+            redis.to_owned()
+        } else {
+            format!("redis://{redis}/0")
+        };
+        common.push((env_name("store.redis_url"), url));
         common.push((env_name("store.redis_prefix"), prefix.clone()));
         Cluster {
             data: Arc::new(tempfile::tempdir().expect("tempdir")),
@@ -117,8 +123,11 @@ impl Cluster {
         Node::spawn("comet", self.data.clone(), env).await
     }
 
-    /// Deletes the cluster's keys from Redis.
+    /// Deletes the cluster's keys from Redis (a test's Redis Cluster goes away whole instead).
     pub async fn clean(&self) {
+        if self.redis.starts_with("redis+cluster://") {
+            return;
+        }
         let script = "for _,k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do redis.call('DEL', k) end return 0";
         let _ = redis_command(&self.redis, &["EVAL", script, "0", &self.prefix]).await;
     }

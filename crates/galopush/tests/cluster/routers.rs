@@ -1,6 +1,7 @@
 //! Several routers over one NSQ channel (issue 13): comets join every router, each bus message
 //! is applied by one of them, any router's dispatcher answers the same for a live user, and a
-//! router killed in the middle of a stream of pushes loses none of them.
+//! router killed in the middle of a stream of pushes loses none of them; the same on a Redis
+//! Cluster of three masters.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use galopush_nsq::fake::{FakeLookupd, FakeNsqd};
 use galopush_protocol::TermType;
 
 use crate::nodes::*;
+use crate::redis_cluster::RedisCluster;
 
 /// Two routers and two comets on Redis and the test nsqd, four users logged in over the bus and
 /// registered, two on each comet.
@@ -27,7 +29,8 @@ struct TwoRouters {
 const USERS: [&str; 4] = ["n1", "n2", "n3", "n4"];
 
 impl TwoRouters {
-    async fn start() -> TwoRouters {
+    /// The routers' store is the Redis at `redis` (see [`Cluster::new`]).
+    async fn start(redis: &str) -> TwoRouters {
         let nsqd = FakeNsqd::start().await.expect("fake nsqd");
         let lookupd = FakeLookupd::start().await.expect("fake nsqlookupd");
         for topic in [
@@ -41,7 +44,7 @@ impl TwoRouters {
         }
         let (nsqd_tcp, lookupd_http) = (nsqd.tcp_address(), lookupd.http_address());
         let cluster = Cluster::new(
-            REDIS,
+            redis,
             &[
                 ("bus.kind", "nsq"),
                 ("bus.nsqd_tcp", &nsqd_tcp),
@@ -128,7 +131,21 @@ async fn two_routers_consume_nsq_together_and_every_message_is_delivered() {
     if !redis_or_skip(REDIS).await {
         return;
     }
-    let mut setup = TwoRouters::start().await;
+    consume_together(TwoRouters::start(REDIS).await).await;
+}
+
+#[tokio::test]
+async fn two_routers_on_a_redis_cluster_consume_nsq_together() {
+    let Some(redis) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    consume_together(TwoRouters::start(&redis.url()).await).await;
+}
+
+/// Any router's dispatcher sends a live user to the comet holding them; pushes taken by both
+/// routers from the channel all arrive, each FINished once; one for a terminal that went away
+/// is stored and handed over when it is back.
+async fn consume_together(mut setup: TwoRouters) {
     for uid in USERS {
         let expected = setup.comets[USERS.iter().position(|u| *u == uid).unwrap() % 2].addr("tcp");
         for router in &setup.routers {
@@ -160,7 +177,24 @@ async fn two_routers_consume_nsq_together_and_every_message_is_delivered() {
         by1 > 0.0 && by2 > 0.0,
         "both routers consumed pushes ({by1} and {by2})"
     );
-    setup.wait_all_finished((rounds * USERS.len()) as u64).await;
+    let total = (rounds * USERS.len()) as u64;
+    setup.wait_all_finished(total).await;
+
+    // A push for a terminal that went away is stored, and handed over when it registers again.
+    let (uid, away) = setup.terminals.remove(0);
+    drop(away);
+    for router in &setup.routers {
+        router.wait_comets(2, 3).await;
+    }
+    setup.push(uid, "kept");
+    setup.wait_all_finished(total + 1).await;
+    let mut back = register(&setup.comets[0].addr("tcp"), uid, uid, TermType::Android).await;
+    let (_, down) = next_acked(&mut back).await;
+    assert_eq!(
+        push_body(&down),
+        (1, Bytes::from("kept")),
+        "stored, then delivered"
+    );
     setup.cluster.clean().await;
 }
 
@@ -169,7 +203,7 @@ async fn a_router_killed_mid_stream_loses_no_push() {
     if !redis_or_skip(REDIS).await {
         return;
     }
-    let mut setup = TwoRouters::start().await;
+    let mut setup = TwoRouters::start(REDIS).await;
     let (rounds, kill_at) = (150, 50);
     // The first third of the stream goes out while the terminals hold their acks, so both
     // routers hold pushes that are delivered but not settled (and not FINished) when the first
