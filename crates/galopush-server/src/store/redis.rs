@@ -65,6 +65,8 @@
 #[cfg(test)]
 mod cluster_tests;
 mod keys;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_cluster;
 mod upgrade;
 
 use std::collections::HashMap;

@@ -1,15 +1,16 @@
 //! End-to-end tests of a cluster (issue: routers and comets as separate processes over gRPC,
 //! with Redis): dispatch across comets, delivery and kicks across comets, a killed comet's
 //! unsettled deliveries stored, a restarted router rebuilt from the comets' reports; several
-//! routers in `routers`, sizes in `scale`, the link's security in `security`.
+//! routers in `routers`, sizes in `scale`, the link's security in `security`, the admin routes
+//! of a router in `admin`.
 //! Each test has its own processes, ports and Redis key prefix.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin;
 mod bench;
 mod nodes;
-mod redis_cluster;
 mod routers;
 mod scale;
 mod security;

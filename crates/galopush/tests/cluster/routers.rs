@@ -10,9 +10,9 @@ use bytes::Bytes;
 use galopush_client::Terminal;
 use galopush_nsq::fake::{FakeLookupd, FakeNsqd};
 use galopush_protocol::TermType;
+use galopush_server::store::redis::test_cluster::RedisCluster;
 
 use crate::nodes::*;
-use crate::redis_cluster::RedisCluster;
 
 /// Two routers and two comets on Redis and the test nsqd, four users logged in over the bus and
 /// registered, two on each comet.

@@ -1,212 +1,71 @@
-//! The Redis store on a real Redis Cluster: three masters started from `redis-server` on loopback
-//! ports for each test, joined with `redis-cli --cluster create`, and torn down after the test,
-//! passed or failed ([`TestCluster`]'s drop). Without `redis-server` or `redis-cli` a test is
-//! skipped, or fails with `CI=true` (see [`missing`]).
+//! The Redis store on a real Redis Cluster of three masters, one started for each test and torn
+//! down after it ([`RedisCluster`]).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::Instant;
-
-use super::tests::{
-    check_order, left_after_conformance, limits, missing, push, raw, record, write,
-};
+use super::test_cluster::RedisCluster;
+use super::tests::{check_order, left_after_conformance, limits, push, raw, record, write};
 use super::*;
 use crate::store::conformance;
 
-/// Masters of a test cluster.
-const MASTERS: usize = 3;
-/// How long a test cluster may take to start.
-const START_WITHIN: Duration = Duration::from_secs(20);
-
-/// A Redis Cluster of [`MASTERS`] masters on loopback ports, its nodes' files in a temporary
-/// directory. Dropping it kills the nodes and removes the directory.
-struct TestCluster {
-    ports: Vec<u16>,
-    nodes: Vec<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
-        }
-        // The directory goes with `dir`.
-    }
-}
-
-impl TestCluster {
-    /// Starts a cluster and waits until every node says `cluster_state:ok`; `None` if
-    /// `redis-server` or `redis-cli` is missing (see [`missing`]).
-    async fn start() -> Option<TestCluster> {
-        for tool in ["redis-server", "redis-cli"] {
-            if let Err(e) = Command::new(tool).arg("--version").output() {
-                return missing(format!("cannot run {tool} for a Redis Cluster: {e}"));
-            }
-        }
-        let mut cluster = TestCluster {
-            ports: Vec::new(),
-            nodes: Vec::new(),
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        let deadline = Instant::now() + START_WITHIN;
-        while cluster.nodes.len() < MASTERS {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server nodes did not start"
-            );
-            cluster.start_node().await;
-        }
-        let mut create = tokio::process::Command::new("redis-cli");
-        create.arg("--cluster").arg("create");
-        for port in &cluster.ports {
-            create.arg(format!("127.0.0.1:{port}"));
-        }
-        let created = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .expect("run redis-cli --cluster create");
-        assert!(
-            created.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&created.stdout),
-            String::from_utf8_lossy(&created.stderr)
-        );
-        for &port in &cluster.ports {
-            let mut conn = raw(&format!("redis://127.0.0.1:{port}")).await;
-            loop {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(&mut conn)
-                    .await
-                    .expect("cluster info");
-                if info.contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "cluster not ok: {info}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Some(cluster)
-    }
-
-    /// Starts one node on a free port whose cluster bus port (+10000) is free too; a node that
-    /// exits at once (its port taken meanwhile) is not kept, and the caller tries again.
-    async fn start_node(&mut self) {
-        let port = loop {
-            let port = fastrand::u16(20000..30000);
-            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-            if !self.ports.contains(&port) && free(port) && free(port + 10000) {
-                break port;
-            }
-        };
-        let mut node = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if node.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = node.kill();
-                let _ = node.wait();
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.ports.push(port);
-        self.nodes.push(node);
-    }
-
-    /// `store.redis_url` of this cluster.
-    fn url(&self) -> String {
-        let nodes: Vec<String> = self
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        format!("{CLUSTER_SCHEME}{}", nodes.join(","))
-    }
-
-    /// The port of the master owning each slot, from `CLUSTER SLOTS`.
-    async fn owners(&self) -> Vec<u16> {
-        let mut conn = raw(&format!("redis://127.0.0.1:{}", self.ports[0])).await;
-        let ranges: Vec<(u16, u16, (String, u16))> = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async::<Vec<Vec<Value>>>(&mut conn)
-            .await
-            .expect("cluster slots")
-            .into_iter()
-            .map(|range| {
-                let mut range = range.into_iter();
-                let (Some(first), Some(last), Some(master)) =
-                    (range.next(), range.next(), range.next())
-                else {
-                    panic!("a slot range without its master");
-                };
-                let master: Vec<Value> = redis::from_redis_value(master).expect("master");
-                let mut master = master.into_iter();
-                let (Some(host), Some(port)) = (master.next(), master.next()) else {
-                    panic!("a master without its address");
-                };
+/// The port of the master owning each slot, from `CLUSTER SLOTS`.
+async fn owners(cluster: &RedisCluster) -> Vec<u16> {
+    let mut conn = raw(&format!("redis://127.0.0.1:{}", cluster.ports()[0])).await;
+    let ranges: Vec<(u16, u16, (String, u16))> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async::<Vec<Vec<Value>>>(&mut conn)
+        .await
+        .expect("cluster slots")
+        .into_iter()
+        .map(|range| {
+            let mut range = range.into_iter();
+            let (Some(first), Some(last), Some(master)) =
+                (range.next(), range.next(), range.next())
+            else {
+                panic!("a slot range without its master");
+            };
+            let master: Vec<Value> = redis::from_redis_value(master).expect("master");
+            let mut master = master.into_iter();
+            let (Some(host), Some(port)) = (master.next(), master.next()) else {
+                panic!("a master without its address");
+            };
+            (
+                redis::from_redis_value(first).expect("first slot"),
+                redis::from_redis_value(last).expect("last slot"),
                 (
-                    redis::from_redis_value(first).expect("first slot"),
-                    redis::from_redis_value(last).expect("last slot"),
-                    (
-                        redis::from_redis_value(host).expect("host"),
-                        redis::from_redis_value(port).expect("port"),
-                    ),
-                )
-            })
-            .collect();
-        let mut owners = vec![0; 16384];
-        for (first, last, (_, port)) in ranges {
-            for slot in first..=last {
-                owners[usize::from(slot)] = port;
-            }
+                    redis::from_redis_value(host).expect("host"),
+                    redis::from_redis_value(port).expect("port"),
+                ),
+            )
+        })
+        .collect();
+    let mut owners = vec![0; 16384];
+    for (first, last, (_, port)) in ranges {
+        for slot in first..=last {
+            owners[usize::from(slot)] = port;
         }
-        assert!(owners.iter().all(|&p| p != 0), "every slot has a master");
-        owners
     }
+    assert!(owners.iter().all(|&p| p != 0), "every slot has a master");
+    owners
+}
 
-    /// Every key under `prefix`, from every node, sorted.
-    async fn keys_under(&self, prefix: &str) -> Vec<String> {
-        let mut all = Vec::new();
-        for port in &self.ports {
-            let mut conn = raw(&format!("redis://127.0.0.1:{port}")).await;
-            let found: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query_async(&mut conn)
-                .await
-                .expect("keys");
-            all.extend(found);
-        }
-        all.sort();
-        all
+/// Every key under `prefix`, from every node, sorted.
+async fn keys_under(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
+    let mut all = Vec::new();
+    for port in cluster.ports() {
+        let mut conn = raw(&format!("redis://127.0.0.1:{port}")).await;
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        all.extend(found);
     }
+    all.sort();
+    all
 }
 
 #[tokio::test]
 async fn a_redis_cluster_store_conforms() {
-    let Some(cluster) = TestCluster::start().await else {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
         return;
     };
     let store = RedisStore::open(&cluster.url(), "galopush:", limits())
@@ -225,12 +84,12 @@ async fn a_redis_cluster_store_conforms() {
     ]);
     expected.sort();
     expected.dedup();
-    assert_eq!(cluster.keys_under("galopush:").await, expected);
+    assert_eq!(keys_under(&cluster, "galopush:").await, expected);
 }
 
 #[tokio::test]
 async fn users_on_every_node_work() {
-    let Some(cluster) = TestCluster::start().await else {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
         return;
     };
     let store = RedisStore::open(&cluster.url(), "galopush:", limits())
@@ -239,10 +98,10 @@ async fn users_on_every_node_work() {
     let keys = Keys::new("galopush:");
 
     // One user per master, and one whose uid needs escaping.
-    let owners = cluster.owners().await;
+    let owners = owners(&cluster).await;
     let owner = |uid: &str| owners[usize::from(keys::key_slot(keys.login(uid).as_bytes()))];
     let mut users: Vec<String> = Vec::new();
-    for port in &cluster.ports {
+    for port in cluster.ports() {
         let uid = (0..)
             .map(|i| format!("user-{i}"))
             .find(|uid| owner(uid) == *port)

@@ -1,10 +1,14 @@
-//! A throw-away Redis Cluster for end-to-end tests: three masters started from `redis-server` on
-//! free loopback ports, joined with `redis-cli --cluster create`, killed when dropped. Without
-//! the two programs a test says so and skips, or fails in CI.
+//! A throw-away Redis Cluster for tests (this crate's, and galopush's end-to-end tests through
+//! the `test-support` feature): three masters started from `redis-server` on free loopback
+//! ports, joined with `redis-cli --cluster create`, killed (and their files removed) when
+//! dropped, whether the test passed or not. Without the two programs a test says so and skips,
+//! or fails in CI.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use super::CLUSTER_SCHEME;
 
 /// Masters of a test cluster.
 const MASTERS: usize = 3;
@@ -136,6 +140,11 @@ impl RedisCluster {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        format!("redis+cluster://{}", nodes.join(","))
+        format!("{CLUSTER_SCHEME}{}", nodes.join(","))
+    }
+
+    /// The masters' ports.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
     }
 }
