@@ -145,6 +145,7 @@ fn lookup(c: &mut Criterion) {
             comet: 1,
             session: i as u64,
             token: Arc::from("token"),
+            since: 0,
         };
         sessions.insert(&Arc::from(uid(i)), TermType::Android, location);
     }
@@ -175,6 +176,7 @@ fn lookup(c: &mut Criterion) {
                     comet: 2,
                     session: 7,
                     token: Arc::from("t"),
+                    since: 0,
                 };
                 sessions.insert(&uid, TermType::Ios, at);
                 sessions.remove_session(&uid, TermType::Ios, 2, 7)

@@ -39,6 +39,26 @@ pub enum Dropped {
     WebOffline,
 }
 
+impl Dropped {
+    pub const ALL: [Dropped; 2] = [Dropped::NoLogin, Dropped::WebOffline];
+
+    /// The metric's `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Dropped::NoLogin => "no_login",
+            Dropped::WebOffline => "web_offline",
+        }
+    }
+}
+
+/// The KICK reasons with their metric label, in the order of their codes.
+pub const KICK_REASONS: [(KickReason, &str); 4] = [
+    (KickReason::RepeatLogin, "repeat_login"),
+    (KickReason::MutualExclusion, "mutual_exclusion"),
+    (KickReason::SessionTimeout, "session_timeout"),
+    (KickReason::LoggedOut, "logged_out"),
+];
+
 /// A bound of SPEC §10 that something went over; the label is the `[limits]` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -246,8 +266,11 @@ impl Metrics {
             "Messages that reached neither a terminal nor the store, by reason",
             dropped_family.clone(),
         );
-        let dropped = ["no_login", "web_offline"]
-            .map(|r| dropped_family.get_or_create(&[("reason", r)]).clone());
+        let dropped = Dropped::ALL.map(|r| {
+            dropped_family
+                .get_or_create(&[("reason", r.label())])
+                .clone()
+        });
 
         let topic_family = Family::<Labels2, Counter>::default();
         registry.register(
@@ -271,13 +294,7 @@ impl Metrics {
 
         let kicks_family = Family::<Labels, Counter>::default();
         registry.register("kicks", "KICKs sent by reason", kicks_family.clone());
-        let kicks = [
-            "repeat_login",
-            "mutual_exclusion",
-            "session_timeout",
-            "logged_out",
-        ]
-        .map(|r| kicks_family.get_or_create(&[("reason", r)]).clone());
+        let kicks = KICK_REASONS.map(|(_, r)| kicks_family.get_or_create(&[("reason", r)]).clone());
 
         let registrations = Family::<Labels, Counter>::default();
         registry.register(

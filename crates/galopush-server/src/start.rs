@@ -16,6 +16,7 @@ use crate::comet::BindError;
 use crate::config::{BusKind, Config, StoreKind};
 use crate::http::api::ApiState;
 use crate::http::public::PublicState;
+use crate::http::stats::Stats;
 use crate::http::{self, ApiToken, HttpLimits};
 use crate::metrics::Metrics;
 use crate::router::{Router, RouterSettings};
@@ -185,10 +186,14 @@ impl RouterParts {
                 upkeep.housekeeping();
             }
         });
-        let public = http::public::routes(PublicState {
-            router: self.router.clone(),
-            metrics: self.metrics.clone(),
-        });
+        let public = http::public::routes(
+            PublicState {
+                router: self.router.clone(),
+                metrics: self.metrics.clone(),
+            },
+            config.web.demo,
+        );
+        let stats = Stats::start(self.router.clone(), self.metrics.clone(), config);
         let api = http::api::routes(
             ApiState {
                 router: self.router,
@@ -196,6 +201,8 @@ impl RouterParts {
                 metrics: self.metrics.clone(),
                 max_pub: config.limits.max_body as usize,
                 max_mpub: config.limits.max_mpub,
+                stats,
+                base64: config.bus.kind == BusKind::Nsq && config.bus.base64,
             },
             ApiToken::new(&config.api.token),
         );

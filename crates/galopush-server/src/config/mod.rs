@@ -23,6 +23,7 @@ pub const ENV_PREFIX: &str = "GALOPUSH_";
 pub struct Config {
     pub router: RouterConfig,
     pub api: ApiConfig,
+    pub web: WebConfig,
     pub comet: CometConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
@@ -94,6 +95,15 @@ impl fmt::Debug for ApiConfig {
             .field("tls", &self.tls)
             .finish()
     }
+}
+
+/// [ext] The browser pages of SPEC §13 that are off by default. (The operator console on the
+/// business API is always there: it is no more reachable than the API itself.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the demo web terminal at `/demo/` on the public listener.
+    pub demo: bool,
 }
 
 /// [ext] The certificate of the TLS listeners (SPEC §11): the comet's `tls_addr` and
@@ -852,6 +862,7 @@ mod tests {
         assert_eq!(c.comet.http_addr.to_string(), "127.0.0.1:5160");
         assert_eq!(c.api.addr.to_string(), "127.0.0.1:5152");
         assert_eq!(c.api.token, "");
+        assert!(!c.web.demo, "the demo terminal is off unless asked for");
         assert_eq!(c.comet.router_rpc, vec!["127.0.0.1:5151"]);
         assert_eq!(c.comet.tls_addr.to_string(), "0.0.0.0:5163");
         assert_eq!(c.comet.wss_addr.to_string(), "0.0.0.0:5164");
@@ -965,6 +976,12 @@ mod tests {
 
         let e = Config::load(None, env(&[("GALOPUSH_AUTH__MODE", "closed")])).expect_err("enum");
         assert!(e.to_string().contains("GALOPUSH_AUTH__MODE"), "{e}");
+
+        let e = Config::load(None, env(&[("GALOPUSH_WEB__DEMO", "yes")])).expect_err("bool");
+        assert!(e.to_string().contains("GALOPUSH_WEB__DEMO"), "{e}");
+        std::fs::write(&path, "[web]\ndemo = \"on\"\n").expect("write");
+        let e = Config::load(Some(&path), Vec::new()).expect_err("a string is no bool");
+        assert!(e.to_string().contains("demo"), "{e}");
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         "api",
-        "The business API: `/pub`, `/mpub`, `/v1/comets`, `/metrics`, for business services and operators.",
+        "The business API: `/pub`, `/mpub`, `/v1/comets`, `/v1/users/…`, `/v1/stats`, `/metrics` and the operator console `/console/`, for business services and operators.",
     ),
+    ("web", "Browser pages that are off by default."),
     (
         "comet",
         "A comet: the terminal listeners, what the dispatcher hands out, the routers it joins, its timeouts.",
@@ -94,11 +95,15 @@ pub const SETTINGS: &[Setting] = &[
     ),
     secret(
         "api.token",
-        "Bearer token every API request but `/healthz` must carry (`Authorization: Bearer <token>`); empty: none asked, allowed only on a loopback `api.addr` and `comet.http_addr`.",
+        "Bearer token every API request but `/healthz` and the console's own files (`/console/…`, which hold no data) must carry (`Authorization: Bearer <token>`); empty: none asked, allowed only on a loopback `api.addr` and `comet.http_addr`.",
     ),
     s(
         "api.tls",
         "Serve `api.addr` over HTTPS with the certificate of `[tls]`.",
+    ),
+    s(
+        "web.demo",
+        "Serve a web terminal built on the browser SDK at `/demo/` on the public listener (`router.http_addr`), with the SDK beside it at `/demo/galopush.js`, for trying the gateway by hand. It can register only a uid and code the business side logged in (or any, with `auth.mode = \"open\"`). Off in production: it is a page anyone who reaches the public listener can load.",
     ),
     s(
         "comet.id",

@@ -1,7 +1,8 @@
-//! The business API (`api.addr`, SPEC §8): `/pub` and `/mpub`, the comet list, metrics and
-//! health, for business services and operators — never for terminals or browsers. Every route
-//! but `/healthz` takes the bearer token `api.token` when one is set, and no route answers
-//! with CORS headers, so a page on another origin cannot call it.
+//! The business API (`api.addr`, SPEC §8): `/pub` and `/mpub`, the comet list, the admin
+//! routes of SPEC §13 ([`super::admin`]), metrics and health, for business services and
+//! operators — never for terminals. Every route but `/healthz` and the operator console's own
+//! files ([`super::pages`]) takes the bearer token `api.token` when one is set, and no route
+//! answers with CORS headers, so a page on another origin cannot call it.
 //!
 //! Bodies are bounded before they are read (SPEC §10): a `Content-Length` over the limit is
 //! answered `413` at once, and a body without one is read only up to the limit.
@@ -16,7 +17,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::{ApiToken, prometheus_text, with_token};
+use super::stats::Stats;
+use super::{ApiToken, admin, pages, prometheus_text, with_token};
 use crate::bus::{AcceptError, Intake};
 use crate::metrics::{Metrics, Refusal};
 use crate::router::Router;
@@ -31,9 +33,16 @@ pub struct ApiState {
     pub max_pub: usize,
     /// Largest `/mpub` body (`limits.max_mpub`).
     pub max_mpub: usize,
+    /// The figures of `/v1/stats` and their sampler.
+    pub stats: Arc<Stats>,
+    /// Write the bus messages the API makes itself (a logout) as base64 (`bus.base64`, for
+    /// NSQ consumers that expect the original's encoding).
+    pub base64: bool,
 }
 
-/// The routes of the business API, behind `token`.
+/// The routes of the business API, behind `token`, and the console's files, which are not: a
+/// browser cannot send the token when it navigates to a page, and the files hold no data (the
+/// page asks for the token and sends it with every call it makes to the routes above).
 pub fn routes(state: ApiState, token: ApiToken) -> Routes {
     let routes = Routes::new()
         .route("/pub", post(publish))
@@ -41,11 +50,12 @@ pub fn routes(state: ApiState, token: ApiToken) -> Routes {
         .route("/v1/comets", get(comets))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "OK" }))
+        .merge(admin::routes())
         .with_state(state);
-    with_token(routes, token)
+    with_token(routes, token).merge(pages::console())
 }
 
-fn bad_request(reason: impl Into<String>) -> Response {
+pub(super) fn bad_request(reason: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, reason.into()).into_response()
 }
 
@@ -99,8 +109,15 @@ fn topic_of(params: &HashMap<String, String>) -> Option<&str> {
 async fn accept(state: &ApiState, topic: &str, bodies: Vec<Bytes>) -> Response {
     match state.intake.accept(topic, bodies).await {
         Ok(()) => "OK".into_response(),
-        Err(AcceptError::Malformed(why)) => bad_request(why),
-        Err(AcceptError::Full { limit }) => {
+        Err(e) => refused(state, topic, e),
+    }
+}
+
+/// The answer to messages the bus did not take.
+pub(super) fn refused(state: &ApiState, topic: &str, error: AcceptError) -> Response {
+    match error {
+        AcceptError::Malformed(why) => bad_request(why),
+        AcceptError::Full { limit } => {
             state.metrics.refused(Refusal::InboxPending);
             let mut response = (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -114,7 +131,7 @@ async fn accept(state: &ApiState, topic: &str, bodies: Vec<Bytes>) -> Response {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
-        Err(AcceptError::TooMany { limit }) => {
+        AcceptError::TooMany { limit } => {
             state.metrics.refused(Refusal::InboxPending);
             (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -122,7 +139,7 @@ async fn accept(state: &ApiState, topic: &str, bodies: Vec<Bytes>) -> Response {
             )
                 .into_response()
         }
-        Err(AcceptError::Unavailable(why)) => {
+        AcceptError::Unavailable(why) => {
             tracing::warn!(topic, reason = %why, "message refused: not durable");
             (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
         }

@@ -1,6 +1,8 @@
 //! The HTTP listeners of SPEC §8, one per audience: the public one terminals reach
-//! ([`public`]: dispatcher and health), the business API ([`api`]: `/pub`, `/mpub`, the comet
-//! list, metrics), and a cluster comet's own metrics listener.
+//! ([`public`]: dispatcher and health, and the demo terminal with `web.demo`), the business API
+//! ([`api`]: `/pub`, `/mpub`, the comet list, metrics; the admin routes of SPEC §13 in
+//! [`admin`] and [`stats`]; the operator console's files in [`pages`]), and a cluster comet's
+//! own metrics listener.
 //!
 //! Every listener is served by [`serve`], which puts the bounds of SPEC §10 on it: a request's
 //! headers must arrive within `limits.http_header_timeout` (else the connection is closed), a
@@ -10,8 +12,11 @@
 //! `galopush_refused_total` and logged as SPEC §10 says. With `router.http_tls` / `api.tls` a
 //! listener speaks HTTPS (SPEC §11); its TLS handshake gets `limits.http_header_timeout`.
 
+pub mod admin;
 pub mod api;
+pub mod pages;
 pub mod public;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! The public listener (`router.http_addr`, SPEC §8), the only HTTP terminals reach: the
-//! dispatcher `/v1/gComet.addr` and `/healthz`. Every other path is `404`; nothing here
+//! dispatcher `/v1/gComet.addr` and `/healthz`, and with `web.demo = true` the demo web
+//! terminal's files under `/demo/` ([`super::pages`]). Every other path is `404`; nothing here
 //! changes state.
 //!
 //! The dispatcher answers as the original did, CORS included (an `Origin` echoed with
@@ -32,16 +33,21 @@ pub struct PublicState {
     pub metrics: Arc<Metrics>,
 }
 
-/// The routes of the public listener.
-pub fn routes(state: PublicState) -> Routes {
+/// The routes of the public listener; with `demo`, the demo terminal's too.
+pub fn routes(state: PublicState, demo: bool) -> Routes {
     let dispatcher = get(dispatch_get)
         .post(dispatch_post)
         .layer(DefaultBodyLimit::max(DISPATCH_FORM))
         .layer(middleware::from_fn(cors));
-    Routes::new()
+    let routes = Routes::new()
         .route("/v1/gComet.addr", dispatcher)
-        .route("/healthz", get(|| async { "OK" }))
-        .with_state(state)
+        .route("/healthz", get(|| async { "OK" }));
+    let routes = if demo {
+        routes.merge(super::pages::demo())
+    } else {
+        routes
+    };
+    routes.with_state(state)
 }
 
 /// Echoes an `Origin` with credentials allowed, as the original did, and answers preflights.

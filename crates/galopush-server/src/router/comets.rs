@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 
+use galopush_protocol::TermType;
 use parking_lot::RwLock;
 use serde::Serialize;
 
@@ -17,15 +18,23 @@ pub struct JoinedComet {
     pub link: Arc<dyn CometLink>,
     /// Which process of the comet this is (see [`Comets::join`]).
     incarnation: u64,
-    /// Live sessions on it, as this router sees them.
-    sessions: AtomicI64,
+    /// Live sessions on it by terminal type (in the order of `TermType::ALL`), as this router
+    /// sees them.
+    sessions: [AtomicI64; 5],
     /// Terminals sent here by the dispatcher that have not registered yet.
     reserved: AtomicI64,
 }
 
 impl JoinedComet {
+    fn sessions(&self) -> i64 {
+        self.sessions
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn load(&self) -> i64 {
-        self.sessions.load(Ordering::Relaxed) + self.reserved.load(Ordering::Relaxed)
+        self.sessions() + self.reserved.load(Ordering::Relaxed)
     }
 }
 
@@ -40,6 +49,14 @@ pub struct CometSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wss: Option<String>,
     pub sessions: i64,
+}
+
+/// A comet's live sessions by terminal type, for `GET /v1/stats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CometSessions {
+    pub id: String,
+    /// Sessions of each terminal type, in the order of `TermType::ALL`.
+    pub by_term: [i64; 5],
 }
 
 /// A join refused: another process joined with the same comet id and is still joined.
@@ -79,7 +96,7 @@ impl Comets {
                 info,
                 link,
                 incarnation,
-                sessions: AtomicI64::new(0),
+                sessions: Default::default(),
                 reserved: AtomicI64::new(0),
             }),
         );
@@ -94,11 +111,16 @@ impl Comets {
         self.joined.read().get(&idx).map(|c| c.link.clone())
     }
 
-    /// Counts a session opened (+1) or closed (-1) on a comet.
-    pub fn track(&self, idx: CometIdx, delta: i64) {
+    /// Counts a session of `term` opened (+1) or closed (-1) on a comet.
+    pub fn track(&self, idx: CometIdx, term: TermType, delta: i64) {
         if let Some(c) = self.joined.read().get(&idx) {
-            c.sessions.fetch_add(delta, Ordering::Relaxed);
+            c.sessions[term.index()].fetch_add(delta, Ordering::Relaxed);
         }
+    }
+
+    /// The id of a joined comet.
+    pub fn id(&self, idx: CometIdx) -> Option<String> {
+        self.joined.read().get(&idx).map(|c| c.info.id.clone())
     }
 
     /// A terminal registered on a comet: one dispatcher reservation is used up.
@@ -170,7 +192,22 @@ impl Comets {
                 ws: c.info.ws.clone(),
                 tls: c.info.tls.clone(),
                 wss: c.info.wss.clone(),
-                sessions: c.sessions.load(Ordering::Relaxed).max(0),
+                sessions: c.sessions().max(0),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Every joined comet's live sessions by terminal type, by comet id.
+    pub fn sessions_by_term(&self) -> Vec<CometSessions> {
+        let mut out: Vec<CometSessions> = self
+            .joined
+            .read()
+            .values()
+            .map(|c| CometSessions {
+                id: c.info.id.clone(),
+                by_term: std::array::from_fn(|i| c.sessions[i].load(Ordering::Relaxed).max(0)),
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));

@@ -163,7 +163,7 @@ impl Router {
             match own_session {
                 Some(code) => {
                     if let Some(at) = self.sessions.remove_unless_token(uid, term, &code) {
-                        self.comets.track(at.comet, -1);
+                        self.comets.track(at.comet, term, -1);
                         self.kick(&at, KickReason::RepeatLogin);
                     }
                 }
@@ -197,7 +197,7 @@ impl Router {
             self.hold_until_durable(self.store.set_login(uid, term, Some(r)), Some(ticket));
         }
         if let Some(at) = self.sessions.remove_with_token(uid, term, &code) {
-            self.comets.track(at.comet, -1);
+            self.comets.track(at.comet, term, -1);
             self.kick(&at, KickReason::LoggedOut);
         }
     }

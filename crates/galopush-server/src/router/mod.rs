@@ -6,6 +6,7 @@
 //! and retires the inbound message once all of that is durable. It answers the dispatcher and
 //! publishes terminals' IMs to the business side.
 
+pub mod admin;
 pub mod comets;
 pub mod deliveries;
 pub mod inbound;
@@ -26,7 +27,7 @@ use crate::link::{
 };
 use crate::metrics::{LinkRefusal, Metrics, Refusal};
 use crate::store::{LoginRecord, OfflineKey, Store, StoreError};
-pub use comets::IdTaken;
+pub use comets::{CometSessions, IdTaken};
 use comets::{CometSummary, Comets};
 use deliveries::{NotItsOwn, Origin, Pending, Target};
 pub use sessions::CometIdx;
@@ -132,10 +133,11 @@ impl Router {
             comet,
             session: s.session,
             token: s.token.clone(),
+            since: unix_ms(),
         };
-        self.comets.track(comet, 1);
+        self.comets.track(comet, s.term, 1);
         if let Some(older) = self.sessions.insert(&s.uid, s.term, location) {
-            self.comets.track(older.comet, -1);
+            self.comets.track(older.comet, s.term, -1);
             self.kick(&older, KickReason::RepeatLogin);
         }
     }
@@ -155,7 +157,7 @@ impl Router {
     /// Removes a live terminal and kicks it.
     fn kick_live(&self, uid: &str, term: TermType, reason: KickReason) {
         if let Some(at) = self.sessions.remove(uid, term) {
-            self.comets.track(at.comet, -1);
+            self.comets.track(at.comet, term, -1);
             self.kick(&at, reason);
         }
     }
@@ -224,6 +226,7 @@ impl Router {
             comet,
             session: s.session,
             token: s.token.clone(),
+            since: unix_ms(),
         };
         // Taking the session as live and reading its stored messages happen under the user's
         // lock: a message planned for this user either sees the session live or is stored
@@ -233,9 +236,9 @@ impl Router {
             let stored = (s.term != TermType::Web).then(|| self.store.offline(&s.uid, s.term));
             (older, stored)
         });
-        self.comets.track(comet, 1);
+        self.comets.track(comet, s.term, 1);
         if let Some(older) = older {
-            self.comets.track(older.comet, -1);
+            self.comets.track(older.comet, s.term, -1);
             self.kick(&older, KickReason::RepeatLogin);
         }
         let stored = match stored {
@@ -315,7 +318,7 @@ impl Router {
             .sessions
             .remove_session(&s.uid, s.term, comet, s.session)
         {
-            self.comets.track(comet, -1);
+            self.comets.track(comet, s.term, -1);
         }
     }
 
@@ -407,4 +410,11 @@ impl Router {
             drop(ticket);
         });
     }
+}
+
+/// Now, in ms since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -19,6 +19,9 @@ pub struct Location {
     pub session: SessionId,
     /// The token the terminal registered with (logout kicks by token).
     pub token: Arc<str>,
+    /// When this router took the session as live, in ms since the Unix epoch (`live.since` of
+    /// `GET /v1/users/<uid>`).
+    pub since: u64,
 }
 
 #[derive(Debug, Default)]
@@ -190,6 +193,23 @@ impl Sessions {
         live
     }
 
+    /// A user's live terminals with where and since when each is live, in terminal-type order.
+    pub fn terminals(&self, uid: &str) -> Vec<(TermType, CometIdx, u64)> {
+        let mut out: Vec<(TermType, CometIdx, u64)> = self
+            .users
+            .lock(uid)
+            .get(uid)
+            .map(|user| {
+                user.slots
+                    .iter()
+                    .map(|(term, l)| (*term, l.comet, l.since))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by_key(|(term, _, _)| term.bit());
+        out
+    }
+
     /// The comet holding any of the user's terminals.
     pub fn comet_of(&self, uid: &str) -> Option<CometIdx> {
         let shard = self.users.lock(uid);
@@ -222,6 +242,7 @@ mod tests {
             comet,
             session,
             token: Arc::from("t"),
+            since: 1_700_000_000_000 + session,
         }
     }
 
@@ -232,6 +253,13 @@ mod tests {
         assert_eq!(s.insert(&uid, TermType::Android, at(1, 10)), None);
         assert_eq!(s.insert(&uid, TermType::Web, at(1, 11)), None);
         assert!(s.live("u").web_online());
+        assert_eq!(
+            s.terminals("u"),
+            vec![
+                (TermType::Android, 1, 1_700_000_000_010),
+                (TermType::Web, 1, 1_700_000_000_011)
+            ]
+        );
         assert_eq!(
             s.insert(&uid, TermType::Android, at(2, 20)),
             Some(at(1, 10))

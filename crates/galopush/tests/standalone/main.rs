@@ -1,4 +1,4 @@
-//! End-to-end tests of `galopush standalone` (SPEC §3–§9): each starts the real binary on its
+//! End-to-end tests of `galopush standalone` (SPEC §3–§10, §13): each starts the real binary on its
 //! own ports and data directory and talks to it over real sockets, as terminals and as the
 //! business side.
 
@@ -7,6 +7,7 @@ mod common;
 
 mod harness;
 
+mod admin;
 mod bus;
 mod delivery;
 mod errors;
