@@ -81,7 +81,7 @@ export class RateChart {
     g.scale(ratio, ratio);
     const style = getComputedStyle(canvas);
     const ink = style.getPropertyValue('--ink').trim() || '#333';
-    const grid = style.getPropertyValue('--grid').trim() || '#ddd';
+    const grid = style.getPropertyValue('--line').trim() || '#ddd';
     g.font = `12px ${style.fontFamily}`;
 
     const left = 48;

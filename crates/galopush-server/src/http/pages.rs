@@ -1,8 +1,8 @@
 //! The browser pages served from the binary itself (SPEC §13): the operator console at
 //! `/console/` on the business API, and with `web.demo = true` the demo web terminal at
 //! `/demo/` on the public listener, with the browser SDK beside it. Their files are in `web/` at
-//! the repository's root and are built in with `include_str!`: there is nothing to build first
-//! and nothing is read from disk at run time.
+//! the repository's root (`web/common/` holds what both pages load) and are built in with
+//! `include_str!`: there is nothing to build first and nothing is read from disk at run time.
 //!
 //! Who may fetch them: the console's files are served without the API token, because a browser
 //! navigating to a page cannot send an `Authorization` header, and they hold no data — the page
@@ -70,6 +70,7 @@ static CONSOLE: Page = Page {
         asset!("api.js", JS, "../../../../web/console/api.js"),
         asset!("chart.js", JS, "../../../../web/console/chart.js"),
         asset!("console.css", CSS, "../../../../web/console/console.css"),
+        asset!("base.css", CSS, "../../../../web/common/base.css"),
     ],
     csp: "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
           connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -80,6 +81,7 @@ static DEMO: Page = Page {
         asset!("index.html", HTML, "../../../../web/demo/index.html"),
         asset!("demo.js", JS, "../../../../web/demo/demo.js"),
         asset!("demo.css", CSS, "../../../../web/demo/demo.css"),
+        asset!("base.css", CSS, "../../../../web/common/base.css"),
         asset!("galopush.js", JS, "../../../../web/sdk/galopush.js"),
     ],
     csp: "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -185,17 +187,24 @@ mod tests {
     }
 
     #[test]
-    fn every_file_of_web_console_and_web_demo_is_served() {
+    fn every_file_of_web_console_web_demo_and_web_common_is_served() {
         let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
-        for (dir, page) in [("console", &CONSOLE), ("demo", &DEMO)] {
+        let pages: [(&str, &[&Page]); 3] = [
+            ("console", &[&CONSOLE]),
+            ("demo", &[&DEMO]),
+            ("common", &[&CONSOLE, &DEMO]),
+        ];
+        for (dir, pages) in pages {
             let on_disk = std::fs::read_dir(web.join(dir)).expect("web/ folder");
             for entry in on_disk {
                 let name = entry.expect("entry").file_name();
                 let name = name.to_string_lossy();
-                assert!(
-                    page.assets.iter().any(|a| a.name == name),
-                    "web/{dir}/{name} is not built into the binary (add it to pages.rs)"
-                );
+                for page in pages {
+                    assert!(
+                        page.assets.iter().any(|a| a.name == name),
+                        "web/{dir}/{name} is not built into the binary (add it to pages.rs)"
+                    );
+                }
             }
         }
     }
