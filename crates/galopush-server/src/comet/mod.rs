@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, select_ok};
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -36,6 +36,10 @@ use conn::{Conn, Outbound, Pushed, RouterIdx};
 use rustls::ServerConfig;
 use tls_stream::TlsStream;
 use transport::{Stream, TcpTransport, WsTransport};
+
+/// How long a REGISTER waits for a router to be joined when none is (see
+/// [`CometShared::register`]); well under the terminal's own `comet.register_timeout`.
+const JOIN_WAIT: Duration = Duration::from_secs(2);
 
 /// What a comet needs from the configuration.
 #[derive(Debug, Clone)]
@@ -469,10 +473,27 @@ impl CometShared {
 
     /// Has a router authenticate a terminal, then tells the other routers it is live. Returns
     /// the router that authenticated it (its stored messages settle there) and its answer.
+    ///
+    /// With no router joined, it first waits up to [`JOIN_WAIT`] for one: a router lists a
+    /// comet (and the dispatcher sends terminals to it) as soon as it has the comet's join,
+    /// before the comet has heard back; and a comet rejoins a restarted router within a few
+    /// hundred milliseconds. A router that is down while another is joined costs no wait.
     pub async fn register(
         &self,
         info: &SessionInfo,
     ) -> Result<(RouterIdx, Registration), LinkError> {
+        if !self.routers.iter().any(|r| r.is_joined()) {
+            let any_joined = self.routers.iter().map(|r| {
+                Box::pin(async move {
+                    if r.wait_joined(JOIN_WAIT).await {
+                        Ok(())
+                    } else {
+                        Err(())
+                    }
+                })
+            });
+            let _ = select_ok(any_joined).await;
+        }
         let n = self.routers.len();
         let start = self.first_router(&info.uid);
         let mut last = LinkError::Unavailable("no router configured".into());

@@ -2,6 +2,7 @@
 //! router hands commands straight to the comet.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -41,6 +42,15 @@ impl RouterLink for LocalRouterLink {
         self.comet
             .set(idx)
             .map_err(|_| LinkError::Unavailable("comet joined twice".into()))
+    }
+
+    fn is_joined(&self) -> bool {
+        self.comet.get().is_some()
+    }
+
+    /// The in-process join is done before the comet takes terminals: nothing to wait for.
+    async fn wait_joined(&self, _within: Duration) -> bool {
+        self.is_joined()
     }
 
     async fn register(&self, session: SessionInfo) -> Result<Registration, LinkError> {

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod local;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -134,6 +135,12 @@ pub trait RouterLink: Send + Sync + 'static {
     /// hands commands for this comet to `comet`. A link that can break keeps rejoining by
     /// itself, re-reporting `comet.live_sessions()`.
     async fn join(&self, info: CometInfo, comet: Arc<dyn CometLink>) -> Result<(), LinkError>;
+
+    /// Whether the link is joined now, so that requests can go out.
+    fn is_joined(&self) -> bool;
+
+    /// Waits up to `within` for the link to be joined; false if it is not by then.
+    async fn wait_joined(&self, within: Duration) -> bool;
 
     /// Asks the router to authenticate a terminal and take it as live.
     async fn register(&self, session: SessionInfo) -> Result<Registration, LinkError>;

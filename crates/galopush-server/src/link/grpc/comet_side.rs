@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use futures_util::stream;
 use galopush_nsq::Backoff;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Interval, MissedTickBehavior, timeout};
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
@@ -84,6 +84,8 @@ struct LinkState {
     fatal: Fatal,
     /// Where to put upward messages while joined.
     upward: Mutex<Option<mpsc::UnboundedSender<Upward>>>,
+    /// Whether `upward` is there, for those waiting for the link to be joined.
+    joined: watch::Sender<bool>,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     next_request: AtomicU64,
 }
@@ -102,6 +104,7 @@ impl GrpcRouterLink {
                 security,
                 fatal,
                 upward: Mutex::new(None),
+                joined: watch::Sender::new(false),
                 waiting: Mutex::new(HashMap::new()),
                 next_request: AtomicU64::new(1),
             }),
@@ -153,6 +156,18 @@ impl RouterLink for GrpcRouterLink {
     async fn join(&self, info: CometInfo, comet: Arc<dyn CometLink>) -> Result<(), LinkError> {
         tokio::spawn(keep_joined(self.state.clone(), info, comet));
         Ok(())
+    }
+
+    fn is_joined(&self) -> bool {
+        *self.state.joined.borrow()
+    }
+
+    async fn wait_joined(&self, within: Duration) -> bool {
+        let mut joined = self.state.joined.subscribe();
+        matches!(
+            timeout(within, joined.wait_for(|joined| *joined)).await,
+            Ok(Ok(_))
+        )
     }
 
     async fn register(&self, session: SessionInfo) -> Result<Registration, LinkError> {
@@ -259,6 +274,7 @@ async fn keep_joined(state: Arc<LinkState>, info: CometInfo, comet: Arc<dyn Come
             }
         }
         *state.upward.lock() = None;
+        state.joined.send_replace(false);
         // Requests in flight will never be answered on this stream.
         state.waiting.lock().clear();
         tokio::time::sleep(retries.next_delay()).await;
@@ -334,6 +350,7 @@ async fn joined_session(
         Err(_) => return Err(broken(&"router did not answer the join")),
     }
     *state.upward.lock() = Some(tx);
+    state.joined.send_replace(true);
     tracing::info!(router = %state.addr, "joined router");
     loop {
         let message = match timeout(SILENCE, downward.message()).await {
