@@ -16,7 +16,8 @@ use galopush_server::router::{Router, RouterSettings};
 use galopush_server::store::memory::MemoryStore;
 use galopush_server::store::offline::OfflineLimits;
 use galopush_server::store::{
-    LoginRecord, Offline, OfflineWrite, QueuedMessage, Store, StoreError, StoreFuture, StoredKey,
+    LoggedIn, LoginRecord, Offline, OfflineWrite, QueuedMessage, Store, StoreError, StoreFuture,
+    StoredKey,
 };
 
 struct NoBus;
@@ -49,6 +50,9 @@ impl Store for Watched {
     }
     fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> StoreFuture {
         self.inner.set_login(uid, term, record)
+    }
+    fn log_in(&self, uid: &str, term: TermType, record: LoginRecord) -> StoreFuture<LoggedIn> {
+        self.inner.log_in(uid, term, record)
     }
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
         self.inner.store_offline(writes)
@@ -113,9 +117,6 @@ impl Retire for Fate {
     }
     fn requeue(self: Box<Self>) {
         *self.0.lock().expect("lock") = Some("requeued");
-    }
-    fn redelivered(&self) -> bool {
-        false
     }
 }
 

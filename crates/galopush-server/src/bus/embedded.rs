@@ -1,8 +1,16 @@
 //! The embedded bus of `galopush standalone` (SPEC §7).
 //!
 //! Inbound: `/pub` and `/mpub` append messages to the inbox in the store and answer once that
-//! is durable; one task applies them in the order they were accepted, and each is deleted from
-//! the inbox when the router retires it. After a restart the inbox is replayed.
+//! is durable; one task applies them in the order they were accepted — without waiting for that
+//! commit, so a message's deliveries may go out while it is still being made durable — and each
+//! is deleted from the inbox when the router retires it, once its append has committed. After a
+//! restart the inbox is replayed, in the same order.
+//!
+//! A message applied before its commit: if the commit succeeds, the message is applied once and
+//! retired once (its delete waits for its sequence number); if it fails, `/pub` answers `503`,
+//! nothing is kept and nothing retired, and what already went out is a duplicate of what the
+//! publisher sends again (at-least-once). A crash before the commit is the same: the publisher
+//! had no `200`.
 //!
 //! Outbound: messages for the business side go to the outbox in the store and are POSTed to
 //! `bus.webhook_url` (raw JSON, `?topic=T`), retried with back-off until a 2xx answer, then
@@ -43,12 +51,28 @@ const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_s
 /// Where an inbound message's inbox sequence number comes from.
 enum Seq {
     /// Being made durable together with the rest of its `/pub` or `/mpub`; every message of
-    /// the request waits on the one write and reads its own number from the shared answer.
+    /// the request shares the one write and reads its own number from the shared answer.
     Pending(Shared<StoreFuture<Arc<[u64]>>>, usize),
     /// Already in the inbox.
     Known(u64),
     /// Not kept (`bus.durable = false`).
     Volatile,
+}
+
+impl Seq {
+    /// What is known now: a pending append whose answer is in becomes `Known`; `None` when it
+    /// failed — the request was answered `503`, the message is not in the inbox and is neither
+    /// retired nor taken again (the publisher sends it again).
+    fn settled(self) -> Option<Seq> {
+        let Seq::Pending(durable, i) = self else {
+            return Some(self);
+        };
+        match durable.peek() {
+            None => Some(Seq::Pending(durable, i)),
+            Some(Ok(seqs)) => Some(seqs.get(i).copied().map_or(Seq::Volatile, Seq::Known)),
+            Some(Err(_)) => None,
+        }
+    }
 }
 
 /// A message's place in the inbox bound (`limits.inbox_pending`), held from acceptance to
@@ -111,6 +135,9 @@ pub struct InboxSettings {
 enum Retirement {
     /// An inbox message is done: delete it (its topic, if still configured, for the metric).
     Done(u64, Option<Topic>),
+    /// An inbox message is done before its append committed: delete it once that commit
+    /// answers its sequence number (nothing to delete if the commit failed).
+    Committing(Shared<StoreFuture<Arc<[u64]>>>, usize, Topic),
     /// Commit what is gathered now and answer once it is durable.
     Flush(oneshot::Sender<()>),
 }
@@ -352,15 +379,10 @@ async fn apply_loop(router: Arc<Router>, queues: ApplyQueues, gate: Gate, stop: 
                 None => return,
             },
         };
-        let redelivered = m.attempt > 0 || matches!(m.seq, Seq::Known(_));
-        let seq = match m.seq {
-            Seq::Pending(durable, i) => match durable.await {
-                Ok(seqs) => seqs.get(i).copied(),
-                // The request was answered 503: the message was never accepted.
-                Err(_) => continue,
-            },
-            Seq::Known(seq) => Some(seq),
-            Seq::Volatile => None,
+        // Applied without waiting for its append to commit (see the module doc); one whose
+        // append is known to have failed was never accepted.
+        let Some(seq) = m.seq.settled() else {
+            continue;
         };
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
@@ -370,7 +392,6 @@ async fn apply_loop(router: Arc<Router>, queues: ApplyQueues, gate: Gate, stop: 
             body: m.body.clone(),
             seq,
             attempt: m.attempt,
-            redelivered,
             requeue: requeue.clone(),
             retired: retired.clone(),
             metrics: router.metrics().clone(),
@@ -415,6 +436,14 @@ async fn retire_loop(
                     seqs.push(seq);
                     topics.extend(topic);
                 }
+                // The append was queued before anything that retires its message: its commit
+                // is due, and a delete is never queued ahead of it.
+                Retirement::Committing(durable, i, topic) => {
+                    if let Ok(Some(&seq)) = durable.await.as_deref().map(|s| s.get(i)) {
+                        seqs.push(seq);
+                        topics.push(topic);
+                    }
+                }
                 Retirement::Flush(done) => flushes.push(done),
             }
         }
@@ -441,10 +470,8 @@ async fn retire_loop(
 struct InboxEntry {
     topic: Topic,
     body: Bytes,
-    seq: Option<u64>,
+    seq: Seq,
     attempt: u32,
-    /// Replayed from the inbox after a restart, or requeued.
-    redelivered: bool,
     requeue: mpsc::UnboundedSender<Accepted>,
     retired: mpsc::UnboundedSender<Retirement>,
     metrics: Arc<Metrics>,
@@ -456,27 +483,36 @@ struct InboxEntry {
 
 impl Retire for InboxEntry {
     fn retire(self: Box<Self>) {
-        match self.seq {
-            Some(seq) => {
-                let _ = self.retired.send(Retirement::Done(seq, Some(self.topic)));
+        let topic = self.topic;
+        let retirement = match self.seq.settled() {
+            Some(Seq::Known(seq)) => Retirement::Done(seq, Some(topic)),
+            Some(Seq::Pending(durable, i)) => Retirement::Committing(durable, i, topic),
+            Some(Seq::Volatile) => {
+                self.metrics.topic(topic).retired.inc();
+                return;
             }
             None => {
-                self.metrics.topic(self.topic).retired.inc();
+                tracing::debug!(
+                    topic = topic.label(),
+                    "message applied but not kept (answered 503); nothing to retire"
+                );
+                return;
             }
-        }
-    }
-
-    fn redelivered(&self) -> bool {
-        self.redelivered
+        };
+        let _ = self.retired.send(retirement);
     }
 
     fn requeue(self: Box<Self>) {
+        let Some(seq) = self.seq.settled() else {
+            // Never accepted (answered 503): the publisher sends it again.
+            return;
+        };
         self.metrics.topic(self.topic).requeued.inc();
         let again = Accepted {
             topic: self.topic,
             body: self.body,
             checked: None,
-            seq: self.seq.map_or(Seq::Volatile, Seq::Known),
+            seq,
             attempt: self.attempt + 1,
             slot: self.slot,
         };

@@ -236,10 +236,6 @@ impl Retire for NsqRetire {
         );
         self.message.req(delay);
     }
-
-    fn redelivered(&self) -> bool {
-        self.message.attempts > 1
-    }
 }
 
 /// The REQ delay after the `attempts`-th delivery failed (nsqd counts attempts from 1).

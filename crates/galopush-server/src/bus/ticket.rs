@@ -13,9 +13,6 @@ pub trait Retire: Send + Sync + 'static {
     fn retire(self: Box<Self>);
     /// Some effect could not be made durable: take the message again later.
     fn requeue(self: Box<Self>);
-    /// Whether the message may have been applied before (replayed after a restart, requeued,
-    /// or redelivered by nsqd).
-    fn redelivered(&self) -> bool;
 }
 
 struct TicketState {
@@ -56,12 +53,6 @@ impl Ticket {
         }))
     }
 
-    /// Whether the message may have been applied before: its effects must then not undo what
-    /// happened because of its first application.
-    pub fn redelivered(&self) -> bool {
-        self.0.retire.as_ref().is_some_and(|r| r.redelivered())
-    }
-
     /// Marks an effect as not durable: the message is requeued instead of retired.
     pub fn fail(&self) {
         self.0.failed.store(true, Ordering::Release);
@@ -89,9 +80,6 @@ mod tests {
         }
         fn requeue(self: Box<Self>) {
             self.0.lock().expect("lock").push("requeued");
-        }
-        fn redelivered(&self) -> bool {
-            false
         }
     }
 

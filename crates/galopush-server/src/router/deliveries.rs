@@ -395,9 +395,6 @@ mod tests {
             self.0.store(true, Ordering::SeqCst);
         }
         fn requeue(self: Box<Self>) {}
-        fn redelivered(&self) -> bool {
-            false
-        }
     }
 
     fn target(comet: CometIdx, session: SessionId) -> Target {

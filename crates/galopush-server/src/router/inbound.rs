@@ -153,22 +153,26 @@ impl Router {
                 device_token: state.device_token,
                 login: true,
             };
-            // A redelivered login may have been applied before a crash or a requeue: the
-            // terminal that registered with its code since then is not kicked by it again.
-            let own_session = ticket.redelivered().then(|| record.code.clone());
-            self.hold_until_durable(
-                self.store.set_login(uid, term, Some(record)),
-                Some(ticket.clone()),
-            );
-            match own_session {
-                Some(code) => {
-                    if let Some(at) = self.sessions.remove_unless_token(uid, term, &code) {
-                        self.comets.track(at.comet, term, -1);
-                        self.kick(&at, KickReason::RepeatLogin);
-                    }
+            let code = record.code.clone();
+            let written = match self.store.log_in(uid, term, record).await {
+                Ok(w) => w,
+                Err(e) => {
+                    self.metrics.store_errors.inc();
+                    tracing::warn!(%uid, error = %e, "cannot write login record; login will be retried");
+                    ticket.fail();
+                    return;
                 }
-                None => self.kick_live(uid, term, KickReason::RepeatLogin),
+            };
+            let repeat = written.is_repeat(&code);
+            self.hold_until_durable(written.durable, Some(ticket.clone()));
+            if repeat {
+                // The code the record already had (SPEC §5): a retried, replayed or requeued
+                // login, which took the new deviceToken and kicks no one — not the terminal that
+                // registered with that code, nor the other of Android and iOS.
+                tracing::debug!(%uid, %term, "login repeats the record's code; no kick");
+                return;
             }
+            self.kick_live(uid, term, KickReason::RepeatLogin);
             if let Some(other) = term.excluded_by_login() {
                 self.kick_live(uid, other, KickReason::MutualExclusion);
                 self.hold_until_durable(self.store.set_login(uid, other, None), Some(ticket));

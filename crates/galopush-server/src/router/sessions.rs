@@ -158,11 +158,6 @@ impl Sessions {
         self.remove_where(uid, term, |l| &*l.token == token)
     }
 
-    /// Removes a terminal unless it registered with `token`; returns where it was.
-    pub fn remove_unless_token(&self, uid: &str, term: TermType, token: &str) -> Option<Location> {
-        self.remove_where(uid, term, |l| &*l.token != token)
-    }
-
     fn remove_where(
         &self,
         uid: &str,

@@ -83,6 +83,34 @@ async fn logins(store: &dyn Store) {
             .is_some(),
         "other terminal types are untouched"
     );
+    log_in(store).await;
+}
+
+/// `log_in` answers the record it replaced, and the new one is what a read sees.
+async fn log_in(store: &dyn Store) {
+    let t = TermType::Pc;
+    let first = store.log_in("u1", t, record("p")).await.expect("log in");
+    assert_eq!(first.replaced, None);
+    first.durable.await.expect("durable");
+    let mut again = record("p");
+    again.device_token = "new-token".into();
+    let second = store.log_in("u1", t, again.clone()).await.expect("log in");
+    assert_eq!(second.replaced, Some(record("p")));
+    assert!(second.is_repeat("p"), "same code, logged in");
+    assert!(!second.is_repeat("q"), "another code");
+    second.durable.await.expect("durable");
+    assert_eq!(store.login("u1", t).await.expect("read"), Some(again));
+    let mut out = record("p");
+    out.login = false;
+    store
+        .set_login("u1", t, Some(out.clone()))
+        .await
+        .expect("logout");
+    let third = store.log_in("u1", t, record("p")).await.expect("log in");
+    assert_eq!(third.replaced, Some(out));
+    assert!(!third.is_repeat("p"), "a logged-out record is not repeated");
+    third.durable.await.expect("durable");
+    store.set_login("u1", t, None).await.expect("remove");
 }
 
 async fn offline(store: &dyn Store) {

@@ -22,7 +22,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
+    LoggedIn, LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
     StoreFuture, StoredKey, UserLogins, resolved,
 };
 use crate::sharded::FastMap;
@@ -679,15 +679,26 @@ impl Store for EmbeddedStore {
     fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> StoreFuture {
         // The cache runs ahead of the disk: a later read sees this write at once. Should the
         // commit fail, the caller requeues the bus message and the write is made again.
-        {
-            let mut logins = self.shared.logins.write();
-            let entry = logins.entry(uid.into()).or_default();
-            entry.set(term, record.clone());
-            if entry.is_empty() {
-                logins.remove(uid);
-            }
+        // The write is queued under the cache's lock, as in `log_in`.
+        let mut logins = self.shared.logins.write();
+        let entry = logins.entry(uid.into()).or_default();
+        entry.set(term, record.clone());
+        if entry.is_empty() {
+            logins.remove(uid);
         }
         self.write_unit(Op::SetLogin(uid.to_owned(), term, record))
+    }
+
+    fn log_in(&self, uid: &str, term: TermType, record: LoginRecord) -> StoreFuture<LoggedIn> {
+        // Read, replaced and queued for the disk under one lock of the cache, which every login
+        // write takes: the disk gets the writes in the order the cache did.
+        let mut logins = self.shared.logins.write();
+        let entry = logins.entry(uid.into()).or_default();
+        let replaced = entry.get(term).cloned();
+        entry.set(term, Some(record.clone()));
+        let durable = self.write_unit(Op::SetLogin(uid.to_owned(), term, Some(record)));
+        drop(logins);
+        resolved(Ok(LoggedIn { replaced, durable }))
     }
 
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {

@@ -9,7 +9,7 @@ use galopush_protocol::{TermMask, TermType};
 use parking_lot::Mutex;
 
 use super::{
-    LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
+    LoggedIn, LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
     StoreFuture, StoredKey, UserLogins, resolved,
 };
 
@@ -92,6 +92,17 @@ impl Store for MemoryStore {
             }
         }
         resolved(Ok(()))
+    }
+
+    fn log_in(&self, uid: &str, term: TermType, record: LoginRecord) -> StoreFuture<LoggedIn> {
+        let mut state = self.state.lock();
+        let logins = state.logins.entry(uid.to_owned()).or_default();
+        let replaced = logins.get(term).cloned();
+        logins.set(term, Some(record));
+        resolved(Ok(LoggedIn {
+            replaced,
+            durable: resolved(Ok(())),
+        }))
     }
 
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {

@@ -67,6 +67,24 @@ impl UserLogins {
     }
 }
 
+/// What [`Store::log_in`] found and did.
+pub struct LoggedIn {
+    /// The record the login replaced, as it was just before: with the same code and
+    /// `login = true`, the login is a repeat (SPEC §5), which kicks no one.
+    pub replaced: Option<LoginRecord>,
+    /// Resolves once the new record is durable.
+    pub durable: StoreFuture,
+}
+
+impl LoggedIn {
+    /// Whether the login only repeats the one the record already holds: same code, logged in.
+    pub fn is_repeat(&self, code: &str) -> bool {
+        self.replaced
+            .as_ref()
+            .is_some_and(|r| r.login && r.code == code)
+    }
+}
+
 /// A stored message named for removal: whose it is and which item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredKey {
@@ -138,6 +156,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates, replaces (`Some`) or removes (`None`) a login record.
     fn set_login(&self, uid: &str, term: TermType, record: Option<LoginRecord>) -> StoreFuture;
+
+    /// Writes a login record (`userOnlineState` online = true) and answers, in one step that no
+    /// other write to the record comes between (routers sharing a store included), the record
+    /// it replaced. Resolves as soon as that is known (the embedded and memory stores: at once;
+    /// Redis: when the script answered); the write's durability is [`LoggedIn::durable`]. The
+    /// write is made even when the record does not change: the record read may be ahead of the
+    /// disk (the embedded store) after a commit that failed.
+    fn log_in(&self, uid: &str, term: TermType, record: LoginRecord) -> StoreFuture<LoggedIn>;
 
     /// Applies the offline rule to each write (SPEC §6).
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture;

@@ -93,7 +93,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::keys::{Keys, Queue};
 use super::offline::{OfflineKey, OfflineMessage, StoredItem, StoredPush};
 use super::{
-    LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
+    LoggedIn, LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
     StoreFuture, StoredKey, resolved,
 };
 
@@ -228,6 +228,11 @@ local function run(op, k, nkeys, a, nargs)
       redis.call('HDEL', KEYS[k + 1], ARGV[a + 1])
     end
     return 1
+  elseif op == 'log_in' then
+    -- KEYS: the login hash. ARGV: field, record. Answers the record it replaced (nil if none).
+    local replaced = redis.call('HGET', KEYS[k + 1], ARGV[a + 1])
+    redis.call('HSET', KEYS[k + 1], ARGV[a + 1], ARGV[a + 2])
+    return replaced
   elseif op == 'append' then
     -- KEYS: the queue's counter, the queue hash. ARGV: one encoded message each.
     local seqs = {}
@@ -1082,6 +1087,28 @@ impl Store for RedisStore {
         self.write(vec![call])
     }
 
+    fn log_in(&self, uid: &str, term: TermType, record: LoginRecord) -> StoreFuture<LoggedIn> {
+        let json = match encode_login(record) {
+            Ok(json) => json,
+            Err(e) => return resolved(Err(e)),
+        };
+        let call = Call::new("log_in", vec![self.keys.login(uid)])
+            .number(term.bit())
+            .bytes(json);
+        // Redis answers once the script ran: the new record is then as durable as Redis makes
+        // any write.
+        let done = self.read(call);
+        Box::pin(async move {
+            let replaced = bulk(done.await?)?
+                .map(|bytes| decode_login(&bytes))
+                .transpose()?;
+            Ok(LoggedIn {
+                replaced,
+                durable: resolved(Ok(())),
+            })
+        })
+    }
+
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
         // One call per run of writes to one user: its keys and its slot's counter.
         let calls = writes
@@ -1300,6 +1327,36 @@ mod tests {
         ];
         left.sort();
         left
+    }
+
+    #[tokio::test]
+    async fn logins_through_two_routers_each_see_the_record_they_replace() {
+        let prefix = TestPrefix::new();
+        let (Some(a), Some(b)) = (prefix.store().await, prefix.store().await) else {
+            return;
+        };
+        let t = TermType::Ios;
+        let first = a.log_in("u", t, record("c")).await.expect("log in");
+        assert_eq!(first.replaced, None);
+        // The business side's retry, taken by the other router: a repeat there.
+        let again = b.log_in("u", t, record("c")).await.expect("log in");
+        assert!(again.is_repeat("c"), "{:?}", again.replaced);
+        // Two new logins at once, one per router: one replaced "c", the other replaced that
+        // one's record (read and write are one step), and the record is the last one's.
+        let (x, y) = tokio::join!(a.log_in("u", t, record("x")), b.log_in("u", t, record("y")));
+        let (x, y) = (x.expect("x").replaced, y.expect("y").replaced);
+        let last = match (x, y) {
+            (Some(before_x), Some(before_y)) if before_x == record("c") => {
+                assert_eq!(before_y, record("x"));
+                record("y")
+            }
+            (Some(before_x), Some(before_y)) => {
+                assert_eq!((before_x, before_y), (record("y"), record("c")));
+                record("x")
+            }
+            other => panic!("a login replaced nothing: {other:?}"),
+        };
+        assert_eq!(a.login("u", t).await.expect("read"), Some(last));
     }
 
     #[tokio::test]

@@ -87,3 +87,65 @@ async fn a_clean_stop_right_after_the_acks_replays_nothing_on_restart() {
         "no push applied again after the restart"
     );
 }
+
+#[tokio::test]
+async fn a_message_applied_and_retired_is_not_applied_again_after_a_crash() {
+    // Applied while its inbox commit is in flight (issue 16), acked, retired: a `kill -9` after
+    // that replays nothing, and it was delivered once.
+    let g = Gateway::start(&[]).await;
+    let mut t = g.terminal("ada", TermType::Android, TCP).await;
+    g.send_down("push", "ada", 1, "once").await;
+    let (_, down) = next_acked(&mut t).await;
+    assert_eq!(push(&down).2, Bytes::from("once"));
+    g.wait_retired("push", 1).await;
+    nothing_for(&mut t, std::time::Duration::from_millis(500)).await;
+
+    let g = g.crash_and_restart().await;
+    drop(t);
+    let mut again = g
+        .register("ada", "code-ada-1", TermType::Android, TCP)
+        .await;
+    nothing_for(&mut again, std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        g.metric("galopush_bus_messages_total{topic=\"push\",event=\"received\"}")
+            .await,
+        0.0,
+        "nothing replayed"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_replays_unfinished_messages_in_the_order_they_were_accepted() {
+    let g = Gateway::start(&[("delivery.callback_ack_timeout", "60s")]).await;
+    let mut live = g.terminal("bea", TermType::Pc, TCP).await;
+    let bodies: Vec<String> = (0..10).map(|i| format!("callback {i}")).collect();
+    for body in &bodies {
+        g.send_down("callback", "bea", 16, body).await;
+    }
+    // Applied in the order accepted; none acked, so none retired.
+    for body in &bodies {
+        let (_, down) = next(&mut live).await;
+        assert_eq!(
+            down,
+            Down::Callback {
+                msg: Bytes::from(body.clone())
+            }
+        );
+    }
+
+    let g = g.crash_and_restart().await;
+    drop(live);
+    // Replayed in the same order: every one is back, none lost, in order.
+    let mut back = g.register("bea", "code-bea-16", TermType::Pc, TCP).await;
+    for body in &bodies {
+        let (_, down) = next_acked(&mut back).await;
+        assert_eq!(
+            down,
+            Down::Callback {
+                msg: Bytes::from(body.clone())
+            }
+        );
+    }
+    g.wait_retired("callback", bodies.len() as u64).await;
+    nothing_for(&mut back, std::time::Duration::from_millis(500)).await;
+}

@@ -244,3 +244,108 @@ async fn closed_connections_are_no_longer_live() {
     g.wait_metric("galopush_offline_stored_total{kind=\"push\"}", 1.0)
         .await;
 }
+
+/// Every KICK sent so far, whatever its reason.
+async fn kicks(g: &Gateway) -> f64 {
+    let mut total = 0.0;
+    for reason in [
+        "repeat_login",
+        "mutual_exclusion",
+        "session_timeout",
+        "logged_out",
+    ] {
+        total += g
+            .metric(&format!("galopush_kicks_total{{reason=\"{reason}\"}}"))
+            .await;
+    }
+    total
+}
+
+/// `GET /v1/users/<uid>`: the entry of one terminal type.
+async fn user_terminal(g: &Gateway, uid: &str, term: TermType) -> serde_json::Value {
+    let text = g
+        .client()
+        .get(format!("{}/v1/users/{uid}", g.api))
+        .send()
+        .await
+        .expect("GET /v1/users")
+        .text()
+        .await
+        .expect("user text");
+    let user: serde_json::Value = serde_json::from_str(&text).expect("user JSON");
+    user["terminals"]
+        .as_array()
+        .expect("terminals")
+        .iter()
+        .find(|t| t["termtype"] == term.bit())
+        .cloned()
+        .unwrap_or_else(|| panic!("no terminal {term} in {user}"))
+}
+
+#[tokio::test]
+async fn a_repeated_login_with_the_same_code_kicks_no_one_and_takes_the_new_device_token() {
+    let g = Gateway::start(&[]).await;
+    let mut t = g.terminal("oli", TermType::Android, TCP).await;
+    assert_eq!(
+        user_terminal(&g, "oli", TermType::Android).await["deviceToken"],
+        false
+    );
+    let kicked = kicks(&g).await;
+    // The business side sends the login it already sent again, with a new deviceToken.
+    g.publish_ok(
+        "userOnlineState",
+        json!({"uid": "oli", "termtype": 1, "code": "code-oli-1",
+               "deviceToken": "dt-new", "online": true})
+        .to_string(),
+    )
+    .await;
+    g.wait_retired("userOnlineState", 2).await;
+    g.send_down("push", "oli", 1, "after the repeated login")
+        .await;
+    // The first frame after the repeat is the push: no KICK came before it.
+    let (_, down) = next_acked(&mut t).await;
+    assert_eq!(push(&down).2, Bytes::from("after the repeated login"));
+    assert_eq!(t.ping().await.expect("still open"), 0);
+    assert_eq!(kicks(&g).await, kicked, "no KICK counted");
+    let android = user_terminal(&g, "oli", TermType::Android).await;
+    assert_eq!(android["deviceToken"], true, "{android}");
+    assert_eq!(android["login"], true, "{android}");
+    assert!(android["live"].is_object(), "still live: {android}");
+
+    // A login with another code is a new login: KICK 1, as before.
+    g.login("oli", TermType::Android, "another-code").await;
+    assert_eq!(closed(&mut t).await, vec![Down::Kick { reason: 1 }]);
+    assert_eq!(kicks(&g).await, kicked + 1.0);
+}
+
+#[tokio::test]
+async fn a_repeated_login_does_not_apply_the_android_ios_exclusion() {
+    // Open mode lets Android and iOS both hold a record, each from its REGISTER.
+    let g = Gateway::start(&[("auth.mode", "open")]).await;
+    let mut android = g.register("pia", "a-code", TermType::Android, TCP).await;
+    let mut ios = g.register("pia", "i-code", TermType::Ios, TCP).await;
+    let kicked = kicks(&g).await;
+    g.publish_ok(
+        "userOnlineState",
+        json!({"uid": "pia", "termtype": 1, "code": "a-code",
+               "deviceToken": "dt", "online": true})
+        .to_string(),
+    )
+    .await;
+    g.wait_retired("userOnlineState", 1).await;
+    g.send_down("push", "pia", 3, "both still here").await;
+    for t in [&mut android, &mut ios] {
+        let (_, down) = next_acked(t).await;
+        assert_eq!(push(&down).2, Bytes::from("both still here"));
+    }
+    assert_eq!(kicks(&g).await, kicked, "neither KICK 1 nor KICK 2");
+    assert_eq!(
+        user_terminal(&g, "pia", TermType::Ios).await["login"],
+        true,
+        "the iOS record is kept"
+    );
+    // A new Android login still excludes iOS.
+    g.login("pia", TermType::Android, "a-code-2").await;
+    assert_eq!(closed(&mut ios).await, vec![Down::Kick { reason: 2 }]);
+    assert_eq!(closed(&mut android).await, vec![Down::Kick { reason: 1 }]);
+}
