@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The largest `--body-size`: a body must fit in one `/mpub` request of at most 4 MiB.
 pub const MAX_BODY_SIZE: u64 = 1024 * 1024;
 
 /// What a run measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
     /// Connect and register the terminals, hold them for --hold, report (memory per connection).
@@ -23,10 +23,13 @@ pub enum Scenario {
     Fanout,
     /// Connect and register as fast as the server accepts, --concurrency at a time.
     Storm,
+    /// Drive nothing: draw the runs saved with --json (the RUN.json arguments) side by side
+    /// into --plot FILE.svg, one row per scenario.
+    Plot,
 }
 
 /// How the terminals connect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     /// The binary protocol (docs/protocol.md), as Android terminals.
@@ -36,7 +39,7 @@ pub enum TransportKind {
 }
 
 /// The WebSocket framing of Web terminals (docs/protocol.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
     /// base64 of the ring-xor of the JSON, as the original.
@@ -46,7 +49,7 @@ pub enum Framing {
 }
 
 /// Which kind of down-message the run publishes (docs/business.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageKind {
     /// Topic `push`, delivered as PUSH.
@@ -77,6 +80,17 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub scenario: Scenario,
+    /// With `plot`: the runs to draw, each the `--json` report of a run.
+    #[arg(value_name = "RUN.json")]
+    pub runs: Vec<PathBuf>,
+    /// Run against an MQTT 3.1.1 broker instead of a galopush server: mqtt://host:port.
+    /// Each terminal is a client (named as its user id) subscribed at QoS 1 to the topic of its
+    /// user id, and for fanout also to one shared topic; --publishers connections publish at
+    /// QoS 1, --batch PUBLISHes in one write, the batch accepted when every PUBACK is in; a
+    /// delivery counts when its terminal has it and acks it. The dispatcher, the API, logins,
+    /// TLS and the galopush transports are not used.
+    #[arg(long, value_name = "mqtt://HOST:PORT")]
+    pub target: Option<String>,
 
     /// The dispatcher, e.g. http://127.0.0.1:5150/v1/gComet.addr (or https://…): every
     /// terminal asks it for its comet. A base URL without a path gets /v1/gComet.addr added.
@@ -187,9 +201,18 @@ pub struct BenchArgs {
     /// separated by commas): their figures are added up.
     #[arg(long, value_delimiter = ',')]
     pub server_pid: Vec<u32>,
-    /// Print the report as JSON instead of text.
+    /// Print the report as JSON instead of text (with what `--plot` draws, so that
+    /// `galopush bench plot` can draw it later beside other runs).
     #[arg(long)]
     pub json: bool,
+    /// Draw the run's acked deliveries per second over time and its latency distribution into
+    /// this SVG file (with `plot`: the saved runs).
+    #[arg(long, short = 'o', value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// The run's name in the report and in pictures (default: the target and transport, e.g.
+    /// "galopush tcp", "mqtt").
+    #[arg(long)]
+    pub label: Option<String>,
     /// Worker threads of the bench's runtime (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -253,6 +276,30 @@ mod tests {
         ]);
         assert!(args.tls);
         assert_eq!(args.ca, Some(PathBuf::from("/etc/galopush/ca.pem")));
+    }
+
+    #[test]
+    fn mqtt_and_plot_parse() {
+        let args = BenchArgs::parse_from([
+            "bench",
+            "fanout",
+            "--target",
+            "mqtt://127.0.0.1:18830",
+            "--plot",
+            "run.svg",
+            "--label",
+            "mosquitto",
+        ]);
+        assert_eq!(args.target.as_deref(), Some("mqtt://127.0.0.1:18830"));
+        assert_eq!(args.plot, Some(PathBuf::from("run.svg")));
+        assert_eq!(args.label.as_deref(), Some("mosquitto"));
+        let args = BenchArgs::parse_from(["bench", "plot", "a.json", "b.json", "-o", "peers.svg"]);
+        assert_eq!(args.scenario, Scenario::Plot);
+        assert_eq!(
+            args.runs,
+            [PathBuf::from("a.json"), PathBuf::from("b.json")]
+        );
+        assert_eq!(args.plot, Some(PathBuf::from("peers.svg")));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The body of a bench message, `{"seq":S,"t":T}`: which message it is and when it was sent
 //! (µs since the bench started), padded with `,"pad":"xx…"` when a bigger body is asked for.
-//! Written straight into the `/mpub` line, escaped as the JSON string it travels in, and read
-//! back on the receive path without allocating.
+//! Written straight into the `/mpub` line, escaped as the JSON string it travels in (or as it
+//! is, as an MQTT payload), and read back on the receive path without allocating.
 
 use std::io::Write;
 
@@ -11,15 +11,38 @@ const PAD_FRAME: usize = 9;
 /// Appends the body as it appears inside a JSON string: `{\"seq\":S,\"t\":T}`, padded to
 /// `size` bytes (once unescaped) when that is more.
 pub(crate) fn write_escaped(out: &mut Vec<u8>, seq: u64, sent_us: u64, size: usize) {
+    write_quoted(out, seq, sent_us, size, br#"\""#);
+}
+
+/// Appends the body as it is: `{"seq":S,"t":T}` padded to `size` bytes when that is more (an
+/// MQTT payload).
+pub(crate) fn write_raw(out: &mut Vec<u8>, seq: u64, sent_us: u64, size: usize) {
+    write_quoted(out, seq, sent_us, size, b"\"");
+}
+
+/// The body with each of its quotes written as `quote`.
+fn write_quoted(out: &mut Vec<u8>, seq: u64, sent_us: u64, size: usize, quote: &[u8]) {
     let start = out.len();
+    let key = |out: &mut Vec<u8>, name: &[u8]| {
+        out.extend_from_slice(quote);
+        out.extend_from_slice(name);
+        out.extend_from_slice(quote);
+        out.push(b':');
+    };
+    out.push(b'{');
+    key(out, b"seq");
     // Writing into a Vec cannot fail.
-    let _ = write!(out, r#"{{\"seq\":{seq},\"t\":{sent_us}"#);
-    // Unescaped, the four `\"` are one byte each; the closing brace is still to come.
-    let plain = out.len() - start - 4 + 1;
+    let _ = write!(out, "{seq},");
+    key(out, b"t");
+    let _ = write!(out, "{sent_us}");
+    // Unescaped, the four quotes are one byte each; the closing brace is still to come.
+    let plain = out.len() - start - 4 * (quote.len() - 1) + 1;
     if size > plain + PAD_FRAME {
-        out.extend_from_slice(br#",\"pad\":\""#);
+        out.push(b',');
+        key(out, b"pad");
+        out.extend_from_slice(quote);
         out.resize(out.len() + size - plain - PAD_FRAME, b'x');
-        out.extend_from_slice(br#"\""#);
+        out.extend_from_slice(quote);
     }
     out.push(b'}');
 }
@@ -81,6 +104,21 @@ mod tests {
             let expected = if size > 22 + PAD_FRAME { size } else { 22 };
             assert_eq!(body.len(), expected, "{body}");
             assert_eq!(parse(body.as_bytes()), Some((42, 1_234_567)), "{body}");
+        }
+    }
+
+    #[test]
+    fn raw_bodies_read_back() {
+        for size in [0, 40, 4096] {
+            let mut payload = Vec::new();
+            write_raw(&mut payload, 7, 99, size);
+            assert_eq!(
+                payload.len(),
+                size.max(16),
+                "{:?}",
+                String::from_utf8_lossy(&payload)
+            );
+            assert_eq!(parse(&payload), Some((7, 99)));
         }
     }
 

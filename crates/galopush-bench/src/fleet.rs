@@ -1,5 +1,5 @@
-//! The terminals of a run: one task each, which connects, registers, then acks and checks every
-//! message it receives until the run stops. A terminal owns everything it records (which
+//! The terminals of a run: one task each, which connects, registers (galopush) or subscribes
+//! (MQTT), then acks and checks every message it receives until the run stops. A terminal owns everything it records (which
 //! messages it saw, their latencies); the only things shared on the receive path are a few
 //! atomic counters the controller polls.
 
@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use galopush_client::{Down, TermType, Terminal, Tls, Transport};
 use galopush_protocol::message::{REGRESP_AUTH_FAILED, REGRESP_OK};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use crate::body;
+use crate::{body, mqtt};
 
 /// How long a terminal waits before trying again after REGRESP 3 while the logins may still be
 /// on their way through the bus.
@@ -87,13 +87,25 @@ pub(crate) struct Progress {
     pub last_register_us: AtomicU64,
 }
 
+/// What the terminals speak.
+#[derive(Debug)]
+pub(crate) enum Protocol {
+    /// galopush: the SDK's transport, TLS to the comet when the run is over TLS, and the
+    /// terminal type they register as.
+    Galopush {
+        transport: Transport,
+        tls: Option<Tls>,
+        term: TermType,
+    },
+    /// MQTT 3.1.1: each terminal a client subscribed at QoS 1 to the topic named as its user id,
+    /// and to `shared` when given (fan-out).
+    Mqtt { shared: Option<String> },
+}
+
 /// What all terminals of a run share.
 #[derive(Debug)]
 pub(crate) struct Fleet {
-    pub transport: Transport,
-    /// TLS to the comet, when the run is over TLS.
-    pub tls: Option<Tls>,
-    pub term: TermType,
+    pub protocol: Protocol,
     /// The bench's clock: every time in a body or a report is µs since this instant.
     pub epoch: Instant,
     pub expectation: Expectation,
@@ -115,6 +127,34 @@ impl Fleet {
     /// µs since the bench started.
     pub fn now_us(&self) -> u64 {
         micros(self.epoch.elapsed())
+    }
+
+    /// Waits for terminal `spec`'s turn to connect (the connect pace) and for a place among the
+    /// connects in flight, held until the permit is dropped.
+    pub async fn admit(&self, spec: &TerminalSpec) -> Option<SemaphorePermit<'_>> {
+        if let Some((start, rate)) = self.connect_pace {
+            let due = start + Duration::from_secs_f64(spec.index as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        // The semaphore is never closed, so acquiring only fails if it were.
+        self.gate.acquire().await.ok()
+    }
+
+    /// Counts a terminal's connection open.
+    pub fn count_connect(&self) {
+        self.progress.connected.fetch_add(1, Ordering::Relaxed);
+        self.progress
+            .last_connect_us
+            .fetch_max(self.now_us(), Ordering::Relaxed);
+    }
+
+    /// Counts a terminal registered (galopush) or subscribed (MQTT).
+    pub fn count_register(&self, outcome: &mut Outcome) {
+        outcome.registered = true;
+        self.progress.registered.fetch_add(1, Ordering::Relaxed);
+        self.progress
+            .last_register_us
+            .fetch_max(self.now_us(), Ordering::Relaxed);
     }
 }
 
@@ -199,7 +239,7 @@ impl Outcome {
         outcome
     }
 
-    fn fail(&mut self, kind: FailureKind, why: String) {
+    pub fn fail(&mut self, kind: FailureKind, why: String) {
         match kind {
             FailureKind::Connect => self.connect_errors += 1,
             FailureKind::Register => self.register_errors += 1,
@@ -209,13 +249,30 @@ impl Outcome {
     }
 }
 
-/// Runs one terminal: connect, register, then receive until the run stops.
+/// Runs one terminal: connect, register (or subscribe), then receive until the run stops.
 pub(crate) async fn run_terminal(spec: TerminalSpec, fleet: Arc<Fleet>) -> Outcome {
     let mut outcome = Outcome::new();
-    let terminal = connect_and_register(&spec, &fleet, &mut outcome).await;
-    fleet.progress.settled.fetch_add(1, Ordering::Relaxed);
-    if let Some(terminal) = terminal {
-        receive(terminal, &spec, &fleet, &mut outcome).await;
+    match &fleet.protocol {
+        Protocol::Galopush {
+            transport,
+            tls,
+            term,
+        } => {
+            let session = (*transport, tls.as_ref(), *term);
+            let terminal = connect_and_register(&spec, &fleet, session, &mut outcome).await;
+            fleet.progress.settled.fetch_add(1, Ordering::Relaxed);
+            if let Some(terminal) = terminal {
+                receive(terminal, &spec, &fleet, &mut outcome).await;
+            }
+        }
+        Protocol::Mqtt { shared } => {
+            let client =
+                mqtt::connect_and_subscribe(&spec, &fleet, shared.as_deref(), &mut outcome).await;
+            fleet.progress.settled.fetch_add(1, Ordering::Relaxed);
+            if let Some(client) = client {
+                mqtt::receive(client, &spec, &fleet, &mut outcome).await;
+            }
+        }
     }
     outcome
 }
@@ -223,17 +280,13 @@ pub(crate) async fn run_terminal(spec: TerminalSpec, fleet: Arc<Fleet>) -> Outco
 async fn connect_and_register(
     spec: &TerminalSpec,
     fleet: &Fleet,
+    (transport, tls, term): (Transport, Option<&Tls>, TermType),
     outcome: &mut Outcome,
 ) -> Option<Terminal> {
-    if let Some((start, rate)) = fleet.connect_pace {
-        let due = start + Duration::from_secs_f64(spec.index as f64 / rate);
-        tokio::time::sleep_until(due.into()).await;
-    }
-    // The semaphore is never closed, so acquiring only fails if it were.
-    let _permit = fleet.gate.acquire().await.ok()?;
+    let _permit = fleet.admit(spec).await?;
     let mut counted_connect = false;
     loop {
-        let connect = connect(&spec.addr, fleet.transport, fleet.tls.as_ref(), spec.source);
+        let connect = connect(&spec.addr, transport, tls, spec.source);
         let mut terminal = match tokio::time::timeout(fleet.register_timeout, connect).await {
             Ok(Ok(terminal)) => terminal,
             Ok(Err(e)) => {
@@ -256,21 +309,12 @@ async fn connect_and_register(
         };
         if !counted_connect {
             counted_connect = true;
-            fleet.progress.connected.fetch_add(1, Ordering::Relaxed);
-            fleet
-                .progress
-                .last_connect_us
-                .fetch_max(fleet.now_us(), Ordering::Relaxed);
+            fleet.count_connect();
         }
-        let register = terminal.register(&spec.uid, &spec.token, fleet.term);
+        let register = terminal.register(&spec.uid, &spec.token, term);
         let why = match tokio::time::timeout(fleet.register_timeout, register).await {
             Ok(Ok(REGRESP_OK)) => {
-                outcome.registered = true;
-                fleet.progress.registered.fetch_add(1, Ordering::Relaxed);
-                fleet
-                    .progress
-                    .last_register_us
-                    .fetch_max(fleet.now_us(), Ordering::Relaxed);
+                fleet.count_register(outcome);
                 return Some(terminal);
             }
             Ok(Ok(REGRESP_AUTH_FAILED))
@@ -301,10 +345,7 @@ async fn receive(
     fleet: &Fleet,
     outcome: &mut Outcome,
 ) {
-    let expected = fleet.expectation.count_for(spec.index);
-    let expected_len = usize::try_from(expected).unwrap_or(usize::MAX);
-    let mut seen = vec![0u64; expected_len.div_ceil(64)];
-    outcome.latencies.reserve_exact(expected_len);
+    let mut seen = Seen::new(spec, fleet, outcome);
     let stopped = fleet.stop.cancelled();
     tokio::pin!(stopped);
     loop {
@@ -364,7 +405,7 @@ fn check(
     spec: &TerminalSpec,
     fleet: &Fleet,
     now_us: u64,
-    seen: &mut [u64],
+    seen: &mut Seen,
     outcome: &mut Outcome,
 ) -> bool {
     let msg = match down {
@@ -388,36 +429,62 @@ fn check(
             return true;
         }
     };
-    let slot = body::parse(msg)
-        .and_then(|(seq, sent_us)| Some((fleet.expectation.slot(spec.index, seq)?, sent_us)));
-    let Some((slot, sent_us)) = slot else {
-        outcome.fail(
-            FailureKind::Protocol,
-            format!(
-                "{}: a message that is not one of its own: {:?}",
-                spec.uid,
-                String::from_utf8_lossy(msg)
-            ),
-        );
-        return true;
-    };
-    let (word, bit) = (slot / 64, 1u64 << (slot % 64));
-    match seen.get_mut(word) {
-        Some(w) if *w & bit != 0 => outcome.duplicates += 1,
-        Some(w) => {
-            *w |= bit;
-            outcome.received += 1;
-            outcome.last_delivery_us = now_us;
-            outcome
-                .latencies
-                .push(u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX));
-        }
-        None => outcome.fail(
-            FailureKind::Protocol,
-            format!("{}: message slot {slot} out of range", spec.uid),
-        ),
-    }
+    seen.record(msg, spec, fleet, now_us, outcome);
     true
+}
+
+/// Which of its expected messages a terminal has received, one bit each.
+pub(crate) struct Seen(Vec<u64>);
+
+impl Seen {
+    /// Room for what terminal `spec` expects, and for their latencies in `outcome`.
+    pub fn new(spec: &TerminalSpec, fleet: &Fleet, outcome: &mut Outcome) -> Seen {
+        let expected = fleet.expectation.count_for(spec.index);
+        let expected_len = usize::try_from(expected).unwrap_or(usize::MAX);
+        outcome.latencies.reserve_exact(expected_len);
+        Seen(vec![0u64; expected_len.div_ceil(64)])
+    }
+
+    /// Records the message whose body is `msg`, received at `now_us`: once, with its latency,
+    /// or as a duplicate; a body that is not one of the terminal's messages is a protocol error.
+    pub fn record(
+        &mut self,
+        msg: &[u8],
+        spec: &TerminalSpec,
+        fleet: &Fleet,
+        now_us: u64,
+        outcome: &mut Outcome,
+    ) {
+        let slot = body::parse(msg)
+            .and_then(|(seq, sent_us)| Some((fleet.expectation.slot(spec.index, seq)?, sent_us)));
+        let Some((slot, sent_us)) = slot else {
+            outcome.fail(
+                FailureKind::Protocol,
+                format!(
+                    "{}: a message that is not one of its own: {:?}",
+                    spec.uid,
+                    String::from_utf8_lossy(msg)
+                ),
+            );
+            return;
+        };
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        match self.0.get_mut(word) {
+            Some(w) if *w & bit != 0 => outcome.duplicates += 1,
+            Some(w) => {
+                *w |= bit;
+                outcome.received += 1;
+                outcome.last_delivery_us = now_us;
+                outcome
+                    .latencies
+                    .push(u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX));
+            }
+            None => outcome.fail(
+                FailureKind::Protocol,
+                format!("{}: message slot {slot} out of range", spec.uid),
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The business side of a run: logins and messages published over HTTP with nsqd's `/pub` and
-//! `/mpub` semantics (raw JSON, one message per line), in batches, optionally paced.
+//! `/mpub` semantics (raw JSON, one message per line), or at QoS 1 to an MQTT broker, in
+//! batches, optionally paced.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::body;
 use crate::fleet::micros;
+use crate::mqtt::{self, Topics};
 
 /// Logins per `/mpub` request.
 const LOGIN_BATCH: usize = 1000;
@@ -177,17 +179,110 @@ impl Receivers {
     }
 }
 
+/// Where and how the messages of a run go.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// `/mpub` requests to `url` on `bus`.
+    Mpub {
+        bus: Bus,
+        url: String,
+        receivers: Receivers,
+    },
+    /// QoS 1 PUBLISHes to the MQTT broker at `broker`, one connection per publisher, named
+    /// `client_prefix` and the publisher's number.
+    Mqtt {
+        broker: String,
+        client_prefix: String,
+        topics: Topics,
+    },
+}
+
+impl Route {
+    /// What a publisher sends through: the bus, or a connection of its own to the broker.
+    async fn outlet(&self, publisher: usize) -> Result<Outlet<'_>, String> {
+        match self {
+            Route::Mpub {
+                bus,
+                url,
+                receivers,
+            } => Ok(Outlet::Mpub {
+                bus,
+                url,
+                receivers,
+            }),
+            Route::Mqtt {
+                broker,
+                client_prefix,
+                topics,
+            } => {
+                let client = format!("{client_prefix}{publisher}");
+                let publisher = mqtt::Publisher::open(broker, &client)
+                    .await
+                    .map_err(|e| format!("publisher {client} at {broker}: {e}"))?;
+                Ok(Outlet::Mqtt { publisher, topics })
+            }
+        }
+    }
+}
+
+/// One publisher's way to the server.
+enum Outlet<'a> {
+    Mpub {
+        bus: &'a Bus,
+        url: &'a str,
+        receivers: &'a Receivers,
+    },
+    Mqtt {
+        publisher: mqtt::Publisher,
+        topics: &'a Topics,
+    },
+}
+
+impl Outlet<'_> {
+    /// Publishes messages `seqs`, sent at `sent_us`, with bodies of `body_size`.
+    async fn send(
+        &mut self,
+        seqs: std::ops::Range<u64>,
+        sent_us: u64,
+        body_size: usize,
+        line_len: usize,
+    ) -> Result<(), String> {
+        match self {
+            Outlet::Mpub {
+                bus,
+                url,
+                receivers,
+            } => {
+                let mut lines =
+                    Vec::with_capacity(seqs.end.saturating_sub(seqs.start) as usize * line_len);
+                for seq in seqs {
+                    receivers.write_line(&mut lines, seq, sent_us, body_size);
+                }
+                bus.post(url, lines).await
+            }
+            Outlet::Mqtt { publisher, topics } => {
+                let topics = &**topics;
+                let messages = seqs.map(|seq| {
+                    let mut payload = Vec::with_capacity(body_size.max(32));
+                    body::write_raw(&mut payload, seq, sent_us, body_size);
+                    (topics.of(seq), payload)
+                });
+                publisher.publish(messages).await
+            }
+        }
+    }
+}
+
 /// The messages of a run and how to publish them.
 #[derive(Debug)]
 pub(crate) struct Messages {
-    pub url: String,
+    pub route: Route,
     pub count: u64,
     /// Messages per `/mpub` request, as asked.
     pub batch: u64,
     /// Messages per second, if paced.
     pub rate: Option<f64>,
     pub publishers: usize,
-    pub receivers: Receivers,
     /// Bytes of each body at least (`--body-size`).
     pub body_size: usize,
 }
@@ -199,9 +294,18 @@ impl Messages {
         self.batch.clamp(1, fit)
     }
 
-    /// About how long one `/mpub` line is.
+    /// About how long one `/mpub` line (or MQTT PUBLISH) is.
     pub fn line_len(&self) -> usize {
-        self.receivers.line_len(self.body_size)
+        match &self.route {
+            Route::Mpub { receivers, .. } => receivers.line_len(self.body_size),
+            Route::Mqtt { topics, .. } => {
+                let topic = match topics {
+                    Topics::Own(own) => own.iter().map(String::len).max().unwrap_or(0),
+                    Topics::Shared(shared) => shared.len(),
+                };
+                topic + 48.max(self.body_size + 16)
+            }
+        }
     }
 }
 
@@ -233,23 +337,26 @@ impl Published {
     }
 }
 
-/// Publishes every message, `publishers` requests at a time, each message's body carrying its
-/// send time in µs since `epoch`.
-pub(crate) async fn publish_messages(
-    bus: &Bus,
-    messages: Arc<Messages>,
-    epoch: Instant,
-) -> Published {
+/// Publishes every message, `publishers` requests (or batches of PUBLISH) at a time, each
+/// message's body carrying its send time in µs since `epoch`.
+pub(crate) async fn publish_messages(messages: Arc<Messages>, epoch: Instant) -> Published {
     let start = Instant::now();
     let batch = messages.effective_batch();
     let batches = messages.count.div_ceil(batch);
     let next = Arc::new(AtomicU64::new(0));
-    let url = Arc::<str>::from(messages.url.as_str());
     let mut workers = JoinSet::new();
-    for _ in 0..messages.publishers.max(1) {
-        let (bus, url, messages, next) = (bus.clone(), url.clone(), messages.clone(), next.clone());
+    for publisher in 0..messages.publishers.max(1) {
+        let (messages, next) = (messages.clone(), next.clone());
         workers.spawn(async move {
             let mut published = Published::default();
+            let mut outlet = match messages.route.outlet(publisher).await {
+                Ok(outlet) => outlet,
+                Err(e) => {
+                    published.errors += 1;
+                    published.first_error = Some(e);
+                    return published;
+                }
+            };
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= batches {
@@ -274,13 +381,13 @@ pub(crate) async fn publish_messages(
                     }
                     None => micros(epoch.elapsed()),
                 };
-                let mut lines = Vec::with_capacity(n as usize * messages.line_len());
-                for seq in first..first + n {
-                    messages
-                        .receivers
-                        .write_line(&mut lines, seq, sent_us, messages.body_size);
-                }
-                match bus.post(&url, lines).await {
+                let sent = outlet.send(
+                    first..first + n,
+                    sent_us,
+                    messages.body_size,
+                    messages.line_len(),
+                );
+                match sent.await {
                     Ok(()) => published.accepted += n,
                     Err(e) => {
                         published.refused += n;
@@ -360,12 +467,15 @@ mod tests {
     fn big_fanout_batches_stay_small() {
         let uids: Vec<String> = (0..15_000).map(|i| format!("b0a1b2c-{i}")).collect();
         let messages = Messages {
-            url: String::new(),
+            route: Route::Mpub {
+                bus: Bus::new(reqwest::Client::new(), "http://127.0.0.1:1", None),
+                url: String::new(),
+                receivers: Receivers::fanout(&uids, 1),
+            },
             count: 10,
             batch: 100,
             rate: None,
             publishers: 1,
-            receivers: Receivers::fanout(&uids, 1),
             body_size: 4096,
         };
         let batch = messages.effective_batch();

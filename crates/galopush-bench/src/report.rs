@@ -1,17 +1,22 @@
 //! What a run found: rates, deliveries, latency percentiles, errors, CPU per phase and the
-//! server's memory, as plain text for people and as JSON for scripts.
+//! server's memory, as plain text for people and as JSON for scripts (read back by
+//! `galopush bench plot`).
 
 use std::fmt::Write;
 
 use clap::ValueEnum;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::args::{Framing, MessageKind, Scenario, TransportKind};
 
 /// The full result of one run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: Scenario,
+    /// The run's name in pictures (`--label`, else e.g. "galopush tcp" or "mqtt").
+    pub label: String,
+    /// The MQTT broker the run was against (`--target`), or none for a galopush server.
+    pub broker: Option<String>,
     pub transport: TransportKind,
     /// The terminals connected over TLS (TCP inside TLS, or WSS).
     pub tls: bool,
@@ -43,14 +48,14 @@ pub struct Report {
 }
 
 /// The terminals the dispatcher sent to one comet address.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CometShare {
     pub addr: String,
     pub terminals: u64,
 }
 
 /// `count` things done in `seconds`.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Rate {
     pub count: u64,
     pub seconds: f64,
@@ -76,7 +81,7 @@ fn per_second(count: u64, seconds: f64) -> f64 {
 }
 
 /// Connecting and registering, timed from the start of the connect phase.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ConnectReport {
     /// Connections opened until the last one opened.
     pub connects: Rate,
@@ -87,7 +92,7 @@ pub struct ConnectReport {
 }
 
 /// Publishing and delivering messages.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryReport {
     pub kind: MessageKind,
     pub topic: String,
@@ -112,10 +117,15 @@ pub struct DeliveryReport {
     pub duplicates: u64,
     /// Publish-to-receive latency of the deliveries.
     pub latency: Option<Latency>,
+    /// Expected deliveries received so far, sampled during the run: (seconds since the first
+    /// publish, deliveries).
+    pub timeline: Vec<(f64, u64)>,
+    /// The latency distribution: (quantile, µs) from 0 to 1.
+    pub latency_cdf: Vec<(f64, u64)>,
 }
 
 /// Latency percentiles, µs.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Latency {
     pub samples: u64,
     pub mean_us: f64,
@@ -126,7 +136,7 @@ pub struct Latency {
 }
 
 /// Failures, counted by where they happened, with the first few described.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ErrorReport {
     /// Connections that could not be opened.
     pub connect: u64,
@@ -156,7 +166,7 @@ impl ErrorReport {
 }
 
 /// Wall and CPU time of one phase of the run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Phase {
     pub name: String,
     pub wall_seconds: f64,
@@ -172,7 +182,7 @@ pub struct Phase {
 }
 
 /// The server's resident memory (VmRSS) at the points of the run, added up over its processes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerReport {
     pub pids: Vec<u32>,
     pub rss_kib_start: Option<u64>,
@@ -214,12 +224,13 @@ impl Report {
         let how = match (self.encoding, self.framing) {
             (Some(encoding), _) => format!("encoding {encoding}"),
             (None, Some(framing)) => format!("{} framing", name(framing)),
-            (None, None) => String::new(),
+            (None, None) => "MQTT 3.1.1".to_owned(),
         };
-        let transport = match (self.transport, self.tls) {
-            (TransportKind::Tcp, true) => "tls tcp".to_owned(),
-            (TransportKind::Ws, true) => "wss".to_owned(),
-            (transport, false) => name(transport),
+        let transport = match (&self.broker, self.transport, self.tls) {
+            (Some(broker), ..) => format!("mqtt (QoS 1, {broker})"),
+            (None, TransportKind::Tcp, true) => "tls tcp".to_owned(),
+            (None, TransportKind::Ws, true) => "wss".to_owned(),
+            (None, transport, false) => name(transport),
         };
         writeln!(
             out,
@@ -271,16 +282,25 @@ impl Report {
                 .map_or("at full speed".to_owned(), |r| format!("paced at {r:.0}/s"));
             writeln!(
                 out,
-                "publish    {} {} messages{} on {} in /mpub batches of {} by {} publishers \
+                "publish    {} {} messages{} on {} in {} batches of {} by {} publishers \
                  {pace}: {} accepted in {}",
                 d.messages,
-                name(d.kind),
+                if self.broker.is_some() {
+                    "mqtt".to_owned()
+                } else {
+                    name(d.kind)
+                },
                 if d.body_size > 0 {
                     format!(" of {} bytes", d.body_size)
                 } else {
                     String::new()
                 },
                 d.topic,
+                if self.broker.is_some() {
+                    "PUBLISH"
+                } else {
+                    "/mpub"
+                },
                 d.batch,
                 d.publishers,
                 d.published.count,
@@ -407,6 +427,8 @@ mod tests {
     fn report() -> Report {
         Report {
             scenario: Scenario::Unicast,
+            label: "galopush tcp".into(),
+            broker: None,
             transport: TransportKind::Tcp,
             tls: false,
             encoding: Some(0),
@@ -444,6 +466,8 @@ mod tests {
                     p999_us: 2000,
                     max_us: 2100,
                 }),
+                timeline: vec![(0.0, 0), (0.01, 3), (0.02, 4)],
+                latency_cdf: vec![(0.0, 900), (0.5, 1200), (1.0, 2100)],
             }),
             errors: ErrorReport::default(),
             phases: vec![],
@@ -500,5 +524,29 @@ mod tests {
         assert_eq!(value["scenario"], "unicast");
         assert_eq!(value["delivery"]["delivered"]["per_second"], 200.0);
         assert_eq!(value["delivery"]["latency"]["p99_us"], 2000);
+    }
+
+    #[test]
+    fn json_reads_back() {
+        let back: Report = serde_json::from_str(&report().json()).expect("a report");
+        assert_eq!(back.label, "galopush tcp");
+        let delivery = back.delivery.expect("its deliveries");
+        assert_eq!(delivery.timeline, [(0.0, 0), (0.01, 3), (0.02, 4)]);
+        assert_eq!(delivery.latency_cdf[1], (0.5, 1200));
+    }
+
+    #[test]
+    fn an_mqtt_run_says_so() {
+        let mut r = report();
+        r.broker = Some("mqtt://127.0.0.1:18830".into());
+        r.encoding = None;
+        let text = r.text();
+        assert!(
+            text.starts_with(
+                "galopush bench unicast: 2 mqtt (QoS 1, mqtt://127.0.0.1:18830) terminals (MQTT 3.1.1)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("in PUBLISH batches of 2"), "{text}");
     }
 }

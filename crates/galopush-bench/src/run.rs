@@ -1,6 +1,8 @@
 //! One run from start to report: check the arguments, log the terminals in, ask the dispatcher,
 //! connect and register the fleet, play the scenario, stop the terminals and add up what they
-//! saw.
+//! saw. Against an MQTT broker (`--target`) the terminals connect and subscribe instead of
+//! logging in and registering, and the messages are published to the broker; the rest is the
+//! same.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -17,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::args::{BenchArgs, Framing, Scenario, TransportKind};
 use crate::error::BenchError;
 use crate::fleet::{
-    Expectation, Fleet, Outcome, Progress, TerminalSpec, connect, micros, run_terminal,
+    Expectation, Fleet, Outcome, Progress, Protocol, TerminalSpec, connect, micros, run_terminal,
 };
-use crate::publish::{Bus, Messages, Receivers, publish_messages};
+use crate::mqtt::{self, Topics};
+use crate::publish::{Bus, Messages, Receivers, Route, publish_messages};
 use crate::report::{
     CometShare, ConnectReport, DeliveryReport, ErrorReport, Latency, Phase, Rate, Report,
     ServerReport,
@@ -42,6 +45,10 @@ const MAX_DISPATCHERS: usize = 64;
 const MAX_SOURCE_IPS: usize = 65_000;
 /// The dispatcher's path.
 const DISPATCH_PATH: &str = "/v1/gComet.addr";
+/// How often the deliveries so far are sampled for the report's timeline.
+const TIMELINE_STEP: Duration = Duration::from_millis(50);
+/// Most MQTT PUBLISHes in flight on one connection: packet ids are 16 bits.
+const MAX_MQTT_BATCH: usize = 65_535;
 
 /// Runs the scenario `args` describe against the server they name and reports what happened.
 ///
@@ -49,6 +56,12 @@ const DISPATCH_PATH: &str = "/v1/gComet.addr";
 /// dispatch refused); everything that goes wrong during the run is counted in the report.
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     validate(args)?;
+    let broker = args
+        .target
+        .as_deref()
+        .map(mqtt::broker_addr)
+        .transpose()
+        .map_err(BenchError::Args)?;
     let open_files_limit = system::raise_open_files(args.terminals as u64 + SPARE_FILES)?;
     let server = (!args.server_pid.is_empty())
         .then(|| ServerProcess::new(&args.server_pid))
@@ -82,7 +95,10 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         .map(|i| format!("{prefix}{i}"))
         .collect();
     let codes: Vec<String> = (0..args.terminals).map(|i| format!("c{i}")).collect();
-    let (addrs, dispatched) = comet_addrs(args, &trust, &uids, term).await?;
+    let (addrs, dispatched) = match broker {
+        Some(broker) => (vec![Arc::from(broker); uids.len()], false),
+        None => comet_addrs(args, &trust, &uids, term).await?,
+    };
     let dispatch = dispatched.then(|| Rate::new(uids.len() as u64, clock.lap("dispatch")));
     let comets = if dispatched {
         comet_shares(&addrs)
@@ -91,7 +107,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     };
     let sources = sources(args, &addrs).await?;
 
-    let login = match (&args.api_url, args.no_login) {
+    let login = match (&args.api_url, args.no_login || broker.is_some()) {
         (Some(api_url), false) => {
             let login_deadline = Instant::now() + args.register_timeout;
             let bus = Bus::new(http.clone(), api_url, args.api_token.as_deref());
@@ -115,10 +131,19 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let expectation = expectation_of(args);
     let connect_start = Instant::now();
     let paced = args.connect_rate > 0.0 && args.scenario != Scenario::Storm;
+    let shared_topic = format!("{prefix}all");
+    let protocol = match broker {
+        Some(_) => Protocol::Mqtt {
+            shared: (args.scenario == Scenario::Fanout).then(|| shared_topic.clone()),
+        },
+        None => Protocol::Galopush {
+            transport,
+            tls,
+            term,
+        },
+    };
     let fleet = Arc::new(Fleet {
-        transport,
-        tls,
-        term,
+        protocol,
         epoch,
         expectation,
         progress: Progress::default(),
@@ -162,39 +187,70 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             rss_after_connect = server.as_ref().and_then(ServerProcess::rss_kib);
             clock.lap("hold");
         }
-        Scenario::Storm => {}
+        Scenario::Storm | Scenario::Plot => {}
         Scenario::Unicast | Scenario::Fanout => {
-            let bus = Bus::new(
-                http.clone(),
-                args.api_url.as_deref().unwrap_or_default(),
-                args.api_token.as_deref(),
-            );
-            let topic = args
-                .topic
-                .clone()
-                .unwrap_or_else(|| args.kind.default_topic().to_owned());
-            let receivers = match args.scenario {
-                Scenario::Fanout => Receivers::fanout(&uids, term.bit()),
-                _ => Receivers::Unicast {
-                    uids,
-                    termtype: term.bit(),
-                },
+            let fanout = args.scenario == Scenario::Fanout;
+            let (topic, route) = match broker {
+                Some(broker) => {
+                    let (topic, topics) = if fanout {
+                        (shared_topic.clone(), Topics::Shared(shared_topic))
+                    } else {
+                        (format!("{prefix}N (each its own)"), Topics::Own(uids))
+                    };
+                    let route = Route::Mqtt {
+                        broker: broker.to_owned(),
+                        client_prefix: format!("{prefix}publisher-"),
+                        topics,
+                    };
+                    (topic, route)
+                }
+                None => {
+                    let bus = Bus::new(
+                        http.clone(),
+                        args.api_url.as_deref().unwrap_or_default(),
+                        args.api_token.as_deref(),
+                    );
+                    let topic = args
+                        .topic
+                        .clone()
+                        .unwrap_or_else(|| args.kind.default_topic().to_owned());
+                    let receivers = if fanout {
+                        Receivers::fanout(&uids, term.bit())
+                    } else {
+                        Receivers::Unicast {
+                            uids,
+                            termtype: term.bit(),
+                        }
+                    };
+                    let url = bus.mpub_url(&topic);
+                    (
+                        topic,
+                        Route::Mpub {
+                            bus,
+                            url,
+                            receivers,
+                        },
+                    )
+                }
             };
             let messages = Arc::new(Messages {
-                url: bus.mpub_url(&topic),
+                route,
                 count: args.messages,
                 batch: args.batch as u64,
                 rate: (args.rate > 0.0).then_some(args.rate),
                 publishers: args.publishers,
-                receivers,
                 body_size: args.body_size as usize,
             });
-            let published = publish_messages(&bus, messages.clone(), epoch).await;
+            let sampling = CancellationToken::new();
+            let timeline = tokio::spawn(sample_deliveries(fleet.clone(), sampling.clone()));
+            let published = publish_messages(messages.clone(), epoch).await;
             let expected = expectation.deliveries_of(published.accepted, args.terminals as u64);
             drain(&fleet.progress, expected, args.drain_timeout).await;
+            sampling.cancel();
+            let timeline = timeline.await.unwrap_or_default();
             clock.lap("deliver");
             publish_errors = (published.errors, published.first_error.clone());
-            delivery = Some((topic, messages, published, expected));
+            delivery = Some((topic, messages, published, expected, timeline));
         }
     }
     let rss_end = server.as_ref().and_then(ServerProcess::rss_kib);
@@ -213,27 +269,32 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         tally.errors.sample(why);
     }
 
-    let delivery = delivery.map(|(topic, messages, published, expected)| DeliveryReport {
-        kind: args.kind,
-        topic,
-        messages: messages.count,
-        body_size: args.body_size,
-        batch: messages.effective_batch(),
-        publishers: messages.publishers,
-        rate: messages.rate,
-        published: Rate::new(
-            published.accepted,
-            seconds_between(published.first_start_us, published.last_done_us),
-        ),
-        expected,
-        delivered: Rate::new(
-            tally.received,
-            seconds_between(published.first_start_us, tally.last_delivery_us),
-        ),
-        lost: expected.saturating_sub(tally.received),
-        duplicates: tally.duplicates,
-        latency: tally.latency(),
-    });
+    let delivery =
+        delivery.map(
+            |(topic, messages, published, expected, timeline)| DeliveryReport {
+                kind: args.kind,
+                topic,
+                messages: messages.count,
+                body_size: args.body_size,
+                batch: messages.effective_batch(),
+                publishers: messages.publishers,
+                rate: messages.rate,
+                published: Rate::new(
+                    published.accepted,
+                    seconds_between(published.first_start_us, published.last_done_us),
+                ),
+                expected,
+                delivered: Rate::new(
+                    tally.received,
+                    seconds_between(published.first_start_us, tally.last_delivery_us),
+                ),
+                lost: expected.saturating_sub(tally.received),
+                duplicates: tally.duplicates,
+                latency: tally.latency(),
+                timeline,
+                latency_cdf: tally.latency_cdf(),
+            },
+        );
     let registered = connect.registrations.count;
     let server = server.map(|s| ServerReport {
         pids: s.pids,
@@ -248,12 +309,15 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             _ => None,
         },
     });
+    let galopush = broker.is_none();
     Ok(Report {
         scenario: args.scenario,
+        label: args.label.clone().unwrap_or_else(|| default_label(args)),
+        broker: args.target.clone(),
         transport: args.transport,
         tls: args.tls,
-        encoding: (args.transport == TransportKind::Tcp).then_some(args.encoding),
-        framing: (args.transport == TransportKind::Ws).then_some(args.framing),
+        encoding: (galopush && args.transport == TransportKind::Tcp).then_some(args.encoding),
+        framing: (galopush && args.transport == TransportKind::Ws).then_some(args.framing),
         terminals: args.terminals as u64,
         cores: cores(),
         open_files_limit,
@@ -275,6 +339,12 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
 /// Refuses arguments that cannot make a run.
 fn validate(args: &BenchArgs) -> Result<(), BenchError> {
     let bad = |why: &str| Err(BenchError::Args(why.to_owned()));
+    if args.scenario == Scenario::Plot {
+        return bad("plot drives nothing: galopush bench plot RUN.json… --plot FILE.svg");
+    }
+    if !args.runs.is_empty() {
+        return bad("RUN.json arguments go with plot only");
+    }
     if args.terminals == 0 {
         return bad("--terminals must be at least 1");
     }
@@ -287,6 +357,15 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
     if !(args.connect_rate >= 0.0 && args.rate >= 0.0) {
         return bad("--connect-rate and --rate must be 0 (unpaced) or positive");
     }
+    if args.target.is_some() {
+        if args.tls || args.transport != TransportKind::Tcp {
+            return bad("--target mqtt:// runs plain MQTT over TCP: no --tls, no --transport ws");
+        }
+        if args.batch > MAX_MQTT_BATCH {
+            return bad("--batch is at most 65535 against an MQTT broker");
+        }
+        return uid_prefix_fits(args);
+    }
     let comet = match args.transport {
         TransportKind::Tcp => &args.comet_tcp,
         TransportKind::Ws => &args.comet_ws,
@@ -298,6 +377,12 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
     if args.api_url.is_none() && (publishes || !args.no_login) {
         return bad("--api-url is needed to log the terminals in and to publish messages");
     }
+    uid_prefix_fits(args)
+}
+
+/// Refuses a `--uid-prefix` that makes user ids (and MQTT client ids) too long or strange.
+fn uid_prefix_fits(args: &BenchArgs) -> Result<(), BenchError> {
+    let bad = |why: &str| Err(BenchError::Args(why.to_owned()));
     if let Some(prefix) = &args.uid_prefix {
         let longest = prefix.len() + (args.terminals - 1).to_string().len().max("probe".len());
         if longest > MAX_UID_LEN {
@@ -334,9 +419,23 @@ fn transport_of(args: &BenchArgs) -> (Transport, TermType) {
     }
 }
 
+/// The run's name when `--label` gives none: the target and the terminals' transport.
+fn default_label(args: &BenchArgs) -> String {
+    if args.target.is_some() {
+        return "mqtt".to_owned();
+    }
+    let transport = match (args.transport, args.tls) {
+        (TransportKind::Tcp, false) => "tcp",
+        (TransportKind::Tcp, true) => "tls tcp",
+        (TransportKind::Ws, false) => "ws",
+        (TransportKind::Ws, true) => "wss",
+    };
+    format!("galopush {transport}")
+}
+
 fn expectation_of(args: &BenchArgs) -> Expectation {
     match args.scenario {
-        Scenario::Idle | Scenario::Storm => Expectation::Nothing,
+        Scenario::Idle | Scenario::Storm | Scenario::Plot => Expectation::Nothing,
         Scenario::Unicast => Expectation::Unicast {
             terminals: args.terminals as u64,
             messages: args.messages,
@@ -523,6 +622,26 @@ async fn drain(progress: &Progress, expected: u64, quiet: Duration) {
     }
 }
 
+/// Samples the deliveries so far every [`TIMELINE_STEP`] until `done`: (seconds since the
+/// start, deliveries). Bounded by the run's length: 20 samples a second.
+async fn sample_deliveries(fleet: Arc<Fleet>, done: CancellationToken) -> Vec<(f64, u64)> {
+    let start = Instant::now();
+    let mut timeline = Vec::new();
+    let mut ticks = tokio::time::interval(TIMELINE_STEP);
+    loop {
+        let last = tokio::select! {
+            biased;
+            () = done.cancelled() => true,
+            _ = ticks.tick() => false,
+        };
+        let delivered = fleet.progress.delivered.load(Ordering::Relaxed);
+        timeline.push((start.elapsed().as_secs_f64(), delivered));
+        if last {
+            return timeline;
+        }
+    }
+}
+
 /// Rates of the connect phase from the fleet's counters.
 fn connect_report(fleet: &Fleet, start: Instant, epoch: Instant) -> ConnectReport {
     let start_us = micros(start - epoch);
@@ -600,6 +719,18 @@ impl Tally {
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
         })
+    }
+
+    /// The latency distribution, (quantile, µs): every percent, then the tail to the maximum.
+    fn latency_cdf(&self) -> Vec<(f64, u64)> {
+        let Some(h) = self.latencies.as_ref().filter(|h| !h.is_empty()) else {
+            return Vec::new();
+        };
+        (0..100)
+            .map(|percent| f64::from(percent) / 100.0)
+            .chain([0.995, 0.999, 0.9995, 0.9999, 1.0])
+            .map(|q| (q, h.value_at_quantile(q)))
+            .collect()
     }
 }
 

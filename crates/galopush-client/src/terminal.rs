@@ -451,8 +451,9 @@ impl AsyncWrite for Stream {
 }
 
 /// A TCP connection to `addr`, bound to `local_ip` first when given; tries each address
-/// `addr` resolves to (of `local_ip`'s family) until one accepts.
-async fn connect_tcp(addr: &str, local_ip: Option<IpAddr>) -> Result<TcpStream> {
+/// `addr` resolves to (of `local_ip`'s family) until one accepts. Public for the bench, whose
+/// MQTT terminals spread over source addresses the same way.
+pub async fn connect_tcp(addr: &str, local_ip: Option<IpAddr>) -> Result<TcpStream> {
     let mut last_error = None;
     for target in tokio::net::lookup_host(addr).await? {
         if local_ip.is_some_and(|ip| ip.is_ipv4() != target.is_ipv4()) {

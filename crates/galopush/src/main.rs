@@ -66,7 +66,7 @@ enum Command {
     Client(ClientArgs),
     /// The load generator: many terminals, publishing, latency percentiles, throughput,
     /// server memory.
-    Bench(galopush_bench::BenchArgs),
+    Bench(Box<galopush_bench::BenchArgs>),
     /// The configuration in force (file, environment and defaults; secrets redacted), every
     /// key with its default, or a file checked.
     Config(ConfigArgs),
@@ -306,7 +306,7 @@ fn main() -> ExitCode {
         Command::Comet => serve(cli.config.as_ref(), |config, stop| {
             Box::pin(galopush_server::cluster::run_comet(config, stop))
         }),
-        Command::Bench(args) => galopush_bench::main(args),
+        Command::Bench(args) => galopush_bench::main(*args),
         Command::Config(args) => config_command(args, cli.config.as_ref()),
         Command::Client(args) => {
             let rt = match runtime() {

@@ -1,11 +1,14 @@
 //! End-to-end tests of `galopush bench` (the `galopush-bench` library): each scenario at a small
-//! size against the real `galopush standalone`, over TCP and once over WebSocket. They check
-//! that nothing is lost, duplicated or failed and that the counts add up, never how fast.
+//! size against the real `galopush standalone`, over TCP and once over WebSocket, and against a
+//! Mosquitto (`mqtt`). They check that nothing is lost, duplicated or failed and that the counts
+//! add up, never how fast.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod gateway;
+mod mosquitto;
+mod mqtt;
 
 use clap::Parser;
 use common::process::API_TOKEN;
