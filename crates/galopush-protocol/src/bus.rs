@@ -138,6 +138,29 @@ pub struct Downward {
     #[serde(default)]
     pub flag: u8,
     pub body: String,
+    /// [ext] The business side's name for the message, repeated in its delivery reports
+    /// (SPEC §12); at most [`MAX_REPORT_ID`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// The longest `id` a down-message may carry, in bytes.
+pub const MAX_REPORT_ID: usize = 64;
+
+/// [ext] What became of a down-message for one receiving terminal (SPEC §12), published on
+/// `topics.delivery_report`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryReport<'a> {
+    /// The down-message's `id`; `null` when it had none.
+    pub id: Option<&'a str>,
+    pub uid: &'a str,
+    pub termtype: u8,
+    /// `push`, `callback` or `im`.
+    pub kind: &'static str,
+    /// `acked`, `stored` or `dropped`.
+    pub outcome: &'static str,
+    /// When it happened, in ms since the Unix epoch.
+    pub at: u64,
 }
 
 /// The `msg` of a `sessionTimeout`.
@@ -239,6 +262,34 @@ mod tests {
                 String::from_utf8_lossy(json)
             );
         }
+    }
+
+    #[test]
+    fn a_down_message_id_is_optional_and_written_back_only_when_given() {
+        let down: Downward =
+            decode(br#"{"receivers":[],"body":"x","id":"order-7"}"#).expect("valid");
+        assert_eq!(down.id.as_deref(), Some("order-7"));
+        assert!(String::from_utf8_lossy(&encode(&down, false)).contains(r#""id":"order-7""#));
+        let plain: Downward = decode(br#"{"receivers":[],"body":"x"}"#).expect("valid");
+        assert_eq!(plain.id, None);
+        assert!(!String::from_utf8_lossy(&encode(&plain, false)).contains("id"));
+        assert!(decode::<Downward>(br#"{"receivers":[],"body":"x","id":7}"#).is_err());
+    }
+
+    #[test]
+    fn a_report_without_id_says_null() {
+        let report = DeliveryReport {
+            id: None,
+            uid: "u",
+            termtype: 2,
+            kind: "push",
+            outcome: "stored",
+            at: 5,
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&encode(&report, false)),
+            r#"{"id":null,"uid":"u","termtype":2,"kind":"push","outcome":"stored","at":5}"#
+        );
     }
 
     #[test]

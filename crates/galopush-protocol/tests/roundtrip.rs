@@ -156,6 +156,7 @@ proptest! {
         prop_assert_eq!(bus::decode::<UserOnlineState>(&bus::encode(&state, base64)).expect("state"), state);
         let down = Downward {
             receivers: vec![Receiver { uid: uid.clone(), termtype }].into(), flag, body: body.clone(),
+            id: online.then(|| uid.clone()),
         };
         prop_assert_eq!(bus::decode::<Downward>(&bus::encode(&down, base64)).expect("downward"), down);
         let up = MsgUpward { uid, termtype, body };

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::bus::Topic;
 use crate::link::{DeliveryKind, Outcome};
+use crate::router::reports::ReportOutcome;
 
 type Labels = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
@@ -174,6 +175,7 @@ pub struct Metrics {
     offline_stored: [Counter; 3],
     offline_delivered: [Counter; 3],
     dropped: [Counter; 2],
+    reports: [Counter; 3],
     topics: [TopicCounters; 5],
     kicks: [Counter; 4],
     pub registrations_accepted: Counter,
@@ -272,6 +274,18 @@ impl Metrics {
                 .clone()
         });
 
+        let reports_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "delivery_reports",
+            "Delivery reports the bus took (topics.delivery_report), by outcome",
+            reports_family.clone(),
+        );
+        let reports = ReportOutcome::ALL.map(|o| {
+            reports_family
+                .get_or_create(&[("outcome", o.label())])
+                .clone()
+        });
+
         let topic_family = Family::<Labels2, Counter>::default();
         registry.register(
             "bus_messages",
@@ -334,7 +348,7 @@ impl Metrics {
         let outbox_pending = Gauge::default();
         registry.register(
             "outbox_pending",
-            "Outbound messages waiting for the webhook",
+            "Outbound messages (msgUpward, sessionTimeout answers, delivery reports) waiting for the webhook or nsqd",
             outbox_pending.clone(),
         );
 
@@ -386,6 +400,7 @@ impl Metrics {
             offline_stored,
             offline_delivered,
             dropped,
+            reports,
             topics,
             kicks,
             registrations_accepted,
@@ -428,6 +443,10 @@ impl Metrics {
 
     pub fn dropped(&self, why: Dropped) -> &Counter {
         &self.dropped[why as usize]
+    }
+
+    pub fn report(&self, outcome: ReportOutcome) -> &Counter {
+        &self.reports[outcome as usize]
     }
 
     pub fn topic(&self, topic: Topic) -> &TopicCounters {

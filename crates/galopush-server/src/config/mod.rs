@@ -420,6 +420,8 @@ pub struct TopicsConfig {
     pub msg_downward: String,
     pub session_timeout: String,
     pub msg_upward: String,
+    /// [ext] Outbound: delivery reports (SPEC §12); empty = none.
+    pub delivery_report: String,
 }
 
 impl Default for TopicsConfig {
@@ -431,6 +433,7 @@ impl Default for TopicsConfig {
             msg_downward: "msgDownward".into(),
             session_timeout: "sessionTimeout".into(),
             msg_upward: "msgUpward".into(),
+            delivery_report: String::new(),
         }
     }
 }
@@ -673,6 +676,13 @@ impl Config {
             return invalid(
                 "bus.heartbeat_interval",
                 "must be at least 1s (nsqd refuses less)",
+            );
+        }
+        let report = &self.topics.delivery_report;
+        if !(report.is_empty() || galopush_nsq::is_valid_topic_name(report)) {
+            return invalid(
+                "topics.delivery_report",
+                &format!("{report:?} is not a topic name (1-64 of [.a-zA-Z0-9_-])"),
             );
         }
         let url = &self.bus.webhook_url;
@@ -1104,6 +1114,29 @@ mod tests {
             }
             assert!(c.api.addr.port() == 5152 || c.comet.http_addr.port() != 0);
         }
+    }
+
+    #[test]
+    fn a_delivery_report_topic_must_be_a_topic_name() {
+        let c = Config::load(
+            None,
+            env(&[("GALOPUSH_TOPICS__DELIVERY_REPORT", "deliveryReport")]),
+        )
+        .expect("a topic name");
+        assert_eq!(c.topics.delivery_report, "deliveryReport");
+        assert_eq!(
+            Config::load(None, Vec::new())
+                .expect("defaults")
+                .topics
+                .delivery_report,
+            ""
+        );
+        let e = Config::load(
+            None,
+            env(&[("GALOPUSH_TOPICS__DELIVERY_REPORT", "no spaces")]),
+        )
+        .expect_err("not a topic name");
+        assert!(e.to_string().contains("topics.delivery_report"), "{e}");
     }
 
     #[test]

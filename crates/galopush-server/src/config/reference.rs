@@ -328,6 +328,10 @@ pub const SETTINGS: &[Setting] = &[
         "Outbound: instant messages from terminals.",
     ),
     s(
+        "topics.delivery_report",
+        "Outbound: a delivery report per receiving terminal of each down-message (acked, stored, dropped; SPEC §12); empty = no reports.",
+    ),
+    s(
         "log.level",
         "A tracing filter, e.g. `info` or `galopush_server=debug,info`.",
     ),

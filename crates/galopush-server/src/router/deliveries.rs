@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use galopush_protocol::TermType;
 
+use super::reports::{Hold, Report, ReportOutcome};
 use super::{CometIdx, Router};
 use crate::bus::Ticket;
 use crate::link::{CometCommand, Delivery, DeliveryId, DeliveryKind, Outcome, SessionId};
@@ -59,6 +60,8 @@ fn split_id(id: DeliveryId) -> (u64, usize) {
 struct Group {
     kind: DeliveryKind,
     body: Bytes,
+    /// The message's `id`, for its delivery reports.
+    id: Option<Arc<str>>,
     origin: Origin,
     targets: Vec<Target>,
     /// A bit per delivery, set when it settles: an ack touches only this, not its target.
@@ -87,10 +90,15 @@ impl Group {
         *word |= bit;
         self.open -= 1;
         let then = match (&self.origin, outcome) {
-            (Origin::Live(_), Outcome::Acked) => Then::Count,
+            (Origin::Live(ticket), Outcome::Acked) => Then::Count {
+                target: self.targets[index].clone(),
+                id: self.id.clone(),
+                ticket: ticket.clone(),
+            },
             (Origin::Live(ticket), Outcome::Failed) => Then::Retry {
                 target: self.targets[index].clone(),
                 body: self.body.clone(),
+                id: self.id.clone(),
                 ticket: ticket.clone(),
             },
             (Origin::Stored(key), Outcome::Acked) => Then::Unstore {
@@ -120,12 +128,17 @@ pub struct Taken {
 
 /// What a settled delivery leaves to do.
 pub enum Then {
-    /// A live delivery was acked: count it.
-    Count,
+    /// A live delivery was acked: count and report it.
+    Count {
+        target: Target,
+        id: Option<Arc<str>>,
+        ticket: Ticket,
+    },
     /// A live delivery failed: try the terminal's new session, or store it.
     Retry {
         target: Target,
         body: Bytes,
+        id: Option<Arc<str>>,
         ticket: Ticket,
     },
     /// A stored message was acked: remove it from the store.
@@ -143,11 +156,12 @@ pub struct Pending {
 
 impl Pending {
     /// Starts the deliveries of one message, to about `receivers` sessions; none is kept until
-    /// [`Planned::open`].
+    /// [`Planned::open`]. `id` is the message's, for its delivery reports.
     pub fn plan(
         &self,
         kind: DeliveryKind,
         body: &Bytes,
+        id: Option<Arc<str>>,
         origin: Origin,
         receivers: usize,
     ) -> Planned<'_> {
@@ -155,6 +169,7 @@ impl Pending {
             pending: self,
             kind,
             body: body.clone(),
+            id,
             origin,
             receivers: receivers.min(GROUP_CAPACITY),
             full: Vec::new(),
@@ -214,6 +229,7 @@ pub struct Planned<'a> {
     pending: &'a Pending,
     kind: DeliveryKind,
     body: Bytes,
+    id: Option<Arc<str>>,
     origin: Origin,
     /// How many deliveries a group is sized for.
     receivers: usize,
@@ -229,6 +245,19 @@ impl Planned<'_> {
 
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// The message's `id`.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The ticket of a live message.
+    pub fn ticket(&self) -> Option<&Ticket> {
+        match &self.origin {
+            Origin::Live(ticket) => Some(ticket),
+            Origin::Stored(_) => None,
+        }
     }
 
     /// How many deliveries a group is sized for.
@@ -250,6 +279,7 @@ impl Planned<'_> {
             let group = Group {
                 kind: self.kind,
                 body: self.body.clone(),
+                id: self.id.clone(),
                 origin: self.origin.clone(),
                 targets: Vec::with_capacity(self.receivers),
                 settled: Vec::with_capacity(self.receivers.div_ceil(64)),
@@ -300,25 +330,50 @@ impl Router {
             then,
         } = taken;
         match then {
-            Then::Count => {
+            Then::Count { target, id, ticket } => {
                 self.metrics.delivery(kind, outcome).inc();
+                if self.reports.enabled() {
+                    self.reports.publish(
+                        Report {
+                            id: id.as_deref(),
+                            uid: &target.uid,
+                            termtype: target.term.bit(),
+                            kind,
+                            outcome: ReportOutcome::Acked,
+                        },
+                        Hold::Ticket(ticket),
+                    );
+                }
             }
             Then::Retry {
                 target,
                 body,
+                id,
                 ticket,
             } => {
                 self.metrics.delivery(kind, outcome).inc();
-                self.retry_or_store(target, kind, body, ticket);
+                self.retry_or_store(target, kind, body, id, ticket);
             }
             Then::Unstore { target, key } => {
                 self.metrics.offline_delivered(kind).inc();
+                let uid = target.uid.clone();
                 let key = StoredKey {
                     uid: target.uid,
                     term: target.term,
                     item: key,
                 };
-                self.hold_until_durable(self.store.remove_offline(vec![key]), None);
+                let store = self.store.clone();
+                // A stored message carries no id: its report says `null`.
+                self.reports.publish(
+                    Report {
+                        id: None,
+                        uid: &uid,
+                        termtype: target.term.bit(),
+                        kind,
+                        outcome: ReportOutcome::Acked,
+                    },
+                    Hold::Unstore(Box::new(move || store.remove_offline(vec![key]))),
+                );
             }
             Then::Keep => {}
         }
@@ -326,7 +381,14 @@ impl Router {
 
     /// A live delivery failed: if the terminal has registered again meanwhile (a new session),
     /// send it there; otherwise apply the offline rule.
-    fn retry_or_store(&self, failed: Target, kind: DeliveryKind, body: Bytes, ticket: Ticket) {
+    fn retry_or_store(
+        &self,
+        failed: Target,
+        kind: DeliveryKind,
+        body: Bytes,
+        id: Option<Arc<str>>,
+        ticket: Ticket,
+    ) {
         enum Next {
             Redeliver(CometIdx, Delivery),
             Stored,
@@ -339,7 +401,7 @@ impl Router {
                 Some(at) if at.session != failed.session => {
                     let mut planned =
                         self.pending
-                            .plan(kind, &body, Origin::Live(ticket.clone()), 1);
+                            .plan(kind, &body, id.clone(), Origin::Live(ticket.clone()), 1);
                     let delivery = planned.add(
                         Target {
                             comet: at.comet,
@@ -368,16 +430,31 @@ impl Router {
                 }
             }
         });
-        match next {
+        let outcome = match next {
             Next::Redeliver(comet, delivery) => {
-                self.send(comet, vec![CometCommand::Deliver(delivery)])
+                self.send(comet, vec![CometCommand::Deliver(delivery)]);
+                return;
             }
             Next::Stored => {
                 self.metrics.offline_stored(kind).inc();
+                ReportOutcome::Stored
             }
             Next::Dropped => {
                 self.metrics.dropped(Dropped::WebOffline).inc();
+                ReportOutcome::Dropped
             }
+        };
+        if self.reports.enabled() {
+            self.reports.publish(
+                Report {
+                    id: id.as_deref(),
+                    uid: &uid,
+                    termtype: term.bit(),
+                    kind,
+                    outcome,
+                },
+                Hold::Ticket(ticket),
+            );
         }
     }
 }
@@ -409,7 +486,13 @@ mod tests {
     fn broadcast(pending: &Pending, targets: Vec<Target>) -> (Vec<Delivery>, Arc<AtomicBool>) {
         let retired = Arc::new(AtomicBool::new(false));
         let origin = Origin::Live(Ticket::new(Retired(retired.clone())));
-        let mut planned = pending.plan(DeliveryKind::Im, &Bytes::from_static(b"hi"), origin, 3);
+        let mut planned = pending.plan(
+            DeliveryKind::Im,
+            &Bytes::from_static(b"hi"),
+            None,
+            origin,
+            3,
+        );
         let deliveries = targets.into_iter().map(|t| planned.add(t, 0)).collect();
         planned.open();
         (deliveries, retired)
@@ -427,7 +510,9 @@ mod tests {
             .take(ids[0], Outcome::Acked, 0)
             .expect("its comet")
             .expect("in flight");
-        assert!(matches!(acked.then, Then::Count));
+        assert!(matches!(acked.then, Then::Count { .. }));
+        // The ack's report holds the message until the bus has it.
+        drop(acked);
         assert!(
             matches!(pending.take(ids[0], Outcome::Acked, 0), Ok(None)),
             "settled once"
@@ -441,6 +526,7 @@ mod tests {
             target,
             body,
             ticket,
+            ..
         } = failed.then
         else {
             panic!("a failed live delivery is retried or stored");
@@ -492,7 +578,7 @@ mod tests {
     fn a_broadcast_that_reached_few_keeps_room_for_few() {
         let pending = Pending::default();
         let origin = Origin::Live(Ticket::detached());
-        let mut planned = pending.plan(DeliveryKind::Im, &Bytes::new(), origin, 100_000);
+        let mut planned = pending.plan(DeliveryKind::Im, &Bytes::new(), None, origin, 100_000);
         let d = planned.add(target(0, 1), 0);
         planned.open();
         let (number, _) = split_id(d.id);
@@ -515,7 +601,7 @@ mod tests {
         let pending = Pending::default();
         let retired = Arc::new(AtomicBool::new(false));
         let origin = Origin::Live(Ticket::new(Retired(retired.clone())));
-        let mut planned = pending.plan(DeliveryKind::Callback, &Bytes::new(), origin, 1);
+        let mut planned = pending.plan(DeliveryKind::Callback, &Bytes::new(), None, origin, 1);
         let d = planned.add(target(0, 1), 0);
         drop(planned);
         assert!(matches!(pending.take(d.id, Outcome::Acked, 0), Ok(None)));
@@ -563,6 +649,7 @@ mod tests {
             let mut planned = pending.plan(
                 DeliveryKind::Callback,
                 &Bytes::new(),
+                None,
                 Origin::Stored(key),
                 1,
             );

@@ -11,6 +11,7 @@ use galopush_protocol::message::KickReason;
 use galopush_protocol::{TermMask, TermType};
 
 use super::deliveries::{Origin, Planned, Target, offline_message};
+use super::reports::{Hold, Report, ReportOutcome};
 use super::{CometIdx, Router};
 use crate::bus::{PublishError, Ticket, Topic};
 use crate::link::{CometCommand, DeliveryKind};
@@ -75,6 +76,15 @@ fn parse(topic: Topic, body: &[u8]) -> Result<Inbound, String> {
         }
         Topic::Push | Topic::Callback | Topic::MsgDownward => {
             let d: Downward = bus::decode(body).map_err(json_error)?;
+            if let Some(id) = &d.id
+                && id.len() > bus::MAX_REPORT_ID
+            {
+                return Err(format!(
+                    "id is {} bytes long (at most {})",
+                    id.len(),
+                    bus::MAX_REPORT_ID
+                ));
+            }
             if let Some(r) = d.receivers.iter().find(|r| r.uid.is_empty()) {
                 return Err(format!(
                     "a receiver has an empty uid (termtype {})",
@@ -216,6 +226,7 @@ impl Router {
             deliveries: self.pending.plan(
                 kind,
                 &body,
+                msg.id.map(Arc::from),
                 Origin::Live(ticket.clone()),
                 msg.receivers.len(),
             ),
@@ -227,13 +238,13 @@ impl Router {
             let wanted = TermMask(receiver.termtype);
             let (reached, missing) = self.plan_receiver(&mut plan, receiver.uid, wanted, None);
             if missing.0 != 0 {
-                unresolved.push((receiver.uid, missing, reached));
+                unresolved.push((receiver.uid, wanted, missing, reached));
             } else if !reached {
-                self.no_login(receiver.uid);
+                self.no_login(&plan, receiver.uid, wanted);
             }
         }
         if !unresolved.is_empty() {
-            let uids: Vec<&str> = unresolved.iter().map(|(uid, _, _)| *uid).collect();
+            let uids: Vec<&str> = unresolved.iter().map(|(uid, ..)| *uid).collect();
             let logged_in = match self.store.logged_in(&uids).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -245,10 +256,12 @@ impl Router {
                     return;
                 }
             };
-            for ((uid, missing, reached_live), logged_in) in unresolved.into_iter().zip(logged_in) {
+            for ((uid, wanted, missing, reached_live), logged_in) in
+                unresolved.into_iter().zip(logged_in)
+            {
                 let (reached, _) = self.plan_receiver(&mut plan, uid, missing, Some(logged_in));
                 if !reached && !reached_live {
-                    self.no_login(uid);
+                    self.no_login(&plan, uid, wanted);
                 }
             }
         }
@@ -300,8 +313,9 @@ impl Router {
                     continue;
                 }
                 reached = true;
-                if term == TermType::Web {
+                let outcome = if term == TermType::Web {
                     self.metrics.dropped(Dropped::WebOffline).inc();
+                    ReportOutcome::Dropped
                 } else {
                     self.metrics.offline_stored(kind).inc();
                     let message = offline_message(kind, flag, plan.deliveries.body().clone());
@@ -311,15 +325,40 @@ impl Router {
                             term,
                             message,
                         }]));
-                }
+                    ReportOutcome::Stored
+                };
+                self.report(plan, receiver, term.bit(), outcome);
             }
             (reached, missing)
         })
     }
 
-    fn no_login(&self, uid: &str) {
+    /// A receiver with no login record and nothing live: counted, and reported once for the
+    /// termtype mask it was sent to.
+    fn no_login(&self, plan: &Plan<'_>, uid: &str, wanted: TermMask) {
         self.metrics.dropped(Dropped::NoLogin).inc();
         tracing::debug!(%uid, "no login record and no live terminal; dropped");
+        self.report(plan, uid, wanted.0, ReportOutcome::Dropped);
+    }
+
+    /// Reports what planning decided for a receiver of a live message.
+    fn report(&self, plan: &Plan<'_>, uid: &str, termtype: u8, outcome: ReportOutcome) {
+        if !self.reports.enabled() {
+            return;
+        }
+        let Some(ticket) = plan.deliveries.ticket() else {
+            return;
+        };
+        self.reports.publish(
+            Report {
+                id: plan.deliveries.id(),
+                uid,
+                termtype,
+                kind: plan.deliveries.kind(),
+                outcome,
+            },
+            Hold::Ticket(ticket.clone()),
+        );
     }
 
     fn answer_timeout(&self, mut question: SessionTimeout, term: TermType, ticket: Ticket) {

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod comets;
 pub mod deliveries;
 pub mod inbound;
+pub mod reports;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::store::{LoginRecord, OfflineKey, Store, StoreError};
 pub use comets::{CometSessions, IdTaken};
 use comets::{CometSummary, Comets};
 use deliveries::{NotItsOwn, Origin, Pending, Target};
+use reports::Reports;
 pub use sessions::CometIdx;
 use sessions::{Location, Sessions};
 
@@ -58,6 +60,7 @@ pub struct Router {
     sessions: Sessions,
     comets: Comets,
     pending: Pending,
+    reports: Reports,
 }
 
 impl Router {
@@ -67,11 +70,17 @@ impl Router {
         publisher: Arc<dyn Publisher>,
         metrics: Arc<Metrics>,
     ) -> Arc<Router> {
+        let reports = Reports::new(
+            &settings.topics.delivery_report,
+            publisher.clone(),
+            metrics.clone(),
+        );
         Arc::new(Router {
             settings,
             store,
             publisher,
             metrics,
+            reports,
             sessions: Sessions::default(),
             comets: Comets::default(),
             pending: Pending::default(),
@@ -266,7 +275,7 @@ impl Router {
         let web = u8::from(self.sessions.live(&s.uid).web_online());
         let mut out = Vec::new();
         let mut add = |kind: DeliveryKind, flag: u8, body: bytes::Bytes, key: OfflineKey| {
-            let mut planned = self.pending.plan(kind, &body, Origin::Stored(key), 1);
+            let mut planned = self.pending.plan(kind, &body, None, Origin::Stored(key), 1);
             let target = Target {
                 comet,
                 session: s.session,
