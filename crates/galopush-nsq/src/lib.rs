@@ -19,6 +19,7 @@
 //! - [`Backoff`]: the exponential back-off with jitter used here and by the server.
 //! - `fake` (cargo feature `fake`): a protocol-level fake nsqd (with TLS, `--tls-required` and
 //!   AUTH) and nsqlookupd for tests.
+//! - `fuzzing` (cargo feature `fuzzing`): the property the frame decoder's fuzz target checks.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -26,6 +27,8 @@ mod config;
 mod connection;
 mod consumer;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod lookup;
 mod message;
 mod producer;

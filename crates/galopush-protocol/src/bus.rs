@@ -1,10 +1,12 @@
 //! Business messages on the bus (SPEC §7), as serde types with the exact JSON field names.
 //!
 //! Bodies travel as raw JSON or as base64 of the JSON (the original encodes every body in
-//! base64): [`decode`] accepts both, [`encode`] writes either.
+//! base64): [`decode`] accepts both, [`encode`] writes either. [`split_mpub`] cuts an `/mpub`
+//! body into its messages.
 
 use base64::Engine;
 use base64::engine::general_purpose;
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -216,6 +218,29 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, BusError> {
     Ok(serde_json::from_slice(&unwrap_json(payload)?)?)
 }
 
+/// The messages of an `/mpub` body (nsqd's format, SPEC §8): its non-empty lines, without their
+/// `\r\n` or `\n`.
+pub fn split_mpub(body: &Bytes) -> Vec<Bytes> {
+    let mut lines: Vec<Bytes> = Vec::new();
+    let mut start = 0;
+    // memchr finds the newlines of a megabyte broadcast batch a word at a time.
+    for i in memchr::memchr_iter(b'\n', body) {
+        lines.push(body.slice(start..i));
+        start = i + 1;
+    }
+    if start < body.len() {
+        lines.push(body.slice(start..));
+    }
+    lines
+        .into_iter()
+        .map(|l| match l.last() {
+            Some(b'\r') => l.slice(..l.len() - 1),
+            _ => l,
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 /// Writes a bus body: base64 of the JSON when `base64` is set, the raw JSON otherwise.
 pub fn encode<T: Serialize>(msg: &T, base64: bool) -> Vec<u8> {
     // These types serialize infallibly: string keys, plain values, no I/O.
@@ -230,6 +255,25 @@ pub fn encode<T: Serialize>(msg: &T, base64: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_timeout_answers_carry_the_numbers_of_unknown_fields_unchanged() {
+        let json = br#"{"backTopic":"b","msg":{"ctype":1,"uid":"u","big":7.77e68},"n":777000000000000000000000000000000000000000000000004099276460824344802}"#;
+        let question: SessionTimeout = decode(json).expect("valid");
+        assert_eq!(question.msg.extra["big"].as_f64(), Some(7.77e68));
+        assert_eq!(question.extra["n"].as_f64(), Some(7.77e68));
+        for base64 in [false, true] {
+            let again: SessionTimeout = decode(&encode(&question, base64)).expect("written back");
+            assert_eq!(again, question);
+        }
+    }
+
+    #[test]
+    fn mpub_lines() {
+        let body = Bytes::from_static(b"a\r\n\nb\nc");
+        assert_eq!(split_mpub(&body), ["a", "b", "c"].map(Bytes::from));
+        assert!(split_mpub(&Bytes::from_static(b"\n\r\n")).is_empty());
+    }
 
     #[test]
     fn receivers_read_borrowed_or_escaped_and_write_back_the_same_json() {

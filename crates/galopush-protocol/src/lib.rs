@@ -8,6 +8,7 @@
 //!   (SPEC §4).
 //! - [`bus`]: the business messages on the bus, raw or base64 JSON (SPEC §7).
 //! - [`term`]: terminal types and termtype masks (SPEC §2).
+//! - `fuzzing` (cargo feature `fuzzing`): the properties the fuzz targets in `fuzz/` check.
 #![forbid(unsafe_code)]
 
 pub mod bus;
@@ -15,6 +16,8 @@ pub mod codec;
 pub mod encoding;
 pub mod error;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod message;
 pub mod term;
 pub mod web;

@@ -178,31 +178,11 @@ async fn publish_many(
     request: Request,
 ) -> Response {
     match topic_and_body(&state, &params, request, state.max_mpub, Refusal::MaxMpub).await {
-        Ok((topic, body)) => accept(&state, &topic, split_lines(&body)).await,
+        Ok((topic, body)) => {
+            accept(&state, &topic, galopush_protocol::bus::split_mpub(&body)).await
+        }
         Err(refused) => refused,
     }
-}
-
-/// The non-empty lines of an `/mpub` body, without their `\r\n` or `\n`.
-fn split_lines(body: &Bytes) -> Vec<Bytes> {
-    let mut lines: Vec<Bytes> = Vec::new();
-    let mut start = 0;
-    // memchr finds the newlines of a megabyte broadcast batch a word at a time.
-    for i in memchr::memchr_iter(b'\n', body) {
-        lines.push(body.slice(start..i));
-        start = i + 1;
-    }
-    if start < body.len() {
-        lines.push(body.slice(start..));
-    }
-    lines
-        .into_iter()
-        .map(|l| match l.last() {
-            Some(b'\r') => l.slice(..l.len() - 1),
-            _ => l,
-        })
-        .filter(|l| !l.is_empty())
-        .collect()
 }
 
 async fn comets(State(state): State<ApiState>) -> Response {
@@ -211,16 +191,4 @@ async fn comets(State(state): State<ApiState>) -> Response {
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     prometheus_text(&state.metrics)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mpub_lines() {
-        let body = Bytes::from_static(b"a\r\n\nb\nc");
-        assert_eq!(split_lines(&body), ["a", "b", "c"].map(Bytes::from));
-        assert!(split_lines(&Bytes::from_static(b"\n\r\n")).is_empty());
-    }
 }

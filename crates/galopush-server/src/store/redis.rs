@@ -64,6 +64,8 @@
 
 #[cfg(test)]
 mod cluster_tests;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod keys;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_cluster;
@@ -1041,15 +1043,18 @@ fn decode_queued(seq: &[u8], value: Vec<u8>) -> Result<QueuedMessage, StoreError
         .position(|&b| b == b':')
         .ok_or_else(|| corrupt("queued message without a topic"))?;
     let len: usize = number(&value[..colon], "queued topic length")?;
-    let topic = value
-        .get(colon + 1..colon + 1 + len)
-        .and_then(|t| std::str::from_utf8(t).ok())
-        .ok_or_else(|| corrupt("queued message topic"))?
+    // A length past the value (up to usize::MAX when corrupt) ends nowhere, without overflow.
+    let end = (colon + 1)
+        .checked_add(len)
+        .filter(|&end| end <= value.len())
+        .ok_or_else(|| corrupt("queued message topic"))?;
+    let topic = std::str::from_utf8(&value[colon + 1..end])
+        .map_err(|_| corrupt("queued message topic"))?
         .to_owned();
     Ok(QueuedMessage {
         seq,
         topic,
-        body: value.slice(colon + 1 + len..),
+        body: value.slice(end..),
     })
 }
 
@@ -1883,6 +1888,7 @@ mod tests {
             (5, "msg:Upward", &b"body:1"[..])
         );
         assert!(decode_queued(b"5", b"99:short".to_vec()).is_err());
+        assert!(decode_queued(b"5", format!("{}:t", usize::MAX).into_bytes()).is_err());
         assert!(decode_queued(b"five", encode_queued("t", b"")).is_err());
     }
 }

@@ -234,7 +234,7 @@ async fn a_full_inbox_answers_503_and_loses_nothing_it_accepted() {
         .expect("reader");
     assert_eq!(got, accepted, "every accepted message delivered");
     assert!(g.metric(&refused("inbox_pending")).await >= f64::from(full + 1));
-    g.wait_until("galopush_inbox_pending", |v| v == 0.0).await;
+    g.wait_metric_falls_to("galopush_inbox_pending", 0.0).await;
 }
 
 #[tokio::test]

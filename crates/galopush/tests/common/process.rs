@@ -161,6 +161,11 @@ pub fn api_client() -> reqwest::Client {
 /// The value of one metric line at `{api}/metrics`, e.g.
 /// `galopush_kicks_total{reason="logged_out"}`; 0 when the series is absent.
 pub async fn metric(client: &reqwest::Client, api: &str, series: &str) -> f64 {
+    metric_if_present(client, api, series).await.unwrap_or(0.0)
+}
+
+/// The value of one metric line; `None` when the series is not there at all.
+pub async fn metric_if_present(client: &reqwest::Client, api: &str, series: &str) -> Option<f64> {
     let text = client
         .get(format!("{api}/metrics"))
         .send()
@@ -171,7 +176,6 @@ pub async fn metric(client: &reqwest::Client, api: &str, series: &str) -> f64 {
         .expect("metrics text");
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A setting's environment variable: `auth.mode` → `GALOPUSH_AUTH__MODE`.

@@ -161,10 +161,7 @@ async fn offline_pushes_coalesce_into_one_with_a_counter() {
     // The counter reset once acked: the next offline push counts from 1.
     g.wait_metric("galopush_offline_delivered_total{kind=\"push\"}", 1.0)
         .await;
-    t.close().await.expect("close");
-    g.wait_metric("galopush_connections{termtype=\"Android\"}", 0.0)
-        .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    g.close(t, "eve", TermType::Android).await;
     g.send_down("push", "eve", 1, "push 4").await;
     g.wait_retired("push", 4).await;
     let mut t = g.register("eve", "e", TermType::Android, TCP).await;
@@ -206,10 +203,7 @@ async fn offline_ims_keep_the_latest_with_their_flags() {
     let web = g.terminal("gil", TermType::Web, WEB).await;
     g.send_down("msgDownward", "gil", 1, "im 2").await;
     g.wait_retired("msgDownward", 2).await;
-    web.close().await.expect("close");
-    g.wait_metric("galopush_connections{termtype=\"Web\"}", 0.0)
-        .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    g.close(web, "gil", TermType::Web).await;
     g.send_down("msgDownward", "gil", 1, "im 3").await;
     g.wait_retired("msgDownward", 3).await;
     let mut t = g.register("gil", "g", TermType::Android, TCP).await;
@@ -284,9 +278,7 @@ async fn stored_message_not_acked_stays_stored() {
             msg: Bytes::from("keep me")
         }
     );
-    t.close().await.expect("close without acking");
-    g.wait_metric("galopush_connections{termtype=\"Android\"}", 0.0)
-        .await;
+    g.close(t, "ida", TermType::Android).await;
     let mut t = g.register("ida", "i", TermType::Android, TCP).await;
     let (_, down) = next_acked(&mut t).await;
     assert_eq!(
@@ -297,12 +289,10 @@ async fn stored_message_not_acked_stays_stored() {
     );
     g.wait_metric("galopush_offline_delivered_total{kind=\"callback\"}", 1.0)
         .await;
-    t.close().await.expect("close");
+    g.close(t, "ida", TermType::Android).await;
     // Once acked it is removed (a REGISTER racing the removal may still see it: a duplicate,
     // which is allowed, so come back until it is gone).
     for _ in 0..20 {
-        g.wait_metric("galopush_connections{termtype=\"Android\"}", 0.0)
-            .await;
         let mut t = g.register("ida", "i", TermType::Android, TCP).await;
         match t.recv_timeout(Duration::from_millis(300)).await {
             Err(galopush_client::ClientError::Timeout(_)) => return,
@@ -314,7 +304,7 @@ async fn stored_message_not_acked_stays_stored() {
                     }
                 );
                 t.ack(tid, &down).await.expect("ack");
-                t.close().await.expect("close");
+                g.close(t, "ida", TermType::Android).await;
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -82,14 +82,17 @@ async fn a_terminal_that_does_not_read_is_disconnected_and_its_messages_stored()
     ])
     .await;
     let t = g.terminal("sloth", TermType::Android, TCP).await;
+    g.wait_metric("galopush_connections{termtype=\"Android\"}", 1.0)
+        .await;
     // Big bodies fill the socket buffers; the terminal never reads.
     let body = "x".repeat(64 * 1024);
     for _ in 0..200 {
         g.send_down("push", "sloth", 1, &body).await;
     }
     g.wait_metric("galopush_slow_terminals_total", 1.0).await;
-    g.wait_until("galopush_connections{termtype=\"Android\"}", |v| v == 0.0)
+    g.wait_metric_falls_to("galopush_connections{termtype=\"Android\"}", 0.0)
         .await;
+    g.wait_live("sloth", TermType::Android, false).await;
     g.wait_retired("push", 200).await;
     drop(t);
     let mut back = g

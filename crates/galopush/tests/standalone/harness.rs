@@ -184,6 +184,67 @@ impl Gateway {
         }
     }
 
+    /// Waits until a metric the caller saw above `value` falls to it. The series must be there:
+    /// a missing series is not a value (it would read 0 and pass at once).
+    pub async fn wait_metric_falls_to(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let v =
+                crate::common::process::metric_if_present(&self.client, &self.api, series).await;
+            if v.is_some_and(|v| v <= value) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} stayed at {v:?}, expected it to fall to {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the router holds a live session for `uid`'s terminal of `term`, from
+    /// `GET /v1/users/<uid>`.
+    pub async fn live(&self, uid: &str, term: TermType) -> bool {
+        let text = self
+            .client
+            .get(format!("{}/v1/users/{uid}", self.api))
+            .send()
+            .await
+            .expect("GET /v1/users")
+            .text()
+            .await
+            .expect("text");
+        let user: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        user["terminals"]
+            .as_array()
+            .expect("terminals")
+            .iter()
+            .any(|t| t["termtype"] == term.bit() && !t["live"].is_null())
+    }
+
+    /// Waits until the router holds (`live`) or no longer holds a session for `uid`'s terminal
+    /// of `term`.
+    pub async fn wait_live(&self, uid: &str, term: TermType, live: bool) {
+        let deadline = tokio::time::Instant::now() + SOON;
+        while self.live(uid, term).await != live {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{uid}'s {term:?} terminal stayed {}",
+                if live { "away" } else { "live" }
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Closes `uid`'s terminal of `term` and waits until the router has seen it go (so what is
+    /// sent to it from now on is stored, and a new REGISTER is not a repeated login). It must
+    /// have been live.
+    pub async fn close(&self, t: Terminal, uid: &str, term: TermType) {
+        self.wait_live(uid, term, true).await;
+        t.close().await.expect("close");
+        self.wait_live(uid, term, false).await;
+    }
+
     /// Waits until `check` holds for a metric's value.
     pub async fn wait_until(&self, series: &str, check: impl Fn(f64) -> bool) -> f64 {
         let deadline = tokio::time::Instant::now() + SOON;

@@ -212,10 +212,7 @@ async fn logout_of_another_code_leaves_the_live_terminal_alone() {
 async fn open_mode_registers_anyone_and_keeps_their_offline_messages() {
     let g = Gateway::start(&[("auth.mode", "open")]).await;
     let t = g.register("max", "anything", TermType::Android, TCP).await;
-    t.close().await.expect("close");
-    g.wait_metric("galopush_connections{termtype=\"Android\"}", 0.0)
-        .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    g.close(t, "max", TermType::Android).await;
     g.send_down("push", "max", 1, "while away").await;
     g.wait_retired("push", 1).await;
     let mut back = g.register("max", "anything", TermType::Android, TCP).await;
