@@ -8,6 +8,8 @@
 //!   neither retired nor taken again (the publisher sends it again: a duplicate, not a loss);
 //! - messages are applied in the order they were accepted, and kept in that order.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,13 +18,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use galopush_protocol::{TermMask, TermType};
 use galopush_server::bus::embedded::{EmbeddedInbox, InboxSettings};
-use galopush_server::bus::{AcceptError, Gate, Intake, PublishError, Publisher, Topic};
-use galopush_server::config::{AuthMode, TopicsConfig};
-use galopush_server::link::{
-    CometCommand, CometInfo, CometLink, Delivery, Outcome, SessionInfo, Settle,
-};
+use galopush_server::bus::{AcceptError, Gate, Intake, Topic};
+use galopush_server::link::{CometCommand, CometLink, Delivery, Outcome, SessionInfo, Settle};
 use galopush_server::metrics::Metrics;
-use galopush_server::router::{CometIdx, Router, RouterSettings};
+use galopush_server::router::{CometIdx, Router};
 use galopush_server::store::memory::MemoryStore;
 use galopush_server::store::offline::OfflineLimits;
 use galopush_server::store::{
@@ -33,15 +32,6 @@ use tokio::sync::{Notify, watch};
 
 /// Upper bound for what should happen at once; generous for a loaded machine.
 const SOON: Duration = Duration::from_secs(15);
-
-struct NoBus;
-
-#[async_trait]
-impl Publisher for NoBus {
-    async fn publish(&self, _topic: &str, _json: Bytes) -> Result<(), PublishError> {
-        Ok(())
-    }
-}
 
 /// The memory store, whose inbox appends commit only when the test says so (`Some(true)`) or
 /// fail (`Some(false)`), whose offline writes fail on demand, and which records the inbox
@@ -180,34 +170,12 @@ async fn world() -> World {
         offline_fails: AtomicBool::new(false),
         removed: Mutex::new(Vec::new()),
     });
-    let record = LoginRecord {
-        code: "c".into(),
-        device_token: String::new(),
-        login: true,
-    };
     store
-        .set_login("ann", TermType::Android, Some(record))
+        .set_login("ann", TermType::Android, Some(common::logged_in("c", "")))
         .await
         .expect("login");
-    let settings = RouterSettings {
-        auth_mode: AuthMode::Business,
-        topics: TopicsConfig::default(),
-    };
-    let router = Router::new(
-        settings,
-        store.clone(),
-        Arc::new(NoBus),
-        Arc::new(Metrics::new()),
-    );
     let comet = Arc::new(Comet::default());
-    let info = CometInfo {
-        id: "c".into(),
-        tcp: "127.0.0.1:1".into(),
-        ws: "127.0.0.1:2".into(),
-        tls: None,
-        wss: None,
-    };
-    let idx = router.join(info, comet.clone(), 1).expect("the only comet");
+    let (router, idx) = common::router_with(store.clone(), comet.clone());
     let settings = InboxSettings {
         durable: true,
         max_in_flight: 64,

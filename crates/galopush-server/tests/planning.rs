@@ -2,32 +2,23 @@
 //! receivers with a wanted type that is not live, and when that question fails nothing of the
 //! message goes out (it is retried whole, so live terminals do not get it twice).
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use galopush_protocol::{TermMask, TermType};
-use galopush_server::bus::{PublishError, Publisher, Retire, Ticket, Topic};
-use galopush_server::config::{AuthMode, TopicsConfig};
-use galopush_server::link::{CometCommand, CometInfo, CometLink, SessionInfo};
-use galopush_server::metrics::Metrics;
-use galopush_server::router::{Router, RouterSettings};
+use galopush_server::bus::{Retire, Ticket, Topic};
+use galopush_server::link::{CometCommand, CometLink, SessionInfo};
+use galopush_server::router::Router;
 use galopush_server::store::memory::MemoryStore;
 use galopush_server::store::offline::OfflineLimits;
 use galopush_server::store::{
     LoggedIn, LoginRecord, Offline, OfflineWrite, QueuedMessage, Store, StoreError, StoreFuture,
     StoredKey,
 };
-
-struct NoBus;
-
-#[async_trait]
-impl Publisher for NoBus {
-    async fn publish(&self, _topic: &str, _json: Bytes) -> Result<(), PublishError> {
-        Ok(())
-    }
-}
 
 /// The memory store, counting the `logged_in` questions and failing them on demand.
 struct Watched {
@@ -132,34 +123,12 @@ async fn setup() -> Setup {
         questions: AtomicUsize::new(0),
         failing: AtomicBool::new(false),
     });
-    let record = LoginRecord {
-        code: "c".into(),
-        device_token: String::new(),
-        login: true,
-    };
     store
-        .set_login("away", TermType::Android, Some(record))
+        .set_login("away", TermType::Android, Some(common::logged_in("c", "")))
         .await
         .expect("login");
-    let settings = RouterSettings {
-        auth_mode: AuthMode::Business,
-        topics: TopicsConfig::default(),
-    };
-    let router = Router::new(
-        settings,
-        store.clone(),
-        Arc::new(NoBus),
-        Arc::new(Metrics::new()),
-    );
     let comet = Arc::new(Comet::default());
-    let info = CometInfo {
-        id: "c".into(),
-        tcp: "127.0.0.1:1".into(),
-        ws: "127.0.0.1:2".into(),
-        tls: None,
-        wss: None,
-    };
-    router.join(info, comet.clone(), 1).expect("the only comet");
+    let (router, _) = common::router_with(store.clone(), comet.clone());
     Setup {
         router,
         store,

@@ -4,29 +4,18 @@
 //! that registered with the first one — nor the other of Android and iOS. A login with another
 //! code, or one for a record that is logged out or absent, kicks as before.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use galopush_protocol::TermType;
 use galopush_protocol::message::KickReason;
-use galopush_server::bus::{PublishError, Publisher, Ticket, Topic};
-use galopush_server::config::{AuthMode, TopicsConfig};
-use galopush_server::link::{CometCommand, CometInfo, CometLink, SessionInfo};
-use galopush_server::metrics::Metrics;
-use galopush_server::router::{Router, RouterSettings};
+use galopush_server::bus::{Ticket, Topic};
+use galopush_server::link::{CometCommand, CometLink, SessionInfo};
+use galopush_server::router::Router;
 use galopush_server::store::memory::MemoryStore;
 use galopush_server::store::offline::OfflineLimits;
 use galopush_server::store::{LoginRecord, Store};
-
-struct NoBus;
-
-#[async_trait]
-impl Publisher for NoBus {
-    async fn publish(&self, _topic: &str, _json: Bytes) -> Result<(), PublishError> {
-        Ok(())
-    }
-}
 
 /// A comet holding ann's Android terminal, registered with `token`, and her iOS terminal;
 /// records the kicks the router sends it, by session (1 Android, 2 iOS).
@@ -67,30 +56,13 @@ struct World {
 /// A router whose store holds ann's Android record `record` (if any), and whose comet holds ann
 /// on Android (registered with `token`) and on iOS.
 fn world(record: Option<LoginRecord>, token: &'static str) -> World {
-    let settings = RouterSettings {
-        auth_mode: AuthMode::Business,
-        topics: TopicsConfig::default(),
-    };
     let store = Arc::new(MemoryStore::new(OfflineLimits::default()));
     drop(store.set_login("ann", TermType::Android, record));
-    let router = Router::new(
-        settings,
-        store.clone(),
-        Arc::new(NoBus),
-        Arc::new(Metrics::new()),
-    );
     let comet = Arc::new(Comet {
         token,
         kicks: Mutex::new(Vec::new()),
     });
-    let info = CometInfo {
-        id: "c".into(),
-        tcp: "127.0.0.1:1".into(),
-        ws: "127.0.0.1:2".into(),
-        tls: None,
-        wss: None,
-    };
-    router.join(info, comet.clone(), 1).expect("the only comet");
+    let (router, _) = common::router_with(store.clone(), comet.clone());
     World {
         router,
         store,
@@ -117,30 +89,23 @@ impl World {
     }
 }
 
-fn logged_in(code: &str, device_token: &str) -> LoginRecord {
-    LoginRecord {
-        code: code.into(),
-        device_token: device_token.into(),
-        login: true,
-    }
-}
-
 #[tokio::test]
 async fn a_login_with_the_records_code_kicks_no_one_and_takes_the_new_device_token() {
-    let w = world(Some(logged_in("c1", "old-token")), "c1");
-    drop(
-        w.store
-            .set_login("ann", TermType::Ios, Some(logged_in("ios-code", ""))),
-    );
+    let w = world(Some(common::logged_in("c1", "old-token")), "c1");
+    drop(w.store.set_login(
+        "ann",
+        TermType::Ios,
+        Some(common::logged_in("ios-code", "")),
+    ));
     assert_eq!(w.login("c1", "new-token").await, []);
     assert_eq!(
         w.record(TermType::Android).await,
-        Some(logged_in("c1", "new-token"))
+        Some(common::logged_in("c1", "new-token"))
     );
     // Nothing changed for iOS either: its record stays, its terminal was not kicked.
     assert_eq!(
         w.record(TermType::Ios).await,
-        Some(logged_in("ios-code", ""))
+        Some(common::logged_in("ios-code", ""))
     );
     // The same login again, as a retry or a replay would bring it: still no kick.
     assert_eq!(w.login("c1", "new-token").await, []);
@@ -148,7 +113,7 @@ async fn a_login_with_the_records_code_kicks_no_one_and_takes_the_new_device_tok
 
 #[tokio::test]
 async fn a_login_with_another_code_kicks_with_kick_1_and_kick_2() {
-    let w = world(Some(logged_in("c1", "")), "c1");
+    let w = world(Some(common::logged_in("c1", "")), "c1");
     assert_eq!(
         w.login("c2", "").await,
         [
@@ -156,12 +121,15 @@ async fn a_login_with_another_code_kicks_with_kick_1_and_kick_2() {
             (2, KickReason::MutualExclusion)
         ]
     );
-    assert_eq!(w.record(TermType::Android).await, Some(logged_in("c2", "")));
+    assert_eq!(
+        w.record(TermType::Android).await,
+        Some(common::logged_in("c2", ""))
+    );
 }
 
 #[tokio::test]
 async fn a_login_for_a_logged_out_or_absent_record_is_a_new_login() {
-    let mut out = logged_in("c1", "");
+    let mut out = common::logged_in("c1", "");
     out.login = false;
     let w = world(Some(out), "c1");
     assert_eq!(
@@ -171,7 +139,10 @@ async fn a_login_for_a_logged_out_or_absent_record_is_a_new_login() {
             (2, KickReason::MutualExclusion)
         ]
     );
-    assert_eq!(w.record(TermType::Android).await, Some(logged_in("c1", "")));
+    assert_eq!(
+        w.record(TermType::Android).await,
+        Some(common::logged_in("c1", ""))
+    );
 
     let w = world(None, "c1");
     assert_eq!(
