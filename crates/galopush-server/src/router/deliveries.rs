@@ -62,6 +62,8 @@ struct Group {
     body: Bytes,
     /// The message's `id`, for its delivery reports.
     id: Option<Arc<str>>,
+    /// Whether its acks are reported (`topics.delivery_report` is set).
+    reported: bool,
     origin: Origin,
     targets: Vec<Target>,
     /// A bit per delivery, set when it settles: an ack touches only this, not its target.
@@ -90,7 +92,8 @@ impl Group {
         *word |= bit;
         self.open -= 1;
         let then = match (&self.origin, outcome) {
-            (Origin::Live(ticket), Outcome::Acked) => Then::Count {
+            (Origin::Live(_), Outcome::Acked) if !self.reported => Then::Count,
+            (Origin::Live(ticket), Outcome::Acked) => Then::Report {
                 target: self.targets[index].clone(),
                 id: self.id.clone(),
                 ticket: ticket.clone(),
@@ -128,8 +131,10 @@ pub struct Taken {
 
 /// What a settled delivery leaves to do.
 pub enum Then {
-    /// A live delivery was acked: count and report it.
-    Count {
+    /// A live delivery was acked: count it.
+    Count,
+    /// A live delivery was acked with reports on: count and report it.
+    Report {
         target: Target,
         id: Option<Arc<str>>,
         ticket: Ticket,
@@ -152,9 +157,19 @@ pub enum Then {
 pub struct Pending {
     next_group: AtomicU64,
     groups: ShardedMap<u64, Group>,
+    /// Whether acks are reported: only then does a settled ack carry its target and ticket.
+    reported: bool,
 }
 
 impl Pending {
+    /// No delivery in flight; `reported` when `topics.delivery_report` is set.
+    pub fn new(reported: bool) -> Pending {
+        Pending {
+            reported,
+            ..Pending::default()
+        }
+    }
+
     /// Starts the deliveries of one message, to about `receivers` sessions; none is kept until
     /// [`Planned::open`]. `id` is the message's, for its delivery reports.
     pub fn plan(
@@ -280,6 +295,7 @@ impl Planned<'_> {
                 kind: self.kind,
                 body: self.body.clone(),
                 id: self.id.clone(),
+                reported: self.pending.reported,
                 origin: self.origin.clone(),
                 targets: Vec::with_capacity(self.receivers),
                 settled: Vec::with_capacity(self.receivers.div_ceil(64)),
@@ -330,20 +346,21 @@ impl Router {
             then,
         } = taken;
         match then {
-            Then::Count { target, id, ticket } => {
+            Then::Count => {
                 self.metrics.delivery(kind, outcome).inc();
-                if self.reports.enabled() {
-                    self.reports.publish(
-                        Report {
-                            id: id.as_deref(),
-                            uid: &target.uid,
-                            termtype: target.term.bit(),
-                            kind,
-                            outcome: ReportOutcome::Acked,
-                        },
-                        Hold::Ticket(ticket),
-                    );
-                }
+            }
+            Then::Report { target, id, ticket } => {
+                self.metrics.delivery(kind, outcome).inc();
+                self.reports.publish(
+                    Report {
+                        id: id.as_deref(),
+                        uid: &target.uid,
+                        termtype: target.term.bit(),
+                        kind,
+                        outcome: ReportOutcome::Acked,
+                    },
+                    Hold::Ticket(ticket),
+                );
             }
             Then::Retry {
                 target,
@@ -510,9 +527,7 @@ mod tests {
             .take(ids[0], Outcome::Acked, 0)
             .expect("its comet")
             .expect("in flight");
-        assert!(matches!(acked.then, Then::Count { .. }));
-        // The ack's report holds the message until the bus has it.
-        drop(acked);
+        assert!(matches!(acked.then, Then::Count));
         assert!(
             matches!(pending.take(ids[0], Outcome::Acked, 0), Ok(None)),
             "settled once"

@@ -75,6 +75,7 @@ impl Router {
             publisher.clone(),
             metrics.clone(),
         );
+        let reported = reports.enabled();
         Arc::new(Router {
             settings,
             store,
@@ -83,7 +84,7 @@ impl Router {
             reports,
             sessions: Sessions::default(),
             comets: Comets::default(),
-            pending: Pending::default(),
+            pending: Pending::new(reported),
         })
     }
 
