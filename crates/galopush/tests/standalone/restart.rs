@@ -76,16 +76,7 @@ async fn a_clean_stop_right_after_the_acks_replays_nothing_on_restart() {
     // Stopped at once: the last acks may still be on their way to the router.
     let g = g.stop_and_restart().await;
     drop(t);
-    let mut again = g
-        .register("zoe", "code-zoe-1", TermType::Android, TCP)
-        .await;
-    nothing_for(&mut again, std::time::Duration::from_secs(1)).await;
-    assert_eq!(
-        g.metric("galopush_bus_messages_total{topic=\"push\",event=\"received\"}")
-            .await,
-        0.0,
-        "no push applied again after the restart"
-    );
+    no_push_replayed(&g, "zoe", "no push applied again after the restart").await;
 }
 
 #[tokio::test]
@@ -102,15 +93,21 @@ async fn a_message_applied_and_retired_is_not_applied_again_after_a_crash() {
 
     let g = g.crash_and_restart().await;
     drop(t);
+    no_push_replayed(&g, "ada", "nothing replayed").await;
+}
+
+/// After a restart, `uid`'s Android terminal registers again and gets nothing, and no push was
+/// applied again.
+async fn no_push_replayed(g: &Gateway, uid: &str, why: &str) {
     let mut again = g
-        .register("ada", "code-ada-1", TermType::Android, TCP)
+        .register(uid, &format!("code-{uid}-1"), TermType::Android, TCP)
         .await;
     nothing_for(&mut again, std::time::Duration::from_secs(1)).await;
     assert_eq!(
         g.metric("galopush_bus_messages_total{topic=\"push\",event=\"received\"}")
             .await,
         0.0,
-        "nothing replayed"
+        "{why}"
     );
 }
 
