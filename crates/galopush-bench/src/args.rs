@@ -187,6 +187,12 @@ pub struct BenchArgs {
     /// expected while none arrives; what has not arrived then counts as lost.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// For soaks: every DURATION while messages are delivered (unicast and fanout), sample the
+    /// deliveries per second and their latency in that interval, the server's RSS and open
+    /// files (with --server-pid) and the bench's own RSS; printed to stderr as they are taken
+    /// and kept in the report.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub sample: Option<Duration>,
     /// Bound on one connect and on one REGISTER's answer; also how long the logins may take to
     /// be in force.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

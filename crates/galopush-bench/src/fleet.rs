@@ -13,6 +13,7 @@ use galopush_protocol::message::{REGRESP_AUTH_FAILED, REGRESP_OK};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
+use crate::soak::LatencyWindow;
 use crate::{body, mqtt};
 
 /// How long a terminal waits before trying again after REGRESP 3 while the logins may still be
@@ -121,6 +122,8 @@ pub(crate) struct Fleet {
     /// Until when REGRESP 3 is taken as "the login is not in force yet" and retried (a bus
     /// such as NSQ does not keep the logins in order, so the probe proves less there).
     pub login_deadline: Option<Instant>,
+    /// The latencies since the last sample, when the run is sampled (`--sample`).
+    pub window: Option<LatencyWindow>,
 }
 
 impl Fleet {
@@ -475,9 +478,13 @@ impl Seen {
                 *w |= bit;
                 outcome.received += 1;
                 outcome.last_delivery_us = now_us;
+                let latency_us = now_us.saturating_sub(sent_us);
+                if let Some(window) = &fleet.window {
+                    window.record(latency_us);
+                }
                 outcome
                     .latencies
-                    .push(u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX));
+                    .push(u32::try_from(latency_us).unwrap_or(u32::MAX));
             }
             None => outcome.fail(
                 FailureKind::Protocol,

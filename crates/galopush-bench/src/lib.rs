@@ -23,6 +23,7 @@ mod plot;
 mod publish;
 mod report;
 mod run;
+mod soak;
 mod system;
 
 use std::process::ExitCode;
@@ -34,6 +35,7 @@ pub use report::{
     ServerReport,
 };
 pub use run::run;
+pub use soak::Sample;
 
 use std::path::Path;
 

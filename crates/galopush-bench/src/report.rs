@@ -8,6 +8,7 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{Framing, MessageKind, Scenario, TransportKind};
+use crate::soak::{self, Sample};
 
 /// The full result of one run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +123,9 @@ pub struct DeliveryReport {
     pub timeline: Vec<(f64, u64)>,
     /// The latency distribution: (quantile, µs) from 0 to 1.
     pub latency_cdf: Vec<(f64, u64)>,
+    /// With `--sample`: one per interval, from the first publish on.
+    #[serde(default)]
+    pub samples: Vec<Sample>,
 }
 
 /// Latency percentiles, µs.
@@ -327,6 +331,13 @@ impl Report {
                     l.samples
                 )?;
             }
+            if !d.samples.is_empty() {
+                writeln!(out, "samples    every {:.0} s:", d.samples[0].at_seconds)?;
+                writeln!(out, "{}", soak::HEADER)?;
+                for sample in &d.samples {
+                    writeln!(out, "{sample}")?;
+                }
+            }
         }
         let e = &self.errors;
         writeln!(
@@ -468,6 +479,7 @@ mod tests {
                 }),
                 timeline: vec![(0.0, 0), (0.01, 3), (0.02, 4)],
                 latency_cdf: vec![(0.0, 900), (0.5, 1200), (1.0, 2100)],
+                samples: Vec::new(),
             }),
             errors: ErrorReport::default(),
             phases: vec![],

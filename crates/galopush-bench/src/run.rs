@@ -27,6 +27,7 @@ use crate::report::{
     CometShare, ConnectReport, DeliveryReport, ErrorReport, Latency, Phase, Rate, Report,
     ServerReport,
 };
+use crate::soak::{self, LatencyWindow};
 use crate::system::{self, CpuTime, ServerProcess};
 
 /// Files the bench needs besides one socket per terminal (HTTP, the runtime, stdio).
@@ -154,6 +155,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         login_deadline: login
             .is_some()
             .then(|| connect_start + args.register_timeout),
+        window: args.sample.map(|_| LatencyWindow::new()),
     });
     let terminals: Vec<_> = uids
         .iter()
@@ -243,14 +245,26 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
             });
             let sampling = CancellationToken::new();
             let timeline = tokio::spawn(sample_deliveries(fleet.clone(), sampling.clone()));
+            let samples = args.sample.map(|every| {
+                tokio::spawn(soak::sample(
+                    fleet.clone(),
+                    server.clone(),
+                    every,
+                    sampling.clone(),
+                ))
+            });
             let published = publish_messages(messages.clone(), epoch).await;
             let expected = expectation.deliveries_of(published.accepted, args.terminals as u64);
             drain(&fleet.progress, expected, args.drain_timeout).await;
             sampling.cancel();
             let timeline = timeline.await.unwrap_or_default();
+            let samples = match samples {
+                Some(task) => task.await.unwrap_or_default(),
+                None => Vec::new(),
+            };
             clock.lap("deliver");
             publish_errors = (published.errors, published.first_error.clone());
-            delivery = Some((topic, messages, published, expected, timeline));
+            delivery = Some((topic, messages, published, expected, (timeline, samples)));
         }
     }
     let rss_end = server.as_ref().and_then(ServerProcess::rss_kib);
@@ -269,32 +283,32 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         tally.errors.sample(why);
     }
 
-    let delivery =
-        delivery.map(
-            |(topic, messages, published, expected, timeline)| DeliveryReport {
-                kind: args.kind,
-                topic,
-                messages: messages.count,
-                body_size: args.body_size,
-                batch: messages.effective_batch(),
-                publishers: messages.publishers,
-                rate: messages.rate,
-                published: Rate::new(
-                    published.accepted,
-                    seconds_between(published.first_start_us, published.last_done_us),
-                ),
-                expected,
-                delivered: Rate::new(
-                    tally.received,
-                    seconds_between(published.first_start_us, tally.last_delivery_us),
-                ),
-                lost: expected.saturating_sub(tally.received),
-                duplicates: tally.duplicates,
-                latency: tally.latency(),
-                timeline,
-                latency_cdf: tally.latency_cdf(),
-            },
-        );
+    let delivery = delivery.map(
+        |(topic, messages, published, expected, (timeline, samples))| DeliveryReport {
+            kind: args.kind,
+            topic,
+            messages: messages.count,
+            body_size: args.body_size,
+            batch: messages.effective_batch(),
+            publishers: messages.publishers,
+            rate: messages.rate,
+            published: Rate::new(
+                published.accepted,
+                seconds_between(published.first_start_us, published.last_done_us),
+            ),
+            expected,
+            delivered: Rate::new(
+                tally.received,
+                seconds_between(published.first_start_us, tally.last_delivery_us),
+            ),
+            lost: expected.saturating_sub(tally.received),
+            duplicates: tally.duplicates,
+            latency: tally.latency(),
+            timeline,
+            latency_cdf: tally.latency_cdf(),
+            samples,
+        },
+    );
     let registered = connect.registrations.count;
     let server = server.map(|s| ServerReport {
         pids: s.pids,
@@ -353,6 +367,9 @@ fn validate(args: &BenchArgs) -> Result<(), BenchError> {
     }
     if args.terminals / args.per_source_ip >= MAX_SOURCE_IPS {
         return bad("--per-source-ip is too small for that many terminals");
+    }
+    if args.sample.is_some_and(|every| every.is_zero()) {
+        return bad("--sample must be longer than 0");
     }
     if !(args.connect_rate >= 0.0 && args.rate >= 0.0) {
         return bad("--connect-rate and --rate must be 0 (unpaced) or positive");

@@ -95,6 +95,14 @@ impl ServerProcess {
         self.pids.iter().map(|&pid| rss_kib_of(pid)).sum()
     }
 
+    /// Open file descriptors (entries of /proc/PID/fd), of all the processes.
+    pub fn open_files(&self) -> Option<u64> {
+        self.pids
+            .iter()
+            .map(|pid| Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64))
+            .sum()
+    }
+
     /// CPU time used so far (`utime` and `stime` of /proc/PID/stat), of all the processes.
     pub fn cpu(&self) -> Option<CpuTime> {
         let tick = |t: u64| Duration::from_secs_f64(t as f64 / self.ticks_per_second as f64);
@@ -113,6 +121,11 @@ impl ServerProcess {
             },
         )
     }
+}
+
+/// The bench's own resident memory in KiB.
+pub(crate) fn own_rss_kib() -> Option<u64> {
+    rss_kib_of(std::process::id())
 }
 
 fn rss_kib_of(pid: u32) -> Option<u64> {

@@ -167,6 +167,55 @@ async fn unicast_tcp_paced_instant_messages() {
     );
 }
 
+/// A soak's view (`--sample`): deliveries, latency, the server's memory and open files per
+/// interval, while the run goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_run_reports_each_interval() {
+    let gw = Gateway::start(&[]).await;
+    let pid = gw.pid.to_string();
+    let report = run(&args(&[
+        "unicast",
+        "--terminals",
+        "50",
+        "--comet-tcp",
+        &gw.tcp,
+        "--api-url",
+        &gw.api,
+        "--api-token",
+        API_TOKEN,
+        "--messages",
+        "1000",
+        "--batch",
+        "10",
+        "--rate",
+        "1000",
+        "--sample",
+        "200ms",
+        "--server-pid",
+        &pid,
+    ]))
+    .await
+    .expect("the run is carried out");
+    assert_clean(&report, 50);
+    let delivery = report.delivery.as_ref().expect("unicast delivers");
+    // A second of publishing at 1000/s: several intervals of 200 ms.
+    assert!(delivery.samples.len() >= 3, "{}", report.text());
+    let delivered: f64 = delivery
+        .samples
+        .iter()
+        .map(|s| s.delivered_per_second * 0.2)
+        .sum();
+    assert!(delivered > 500.0, "{}", report.text());
+    for sample in &delivery.samples {
+        assert!(sample.server_rss_kib.is_some_and(|kib| kib > 0));
+        // The gateway holds at least one socket per terminal.
+        assert!(sample.server_open_files.is_some_and(|fds| fds >= 50));
+        assert!(sample.bench_rss_kib.is_some_and(|kib| kib > 0));
+        assert!(sample.p50_us <= sample.p99_us && sample.p99_us <= sample.max_us);
+    }
+    assert!(report.text().contains("server fds"), "{}", report.text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_tcp_reaches_every_terminal() {
     let gw = Gateway::start(&[]).await;
