@@ -63,8 +63,8 @@ impl Store for Watched {
     async fn inbox_load(&self) -> Result<Vec<QueuedMessage>, StoreError> {
         self.inner.inbox_load().await
     }
-    fn outbox_append(&self, topic: String, body: Bytes) -> StoreFuture<u64> {
-        self.inner.outbox_append(topic, body)
+    fn outbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
+        self.inner.outbox_append(messages)
     }
     fn outbox_remove(&self, seq: u64) -> StoreFuture {
         self.inner.outbox_remove(seq)

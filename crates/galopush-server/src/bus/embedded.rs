@@ -582,30 +582,38 @@ impl EmbeddedOutbox {
 #[async_trait]
 impl Publisher for EmbeddedOutbox {
     async fn publish(&self, topic: &str, json: Bytes) -> Result<(), PublishError> {
-        let limit = self.outbox_pending;
+        self.publish_many(topic, vec![json]).await
+    }
+
+    /// One outbox write for all of them; refused whole when they do not all fit under
+    /// `limits.outbox_pending`.
+    async fn publish_many(&self, topic: &str, jsons: Vec<Bytes>) -> Result<(), PublishError> {
+        let (limit, count) = (self.outbox_pending, jsons.len());
         self.pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
+                (n + count <= limit).then_some(n + count)
             })
             .map_err(|_| PublishError::Full { limit })?;
-        let seq = match self
-            .store
-            .outbox_append(topic.to_owned(), json.clone())
-            .await
-        {
-            Ok(seq) => seq,
+        let rows = jsons
+            .iter()
+            .map(|json| (topic.to_owned(), json.clone()))
+            .collect();
+        let seqs = match self.store.outbox_append(rows).await {
+            Ok(seqs) => seqs,
             Err(e) => {
-                self.pending.fetch_sub(1, Ordering::AcqRel);
+                self.pending.fetch_sub(count, Ordering::AcqRel);
                 return Err(e.into());
             }
         };
-        self.metrics.outbox_pending.inc();
+        self.metrics.outbox_pending.inc_by(count as i64);
         if let Some(webhook) = &self.webhook {
-            let _ = webhook.send(QueuedMessage {
-                seq,
-                topic: topic.to_owned(),
-                body: json,
-            });
+            for (seq, body) in seqs.into_iter().zip(jsons) {
+                let _ = webhook.send(QueuedMessage {
+                    seq,
+                    topic: topic.to_owned(),
+                    body,
+                });
+            }
         }
         Ok(())
     }

@@ -110,6 +110,15 @@ pub trait Publisher: Send + Sync + 'static {
     /// Publishes raw JSON to `topic`; returns once the bus has it durably. The bus applies its
     /// own body encoding (base64 on NSQ when configured).
     async fn publish(&self, topic: &str, json: Bytes) -> Result<(), PublishError>;
+
+    /// Publishes several messages to `topic`, all or none: returns once the bus has them all
+    /// durably. A bus that can write them at once (one outbox write, one MPUB) overrides this.
+    async fn publish_many(&self, topic: &str, jsons: Vec<Bytes>) -> Result<(), PublishError> {
+        for json in jsons {
+            self.publish(topic, json).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Why `/pub` or `/mpub` refused a message.

@@ -337,18 +337,44 @@ impl Publisher for NsqPublisher {
                 limit: self.outbox_pending,
             });
         };
-        let body = if self.base64 {
+        self.producer
+            .publish(topic, self.encode(json))
+            .await
+            .map_err(|e| self.nsqd_error(e))
+    }
+
+    /// One MPUB (nsqd takes it whole or not at all).
+    async fn publish_many(&self, topic: &str, jsons: Vec<Bytes>) -> Result<(), PublishError> {
+        let full = PublishError::Full {
+            limit: self.outbox_pending,
+        };
+        let count = u32::try_from(jsons.len()).map_err(|_| full.clone())?;
+        let Ok(_waiting) = self.waiting.try_acquire_many(count) else {
+            return Err(full);
+        };
+        let bodies = jsons.into_iter().map(|json| self.encode(json)).collect();
+        self.producer
+            .publish_many(topic, bodies)
+            .await
+            .map_err(|e| self.nsqd_error(e))
+    }
+}
+
+impl NsqPublisher {
+    /// The body as nsqd gets it: base64 of the JSON when `bus.base64` is set.
+    fn encode(&self, json: Bytes) -> Bytes {
+        if self.base64 {
             Bytes::from(general_purpose::STANDARD.encode(&json))
         } else {
             json
-        };
-        self.producer
-            .publish(topic, body)
-            .await
-            .map_err(|e| PublishError::Nsqd {
-                address: self.producer.nsqd_address().to_owned(),
-                source: Arc::new(e),
-            })
+        }
+    }
+
+    fn nsqd_error(&self, e: galopush_nsq::Error) -> PublishError {
+        PublishError::Nsqd {
+            address: self.producer.nsqd_address().to_owned(),
+            source: Arc::new(e),
+        }
     }
 }
 

@@ -7,11 +7,16 @@
 //! the ticket, so the message is applied again and reported again. A report of a stored
 //! message acked after a REGISTER is published before the stored copy is removed; a refused
 //! one leaves the copy stored, to be delivered and reported at the next REGISTER.
+//!
+//! Reports are written by one task, as many at a time as have come in while the last write
+//! was in flight: one outbox write (one MPUB on NSQ) for a batch, instead of a write and a task
+//! per report.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use galopush_protocol::bus::{self, DeliveryReport};
+use tokio::sync::mpsc;
 
 use crate::bus::{PublishError, Publisher, Ticket};
 use crate::link::DeliveryKind;
@@ -63,12 +68,28 @@ pub enum Hold {
     Unstore(Box<dyn FnOnce() -> StoreFuture + Send>),
 }
 
+/// Reports waiting for the writer, at most: a report that finds the queue full fails as one
+/// the outbox refused (its message is reported again). Beyond it the outbox's own bound,
+/// `limits.outbox_pending`, applies.
+const WAITING: usize = 65_536;
+/// Reports in one outbox write, at most.
+const BATCH: usize = 4096;
+
+/// A report on its way to the bus, with what it holds.
+struct Waiting {
+    json: Bytes,
+    outcome: ReportOutcome,
+    hold: Hold,
+}
+
 /// The publishing side of delivery reports; does nothing when `topics.delivery_report` is
 /// empty.
 pub struct Reports {
     topic: Option<Arc<str>>,
     publisher: Arc<dyn Publisher>,
     metrics: Arc<Metrics>,
+    /// The writer's queue, started with the first report (inside the runtime).
+    writer: OnceLock<mpsc::Sender<Waiting>>,
 }
 
 impl Reports {
@@ -77,6 +98,7 @@ impl Reports {
             topic: (!topic.is_empty()).then(|| Arc::from(topic)),
             publisher,
             metrics,
+            writer: OnceLock::new(),
         }
     }
 
@@ -85,8 +107,8 @@ impl Reports {
         self.topic.is_some()
     }
 
-    /// Publishes `report` from a task of its own, keeping `hold` as its kind says. Without a
-    /// report topic, an `Unstore` runs at once and a ticket is let go.
+    /// Hands `report` to the writer, which keeps `hold` as its kind says until the bus has the
+    /// report. Without a report topic, an `Unstore` runs at once and a ticket is let go.
     pub fn publish(&self, report: Report<'_>, hold: Hold) {
         let Some(topic) = &self.topic else {
             if let Hold::Unstore(remove) = hold {
@@ -105,32 +127,67 @@ impl Reports {
             },
             false,
         ));
-        let outcome = report.outcome;
-        let topic = topic.clone();
-        let publisher = self.publisher.clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            match publisher.publish(&topic, json).await {
-                Ok(()) => {
-                    metrics.report(outcome).inc();
-                    if let Hold::Unstore(remove) = hold {
-                        spawn_removal(remove(), metrics);
-                    }
-                }
-                Err(e) => {
-                    match e {
-                        PublishError::Full { .. } => metrics.refused(Refusal::OutboxPending),
-                        _ => {
-                            metrics.store_errors.inc();
-                            tracing::warn!(error = %e, "delivery report not taken by the bus; the message will be reported again");
-                        }
-                    }
-                    if let Hold::Ticket(ticket) = hold {
-                        ticket.fail();
-                    }
+        let writer = self.writer.get_or_init(|| {
+            let (queue, waiting) = mpsc::channel(WAITING);
+            tokio::spawn(write_reports(
+                topic.clone(),
+                self.publisher.clone(),
+                self.metrics.clone(),
+                waiting,
+            ));
+            queue
+        });
+        let waiting = Waiting {
+            json,
+            outcome: report.outcome,
+            hold,
+        };
+        if let Err(refused) = writer.try_send(waiting) {
+            let waiting = match refused {
+                mpsc::error::TrySendError::Full(w) | mpsc::error::TrySendError::Closed(w) => w,
+            };
+            self.metrics.refused(Refusal::OutboxPending);
+            if let Hold::Ticket(ticket) = waiting.hold {
+                ticket.fail();
+            }
+        }
+    }
+}
+
+/// Writes the reports of `waiting` in batches until the router is gone, then lets go of what
+/// each held: a ticket released (or failed, when the bus refused), a stored copy removed.
+async fn write_reports(
+    topic: Arc<str>,
+    publisher: Arc<dyn Publisher>,
+    metrics: Arc<Metrics>,
+    mut waiting: mpsc::Receiver<Waiting>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while waiting.recv_many(&mut batch, BATCH).await > 0 {
+        let jsons = batch.iter().map(|w| w.json.clone()).collect();
+        let written = publisher.publish_many(&topic, jsons).await;
+        if let Err(e) = &written {
+            match e {
+                PublishError::Full { .. } => metrics.refused(Refusal::OutboxPending),
+                _ => {
+                    metrics.store_errors.inc();
+                    tracing::warn!(error = %e, reports = batch.len(), "delivery reports not taken by the bus; their messages will be reported again");
                 }
             }
-        });
+        }
+        for Waiting { outcome, hold, .. } in batch.drain(..) {
+            match (&written, hold) {
+                (Ok(()), Hold::Unstore(remove)) => {
+                    metrics.report(outcome).inc();
+                    spawn_removal(remove(), metrics.clone());
+                }
+                (Ok(()), Hold::Ticket(_)) => {
+                    metrics.report(outcome).inc();
+                }
+                (Err(_), Hold::Ticket(ticket)) => ticket.fail(),
+                (Err(_), Hold::Unstore(_)) => {}
+            }
+        }
     }
 }
 
@@ -150,5 +207,81 @@ pub fn kind_label(kind: DeliveryKind) -> &'static str {
         DeliveryKind::Push { .. } => "push",
         DeliveryKind::Callback => "callback",
         DeliveryKind::Im => "im",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::store::resolved;
+
+    /// A bus that records the size of each write and holds the first one until let go.
+    struct GatedBus {
+        writes: Mutex<Vec<usize>>,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait]
+    impl Publisher for GatedBus {
+        async fn publish(&self, topic: &str, json: Bytes) -> Result<(), PublishError> {
+            self.publish_many(topic, vec![json]).await
+        }
+
+        async fn publish_many(&self, _: &str, jsons: Vec<Bytes>) -> Result<(), PublishError> {
+            let first = {
+                let mut writes = self.writes.lock().expect("writes");
+                writes.push(jsons.len());
+                writes.len() == 1
+            };
+            if first {
+                let _ = self.gate.acquire().await.expect("gate").forget();
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_that_come_in_during_a_write_go_out_in_one_write() {
+        let bus = Arc::new(GatedBus {
+            writes: Mutex::default(),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let reports = Reports::new("deliveryReport", bus.clone(), metrics.clone());
+        let removed = Arc::new(AtomicUsize::new(0));
+        let report = |n: usize| {
+            let removed = removed.clone();
+            reports.publish(
+                Report {
+                    id: None,
+                    uid: &format!("u{n}"),
+                    termtype: 1,
+                    kind: DeliveryKind::Callback,
+                    outcome: ReportOutcome::Acked,
+                },
+                Hold::Unstore(Box::new(move || {
+                    removed.fetch_add(1, Ordering::SeqCst);
+                    resolved(Ok(()))
+                })),
+            );
+        };
+        report(0);
+        while bus.writes.lock().expect("writes").is_empty() {
+            tokio::task::yield_now().await;
+        }
+        for n in 1..1000 {
+            report(n);
+        }
+        bus.gate.add_permits(1);
+        while removed.load(Ordering::SeqCst) < 1000 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*bus.writes.lock().expect("writes"), [1, 999]);
+        assert_eq!(metrics.report(ReportOutcome::Acked).get(), 1000);
     }
 }

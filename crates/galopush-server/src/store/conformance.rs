@@ -261,17 +261,34 @@ async fn queues(store: &dyn Store) {
     assert!(store.inbox_load().await.expect("load").is_empty());
 
     let s1 = store
-        .outbox_append("msgUpward".into(), Bytes::from("x"))
+        .outbox_append(vec![("msgUpward".into(), Bytes::from("x"))])
         .await
-        .expect("append");
+        .expect("append")[0];
     let s2 = store
-        .outbox_append("back".into(), Bytes::from("y"))
+        .outbox_append(vec![("back".into(), Bytes::from("y"))])
         .await
-        .expect("append");
+        .expect("append")[0];
     assert!(s1 < s2);
     store.outbox_remove(s1).await.expect("remove");
     let left = store.outbox_load().await.expect("load");
     assert_eq!(left.len(), 1);
     assert_eq!((left[0].seq, left[0].topic.as_str()), (s2, "back"));
+    // Several in one write: in order, each removed on its own.
+    let many = store
+        .outbox_append(vec![
+            ("r".into(), Bytes::from("1")),
+            ("r".into(), Bytes::from("2")),
+            ("r".into(), Bytes::from("3")),
+        ])
+        .await
+        .expect("append");
+    assert!(many.len() == 3 && s2 < many[0] && many[0] < many[1] && many[1] < many[2]);
+    store.outbox_remove(many[1]).await.expect("remove");
+    let left = store.outbox_load().await.expect("load");
+    let bodies: Vec<&[u8]> = left.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(bodies, [&b"y"[..], b"1", b"3"]);
+    for seq in [many[0], many[2]] {
+        store.outbox_remove(seq).await.expect("remove");
+    }
     store.outbox_remove(s2).await.expect("remove");
 }

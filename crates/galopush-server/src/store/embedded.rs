@@ -752,14 +752,8 @@ impl Store for EmbeddedStore {
         self.read(|shared| queue_load(shared, Queue::Inbox)).await
     }
 
-    fn outbox_append(&self, topic: String, body: Bytes) -> StoreFuture<u64> {
-        let done = self.write(Op::QueueAppend(Queue::Outbox, vec![(topic, body)]));
-        Box::pin(async move {
-            done.await?
-                .first()
-                .copied()
-                .ok_or_else(|| StoreError::Unavailable("outbox append returned no sequence".into()))
-        })
+    fn outbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
+        self.write(Op::QueueAppend(Queue::Outbox, messages))
     }
 
     fn outbox_remove(&self, seq: u64) -> StoreFuture {

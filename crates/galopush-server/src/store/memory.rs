@@ -167,11 +167,17 @@ impl Store for MemoryStore {
         Ok(queued(&self.state.lock().inbox))
     }
 
-    fn outbox_append(&self, topic: String, body: Bytes) -> StoreFuture<u64> {
+    fn outbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
         let mut state = self.state.lock();
-        let seq = state.next_id();
-        state.outbox.insert(seq, (topic, body));
-        resolved(Ok(seq))
+        let seqs = messages
+            .into_iter()
+            .map(|message| {
+                let seq = state.next_id();
+                state.outbox.insert(seq, message);
+                seq
+            })
+            .collect();
+        resolved(Ok(seqs))
     }
 
     fn outbox_remove(&self, seq: u64) -> StoreFuture {

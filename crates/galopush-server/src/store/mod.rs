@@ -183,8 +183,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every inbox message not yet retired, oldest first.
     async fn inbox_load(&self) -> Result<Vec<QueuedMessage>, StoreError>;
 
-    /// Appends an outbound bus message to the outbox; resolves to its sequence number.
-    fn outbox_append(&self, topic: String, body: Bytes) -> StoreFuture<u64>;
+    /// Appends outbound bus messages to the outbox in one write; resolves to their sequence
+    /// numbers, in order.
+    fn outbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>>;
 
     /// Removes a delivered outbox message.
     fn outbox_remove(&self, seq: u64) -> StoreFuture;

@@ -1189,14 +1189,8 @@ impl Store for RedisStore {
         self.queue_load(Queue::Inbox).await
     }
 
-    fn outbox_append(&self, topic: String, body: Bytes) -> StoreFuture<u64> {
-        let done = self.queue_append(Queue::Outbox, vec![(topic, body)]);
-        Box::pin(async move {
-            done.await?
-                .first()
-                .copied()
-                .ok_or_else(|| corrupt("outbox append answered no sequence number"))
-        })
+    fn outbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
+        self.queue_append(Queue::Outbox, messages)
     }
 
     fn outbox_remove(&self, seq: u64) -> StoreFuture {
@@ -1625,9 +1619,9 @@ mod tests {
         );
         assert!(
             store
-                .outbox_append("back".into(), Bytes::new())
+                .outbox_append(vec![("back".into(), Bytes::new())])
                 .await
-                .expect("append")
+                .expect("append")[0]
                 > 100
         );
 

@@ -226,9 +226,9 @@ async fn users_on_every_node_work() {
     store.inbox_remove(vec![seqs[1]]).await.expect("remove");
     assert!(store.inbox_load().await.expect("load").is_empty());
     let s = store
-        .outbox_append("back".into(), Bytes::from("x"))
+        .outbox_append(vec![("back".into(), Bytes::from("x"))])
         .await
-        .expect("append");
+        .expect("append")[0];
     assert_eq!(
         store.outbox_load().await.expect("load")[0].body,
         Bytes::from("x")
