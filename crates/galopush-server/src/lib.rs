@@ -1,6 +1,7 @@
 //! The galopush server parts (ARCHITECTURE.md): the comet (terminal connections), the router
 //! (login records, routing, kicks, offline rules, dispatch), the bus (embedded and NSQ), the
-//! store (embedded, memory, Redis), the link between router and comet, and the HTTP surface.
+//! store (embedded, memory, Redis), the link between router and comet, the HTTP surface, and
+//! the phones' push services (APNs, FCM).
 #![forbid(unsafe_code)]
 
 pub mod bus;
@@ -12,6 +13,7 @@ pub mod link;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod phones;
 pub mod router;
 pub mod sharded;
 pub mod standalone;

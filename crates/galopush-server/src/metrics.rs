@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::bus::Topic;
 use crate::link::{DeliveryKind, Outcome};
+use crate::phones::{Provider, ProviderOutcome};
 use crate::router::reports::ReportOutcome;
 
 type Labels = [(&'static str, &'static str); 1];
@@ -175,7 +176,8 @@ pub struct Metrics {
     offline_stored: [Counter; 3],
     offline_delivered: [Counter; 3],
     dropped: [Counter; 2],
-    reports: [Counter; 3],
+    reports: [Counter; 5],
+    providers: [[Counter; 6]; 2],
     topics: [TopicCounters; 5],
     kicks: [Counter; 4],
     pub registrations_accepted: Counter,
@@ -284,6 +286,20 @@ impl Metrics {
             reports_family
                 .get_or_create(&[("outcome", o.label())])
                 .clone()
+        });
+
+        let providers_family = Family::<Labels2, Counter>::default();
+        registry.register(
+            "provider",
+            "Notifications for phones' push services (apns.*, fcm.*), by provider and outcome",
+            providers_family.clone(),
+        );
+        let providers = Provider::ALL.map(|p| {
+            ProviderOutcome::ALL.map(|o| {
+                providers_family
+                    .get_or_create(&[("provider", p.label()), ("outcome", o.label())])
+                    .clone()
+            })
         });
 
         let topic_family = Family::<Labels2, Counter>::default();
@@ -401,6 +417,7 @@ impl Metrics {
             offline_delivered,
             dropped,
             reports,
+            providers,
             topics,
             kicks,
             registrations_accepted,
@@ -447,6 +464,10 @@ impl Metrics {
 
     pub fn report(&self, outcome: ReportOutcome) -> &Counter {
         &self.reports[outcome as usize]
+    }
+
+    pub fn provider(&self, provider: Provider, outcome: ProviderOutcome) -> &Counter {
+        &self.providers[provider as usize][outcome as usize]
     }
 
     pub fn topic(&self, topic: Topic) -> &TopicCounters {

@@ -19,6 +19,8 @@ use crate::http::public::PublicState;
 use crate::http::stats::Stats;
 use crate::http::{self, ApiToken, HttpLimits};
 use crate::metrics::Metrics;
+use crate::phones::{PhoneError, Phones};
+use crate::router::reports::Reports;
 use crate::router::{Router, RouterSettings};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::memory::MemoryStore;
@@ -47,6 +49,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Webhook(#[from] WebhookError),
+    #[error(transparent)]
+    Phones(#[from] PhoneError),
     /// Settings this command cannot run with.
     #[error("bad configuration: {0}")]
     Config(String),
@@ -140,11 +144,18 @@ pub async fn start_router(
             .await?
         }
     };
-    let router = Router::new(
+    let reports = Reports::new(
+        &config.topics.delivery_report,
+        publisher.clone(),
+        metrics.clone(),
+    );
+    let phones = Phones::start(config, store.clone(), reports, metrics.clone())?;
+    let router = Router::with_phones(
         RouterSettings::from_config(config),
         store.clone(),
         publisher,
         metrics.clone(),
+        phones,
     );
     Ok(RouterParts {
         router,

@@ -57,6 +57,9 @@ impl Store for Gated {
     fn log_in(&self, uid: &str, term: TermType, record: LoginRecord) -> StoreFuture<LoggedIn> {
         self.inner.log_in(uid, term, record)
     }
+    fn forget_device_token(&self, uid: &str, term: TermType, token: &str) -> StoreFuture {
+        self.inner.forget_device_token(uid, term, token)
+    }
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
         if self.offline_fails.load(Ordering::SeqCst) {
             return Box::pin(async { Err(StoreError::Unavailable("test outage".into())) });

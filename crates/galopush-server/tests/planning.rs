@@ -45,6 +45,9 @@ impl Store for Watched {
     fn log_in(&self, uid: &str, term: TermType, record: LoginRecord) -> StoreFuture<LoggedIn> {
         self.inner.log_in(uid, term, record)
     }
+    fn forget_device_token(&self, uid: &str, term: TermType, token: &str) -> StoreFuture {
+        self.inner.forget_device_token(uid, term, token)
+    }
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
         self.inner.store_offline(writes)
     }

@@ -33,6 +33,8 @@ pub struct Config {
     pub bus: BusConfig,
     pub store: StoreConfig,
     pub topics: TopicsConfig,
+    pub apns: ApnsConfig,
+    pub fcm: FcmConfig,
     pub log: LogConfig,
 }
 
@@ -438,6 +440,106 @@ impl Default for TopicsConfig {
     }
 }
 
+/// [ext] Apple Push Notification service (SPEC §12): on with `key_file` (token auth) or
+/// `cert_file` (certificate auth).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApnsConfig {
+    /// Token auth: the .p8 key (PEM, PKCS#8) that signs the ES256 JWT.
+    pub key_file: PathBuf,
+    /// Token auth: the key's id (the JWT's `kid`).
+    pub key_id: String,
+    /// Token auth: the team id (the JWT's `iss`).
+    pub team_id: String,
+    /// Certificate auth: a PEM file holding the certificate and its private key.
+    pub cert_file: PathBuf,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// Base URL of the service; empty: Apple's production host, or its development host with
+    /// `sandbox`.
+    pub endpoint: String,
+    pub sandbox: bool,
+    /// PEM CAs to trust for the endpoint instead of the system roots.
+    pub ca: PathBuf,
+    /// How long Apple keeps a notification for a phone that is off (`apns-expiration`).
+    pub ttl: Duration,
+    /// How long a request answered 429 or 5xx is tried again.
+    pub retry_for: Duration,
+    /// Notifications waiting for the service; beyond it they are dropped (and counted).
+    pub queue: usize,
+    /// Send IMs too, not only pushes.
+    pub im: bool,
+}
+
+impl Default for ApnsConfig {
+    fn default() -> Self {
+        ApnsConfig {
+            key_file: PathBuf::new(),
+            key_id: String::new(),
+            team_id: String::new(),
+            cert_file: PathBuf::new(),
+            topic: String::new(),
+            endpoint: String::new(),
+            sandbox: false,
+            ca: PathBuf::new(),
+            ttl: Duration::from_secs(24 * 3600),
+            retry_for: Duration::from_secs(3600),
+            queue: 10_000,
+            im: false,
+        }
+    }
+}
+
+impl ApnsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.key_file.as_os_str().is_empty() || !self.cert_file.as_os_str().is_empty()
+    }
+}
+
+/// [ext] Firebase Cloud Messaging, HTTP v1 (SPEC §12): on with `service_account`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FcmConfig {
+    /// The JSON key file of a Google service account.
+    pub service_account: PathBuf,
+    /// The Firebase project; empty: the service account's `project_id`.
+    pub project_id: String,
+    /// Base URL of the service.
+    pub endpoint: String,
+    /// PEM CAs to trust for the endpoint and the service account's `token_uri` instead of the
+    /// system roots.
+    pub ca: PathBuf,
+    /// How long FCM keeps a message for a phone that is off (`android.ttl`).
+    pub ttl: Duration,
+    /// How long a request answered 429 or 5xx is tried again.
+    pub retry_for: Duration,
+    /// Messages waiting for the service; beyond it they are dropped (and counted).
+    pub queue: usize,
+    /// Send IMs too, not only pushes.
+    pub im: bool,
+}
+
+impl Default for FcmConfig {
+    fn default() -> Self {
+        FcmConfig {
+            service_account: PathBuf::new(),
+            project_id: String::new(),
+            endpoint: "https://fcm.googleapis.com".into(),
+            ca: PathBuf::new(),
+            ttl: Duration::from_secs(24 * 3600),
+            retry_for: Duration::from_secs(3600),
+            queue: 10_000,
+            im: false,
+        }
+    }
+}
+
+impl FcmConfig {
+    pub fn enabled(&self) -> bool {
+        !self.service_account.as_os_str().is_empty()
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -689,6 +791,7 @@ impl Config {
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return invalid("bus.webhook_url", "must be an http:// or https:// URL");
         }
+        self.validate_phones()?;
         if let Err(e) = tracing_filter_ok(&self.log.level) {
             return invalid("log.level", &e);
         }
@@ -729,6 +832,56 @@ impl Config {
                 "bus.webhook_ca",
                 "is used only with an https:// bus.webhook_url",
             );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The push services of SPEC §12: one way to authenticate to Apple, what each needs with
+    /// it, and bounds that can work.
+    fn validate_phones(&self) -> Result<(), ConfigError> {
+        let set = |p: &Path| !p.as_os_str().is_empty();
+        let invalid = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        let url = |s: &str| s.starts_with("https://") || s.starts_with("http://");
+        let apns = &self.apns;
+        if set(&apns.key_file) && set(&apns.cert_file) {
+            return invalid(
+                "apns.key_file",
+                "token auth (apns.key_file) and certificate auth (apns.cert_file) exclude each other",
+            );
+        }
+        if set(&apns.key_file) {
+            for (key, value) in [
+                ("apns.key_id", &apns.key_id),
+                ("apns.team_id", &apns.team_id),
+            ] {
+                if value.is_empty() {
+                    return invalid(key, "token auth (apns.key_file) needs it");
+                }
+            }
+        }
+        if apns.enabled() && apns.topic.is_empty() {
+            return invalid("apns.topic", "APNs needs the app's bundle id");
+        }
+        if !(apns.endpoint.is_empty() || url(&apns.endpoint)) {
+            return invalid("apns.endpoint", "must be an https:// (or http://) URL");
+        }
+        if apns.sandbox && !apns.endpoint.is_empty() {
+            return invalid("apns.sandbox", "is used only without apns.endpoint");
+        }
+        if !url(&self.fcm.endpoint) {
+            return invalid("fcm.endpoint", "must be an https:// (or http://) URL");
+        }
+        for (key, queue) in [("apns.queue", apns.queue), ("fcm.queue", self.fcm.queue)] {
+            if queue == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        for (key, ttl) in [("apns.ttl", apns.ttl), ("fcm.ttl", self.fcm.ttl)] {
+            if ttl < Duration::from_secs(1) {
+                return invalid(key, "must be at least 1s");
+            }
         }
         Ok(())
     }
@@ -1137,6 +1290,61 @@ mod tests {
         )
         .expect_err("not a topic name");
         assert!(e.to_string().contains("topics.delivery_report"), "{e}");
+    }
+
+    #[test]
+    fn push_services_are_off_by_default_and_refused_when_they_cannot_work() {
+        let c = Config::load(None, Vec::new()).expect("defaults");
+        assert!(!c.apns.enabled() && !c.fcm.enabled());
+        assert_eq!(c.apns.ttl, Duration::from_secs(86_400));
+        assert_eq!(c.apns.retry_for, Duration::from_secs(3600));
+        assert_eq!((c.apns.queue, c.fcm.queue), (10_000, 10_000));
+        assert_eq!(c.fcm.endpoint, "https://fcm.googleapis.com");
+        assert_eq!(c.fcm.ttl, Duration::from_secs(86_400));
+        let token = [
+            ("GALOPUSH_APNS__KEY_FILE", "AuthKey.p8"),
+            ("GALOPUSH_APNS__KEY_ID", "K"),
+            ("GALOPUSH_APNS__TEAM_ID", "T"),
+            ("GALOPUSH_APNS__TOPIC", "com.example.app"),
+        ];
+        let c = Config::load(None, env(&token)).expect("token auth");
+        assert!(c.apns.enabled());
+        for (extra, key) in [
+            (
+                &[("GALOPUSH_APNS__CERT_FILE", "c.pem")][..],
+                "apns.key_file",
+            ),
+            (&[("GALOPUSH_APNS__KEY_ID", "")][..], "apns.key_id"),
+            (&[("GALOPUSH_APNS__TOPIC", "")][..], "apns.topic"),
+            (&[("GALOPUSH_APNS__QUEUE", "0")][..], "apns.queue"),
+            (&[("GALOPUSH_APNS__ENDPOINT", "apple")][..], "apns.endpoint"),
+            (
+                &[
+                    ("GALOPUSH_APNS__ENDPOINT", "https://proxy"),
+                    ("GALOPUSH_APNS__SANDBOX", "true"),
+                ][..],
+                "apns.sandbox",
+            ),
+            (&[("GALOPUSH_FCM__QUEUE", "0")][..], "fcm.queue"),
+            (&[("GALOPUSH_FCM__TTL", "0s")][..], "fcm.ttl"),
+            (&[("GALOPUSH_FCM__ENDPOINT", "")][..], "fcm.endpoint"),
+        ] {
+            let mut pairs = token.to_vec();
+            pairs.extend_from_slice(extra);
+            let e = Config::load(None, env(&pairs)).expect_err(key);
+            assert!(e.to_string().contains(key), "{extra:?}: {e}");
+        }
+        let c = Config::load(
+            None,
+            env(&[
+                ("GALOPUSH_APNS__CERT_FILE", "push.pem"),
+                ("GALOPUSH_APNS__TOPIC", "com.example.app"),
+                ("GALOPUSH_APNS__SANDBOX", "true"),
+                ("GALOPUSH_FCM__SERVICE_ACCOUNT", "sa.json"),
+            ]),
+        )
+        .expect("certificate auth, sandbox, FCM");
+        assert!(c.apns.enabled() && c.fcm.enabled());
     }
 
     #[test]

@@ -72,6 +72,14 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "Where login records and offline messages are kept.",
     ),
     ("topics", "Topic names of the business messages."),
+    (
+        "apns",
+        "Apple Push Notification service: a push (and an IM with `apns.im`) for an iOS terminal that is not live also goes to Apple when its login record has a deviceToken; the offline copy is kept as always. On with `apns.key_file` (token auth) or `apns.cert_file` (certificate auth). Outcomes are counted in `galopush_provider_total{provider=\"apns\",outcome=…}`.",
+    ),
+    (
+        "fcm",
+        "Firebase Cloud Messaging (HTTP v1): the same for Android terminals. On with `fcm.service_account`. Outcomes are counted in `galopush_provider_total{provider=\"fcm\",outcome=…}`.",
+    ),
     ("log", "Log output."),
 ];
 
@@ -329,8 +337,79 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s(
         "topics.delivery_report",
-        "Outbound: a delivery report per receiving terminal of each down-message (acked, stored, dropped; SPEC §12); empty = no reports.",
+        "Outbound: a delivery report per receiving terminal of each down-message (acked, stored, apns, fcm, dropped; SPEC §12); empty = no reports.",
     ),
+    s(
+        "apns.key_file",
+        "Token auth: the .p8 key Apple issued (PEM, PKCS#8); the ES256 JWT it signs is renewed every 50 minutes. Excludes `apns.cert_file`.",
+    ),
+    s("apns.key_id", "Token auth: the key's id (the JWT's `kid`)."),
+    s(
+        "apns.team_id",
+        "Token auth: the Apple developer team id (the JWT's `iss`).",
+    ),
+    s(
+        "apns.cert_file",
+        "Certificate auth: a PEM file holding the push certificate and its private key, presented as the client's identity. Excludes `apns.key_file`.",
+    ),
+    s(
+        "apns.topic",
+        "The app's bundle id, sent as `apns-topic`; required when APNs is on.",
+    ),
+    s(
+        "apns.endpoint",
+        "Base URL of the service; empty: `https://api.push.apple.com`, or `https://api.sandbox.push.apple.com` with `apns.sandbox`. Any URL for tests and proxies.",
+    ),
+    s(
+        "apns.sandbox",
+        "Use Apple's development host (apps signed for development); only without `apns.endpoint`.",
+    ),
+    s(
+        "apns.ca",
+        "PEM CAs to trust for the endpoint instead of the system roots (tests, private proxies).",
+    ),
+    s(
+        "apns.ttl",
+        "How long Apple keeps a notification for a phone that is off (`apns-expiration` = now + ttl).",
+    ),
+    s(
+        "apns.retry_for",
+        "How long a request answered 429 or 5xx (or not answered) is tried again, with back-off honouring `Retry-After`; then it counts as `failed`.",
+    ),
+    s(
+        "apns.queue",
+        "Notifications waiting for Apple; when it is full, more are dropped and counted (`outcome=\"dropped\"`), never waited for. At least 1.",
+    ),
+    s("apns.im", "Send IMs to Apple too, not only pushes."),
+    s(
+        "fcm.service_account",
+        "The JSON key file of a Google service account: its `client_email`, `private_key` and `token_uri` give the OAuth2 access token, renewed before it expires.",
+    ),
+    s(
+        "fcm.project_id",
+        "The Firebase project messages are sent for; empty: the service account's `project_id`.",
+    ),
+    s(
+        "fcm.endpoint",
+        "Base URL of the service. Any URL for tests and proxies.",
+    ),
+    s(
+        "fcm.ca",
+        "PEM CAs to trust for the endpoint and the service account's `token_uri` instead of the system roots (tests, private proxies).",
+    ),
+    s(
+        "fcm.ttl",
+        "How long FCM keeps a message for a phone that is off (`android.ttl`).",
+    ),
+    s(
+        "fcm.retry_for",
+        "How long a request answered 429 or 5xx (or not answered) is tried again, with back-off honouring `Retry-After`; then it counts as `failed`.",
+    ),
+    s(
+        "fcm.queue",
+        "Messages waiting for FCM; when it is full, more are dropped and counted (`outcome=\"dropped\"`), never waited for. At least 1.",
+    ),
+    s("fcm.im", "Send IMs to FCM too, not only pushes."),
     s(
         "log.level",
         "A tracing filter, e.g. `info` or `galopush_server=debug,info`.",

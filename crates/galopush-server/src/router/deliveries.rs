@@ -267,6 +267,11 @@ impl Planned<'_> {
         self.id.as_deref()
     }
 
+    /// The message's `id`, shared.
+    pub fn id_arc(&self) -> Option<&Arc<str>> {
+        self.id.as_ref()
+    }
+
     /// The ticket of a live message.
     pub fn ticket(&self) -> Option<&Ticket> {
         match &self.origin {
@@ -443,6 +448,7 @@ impl Router {
                         self.store.store_offline(vec![write]),
                         Some(ticket.clone()),
                     );
+                    self.phones.notify(&uid, term, kind, &body, id.as_ref());
                     Next::Stored
                 }
             }

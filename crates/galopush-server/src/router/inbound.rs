@@ -318,13 +318,17 @@ impl Router {
                     ReportOutcome::Dropped
                 } else {
                     self.metrics.offline_stored(kind).inc();
-                    let message = offline_message(kind, flag, plan.deliveries.body().clone());
+                    let body = plan.deliveries.body().clone();
+                    let message = offline_message(kind, flag, body.clone());
+                    let uid = uid();
                     plan.stores
                         .push(self.store.store_offline(vec![OfflineWrite {
-                            uid: uid(),
+                            uid: uid.clone(),
                             term,
                             message,
                         }]));
+                    self.phones
+                        .notify(&uid, term, kind, &body, plan.deliveries.id_arc());
                     ReportOutcome::Stored
                 };
                 self.report(plan, receiver, term.bit(), outcome);

@@ -27,6 +27,7 @@ use crate::link::{
     SessionInfo, Settle,
 };
 use crate::metrics::{LinkRefusal, Metrics, Refusal};
+use crate::phones::Phones;
 use crate::store::{LoginRecord, OfflineKey, Store, StoreError};
 pub use comets::{CometSessions, IdTaken};
 use comets::{CometSummary, Comets};
@@ -61,14 +62,28 @@ pub struct Router {
     comets: Comets,
     pending: Pending,
     reports: Reports,
+    /// The phones' push services, for terminals that are not live (SPEC §12).
+    phones: Phones,
 }
 
 impl Router {
+    /// A router that sends nothing to phones' push services.
     pub fn new(
         settings: RouterSettings,
         store: Arc<dyn Store>,
         publisher: Arc<dyn Publisher>,
         metrics: Arc<Metrics>,
+    ) -> Arc<Router> {
+        Router::with_phones(settings, store, publisher, metrics, Phones::default())
+    }
+
+    /// A router that also hands messages for terminals that are not live to `phones`.
+    pub fn with_phones(
+        settings: RouterSettings,
+        store: Arc<dyn Store>,
+        publisher: Arc<dyn Publisher>,
+        metrics: Arc<Metrics>,
+        phones: Phones,
     ) -> Arc<Router> {
         let reports = Reports::new(
             &settings.topics.delivery_report,
@@ -82,6 +97,7 @@ impl Router {
             publisher,
             metrics,
             reports,
+            phones,
             sessions: Sessions::default(),
             comets: Comets::default(),
             pending: Pending::new(reported),

@@ -1,12 +1,14 @@
 //! Delivery reports (SPEC §12): for each receiving terminal of a down-message, what became of
-//! it — acked, stored offline, or dropped — published on `topics.delivery_report` through the
-//! bus's outbound path, at least once.
+//! it — acked, stored offline, accepted by a phone's push service, or dropped — published on
+//! `topics.delivery_report` through the bus's outbound path, at least once.
 //!
 //! A report of a live message holds the message's ticket until the bus has the report
 //! durably; a report the bus refuses (`limits.outbox_pending`, a failing outbox or nsqd) fails
 //! the ticket, so the message is applied again and reported again. A report of a stored
 //! message acked after a REGISTER is published before the stored copy is removed; a refused
-//! one leaves the copy stored, to be delivered and reported at the next REGISTER.
+//! one leaves the copy stored, to be delivered and reported at the next REGISTER. A report that
+//! a push service accepted a notification holds nothing: the message is retired and stored by
+//! then, and a refused report is counted and not made again.
 //!
 //! Reports are written by one task, as many at a time as have come in while the last write
 //! was in flight: one outbox write (one MPUB on NSQ) for a batch, instead of a write and a task
@@ -30,14 +32,20 @@ pub enum ReportOutcome {
     Acked,
     /// It was kept offline for the terminal.
     Stored,
+    /// Apple's push service accepted it for the phone.
+    Apns,
+    /// Google's push service accepted it for the phone.
+    Fcm,
     /// Nothing was kept: no login record, or a Web terminal that is not live.
     Dropped,
 }
 
 impl ReportOutcome {
-    pub const ALL: [ReportOutcome; 3] = [
+    pub const ALL: [ReportOutcome; 5] = [
         ReportOutcome::Acked,
         ReportOutcome::Stored,
+        ReportOutcome::Apns,
+        ReportOutcome::Fcm,
         ReportOutcome::Dropped,
     ];
 
@@ -46,6 +54,8 @@ impl ReportOutcome {
         match self {
             ReportOutcome::Acked => "acked",
             ReportOutcome::Stored => "stored",
+            ReportOutcome::Apns => "apns",
+            ReportOutcome::Fcm => "fcm",
             ReportOutcome::Dropped => "dropped",
         }
     }
@@ -66,6 +76,8 @@ pub enum Hold {
     Ticket(Ticket),
     /// A stored message acked: removed from the store only once the report is durable.
     Unstore(Box<dyn FnOnce() -> StoreFuture + Send>),
+    /// Nothing waits on the report (a push service accepted the message).
+    Nothing,
 }
 
 /// Reports waiting for the writer, at most: a report that finds the queue full fails as one
@@ -84,6 +96,7 @@ struct Waiting {
 
 /// The publishing side of delivery reports; does nothing when `topics.delivery_report` is
 /// empty.
+#[derive(Clone)]
 pub struct Reports {
     topic: Option<Arc<str>>,
     publisher: Arc<dyn Publisher>,
@@ -181,11 +194,11 @@ async fn write_reports(
                     metrics.report(outcome).inc();
                     spawn_removal(remove(), metrics.clone());
                 }
-                (Ok(()), Hold::Ticket(_)) => {
+                (Ok(()), Hold::Ticket(_) | Hold::Nothing) => {
                     metrics.report(outcome).inc();
                 }
                 (Err(_), Hold::Ticket(ticket)) => ticket.fail(),
-                (Err(_), Hold::Unstore(_)) => {}
+                (Err(_), Hold::Unstore(_) | Hold::Nothing) => {}
             }
         }
     }

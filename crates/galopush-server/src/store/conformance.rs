@@ -84,6 +84,38 @@ async fn logins(store: &dyn Store) {
         "other terminal types are untouched"
     );
     log_in(store).await;
+    forget_device_token(store).await;
+}
+
+/// A dead token is cleared only from a record that still holds it.
+async fn forget_device_token(store: &dyn Store) {
+    let t = TermType::Ios;
+    store
+        .set_login("u1", t, Some(record("i")))
+        .await
+        .expect("set");
+    store
+        .forget_device_token("u1", t, "an older token")
+        .await
+        .expect("forget");
+    assert_eq!(
+        store.login("u1", t).await.expect("read"),
+        Some(record("i")),
+        "a newer login's token stays"
+    );
+    store
+        .forget_device_token("u1", t, "dev-i")
+        .await
+        .expect("forget");
+    let mut forgotten = record("i");
+    forgotten.device_token = String::new();
+    assert_eq!(store.login("u1", t).await.expect("read"), Some(forgotten));
+    store
+        .forget_device_token("nobody", t, "dev-i")
+        .await
+        .expect("no record: nothing to do");
+    assert_eq!(store.login("nobody", t).await.expect("read"), None);
+    store.set_login("u1", t, None).await.expect("remove");
 }
 
 /// `log_in` answers the record it replaced, and the new one is what a read sees.

@@ -701,6 +701,23 @@ impl Store for EmbeddedStore {
         resolved(Ok(LoggedIn { replaced, durable }))
     }
 
+    fn forget_device_token(&self, uid: &str, term: TermType, token: &str) -> StoreFuture {
+        // Checked, changed and queued under the cache's lock, as in `log_in`.
+        let mut logins = self.shared.logins.write();
+        let Some(entry) = logins.get_mut(uid) else {
+            return resolved(Ok(()));
+        };
+        let Some(record) = entry.get(term).filter(|r| r.device_token == token) else {
+            return resolved(Ok(()));
+        };
+        let record = LoginRecord {
+            device_token: String::new(),
+            ..record.clone()
+        };
+        entry.set(term, Some(record.clone()));
+        self.write_unit(Op::SetLogin(uid.to_owned(), term, Some(record)))
+    }
+
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
         if writes.is_empty() {
             return resolved(Ok(()));

@@ -105,6 +105,20 @@ impl Store for MemoryStore {
         }))
     }
 
+    fn forget_device_token(&self, uid: &str, term: TermType, token: &str) -> StoreFuture {
+        let mut state = self.state.lock();
+        if let Some(logins) = state.logins.get_mut(uid)
+            && let Some(record) = logins.get(term).filter(|r| r.device_token == token)
+        {
+            let record = LoginRecord {
+                device_token: String::new(),
+                ..record.clone()
+            };
+            logins.set(term, Some(record));
+        }
+        resolved(Ok(()))
+    }
+
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
         let mut state = self.state.lock();
         for w in writes {

@@ -26,7 +26,7 @@ pub use offline::{Offline, OfflineKey, OfflineLimits, OfflineWrite, StoredItem, 
 pub struct LoginRecord {
     /// The token the terminal must REGISTER with.
     pub code: String,
-    /// Push token for the platform's notification service (APNs for iOS).
+    /// Push token for the phone's push service (APNs for iOS, FCM for Android); empty: none.
     pub device_token: String,
     /// False once the business side logged the terminal out.
     pub login: bool,
@@ -164,6 +164,11 @@ pub trait Store: Send + Sync + 'static {
     /// write is made even when the record does not change: the record read may be ahead of the
     /// disk (the embedded store) after a commit that failed.
     fn log_in(&self, uid: &str, term: TermType, record: LoginRecord) -> StoreFuture<LoggedIn>;
+
+    /// Clears the deviceToken of a login record whose push service declared the token dead
+    /// (SPEC §12), in one step with respect to other writes to the record, and only if the
+    /// record still holds `token`: a newer login may have brought another.
+    fn forget_device_token(&self, uid: &str, term: TermType, token: &str) -> StoreFuture;
 
     /// Applies the offline rule to each write (SPEC §6).
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture;

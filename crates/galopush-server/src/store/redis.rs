@@ -235,6 +235,18 @@ local function run(op, k, nkeys, a, nargs)
     local replaced = redis.call('HGET', KEYS[k + 1], ARGV[a + 1])
     redis.call('HSET', KEYS[k + 1], ARGV[a + 1], ARGV[a + 2])
     return replaced
+  elseif op == 'forget_token' then
+    -- KEYS: the login hash. ARGV: field, token. Clears the record's deviceToken if it is still
+    -- that token.
+    local stored = redis.call('HGET', KEYS[k + 1], ARGV[a + 1])
+    if stored then
+      local record = cjson.decode(stored)
+      if record.deviceToken == ARGV[a + 2] then
+        record.deviceToken = ''
+        redis.call('HSET', KEYS[k + 1], ARGV[a + 1], cjson.encode(record))
+      end
+    end
+    return 1
   elseif op == 'append' then
     -- KEYS: the queue's counter, the queue hash. ARGV: one encoded message each.
     local seqs = {}
@@ -1112,6 +1124,13 @@ impl Store for RedisStore {
                 durable: resolved(Ok(())),
             })
         })
+    }
+
+    fn forget_device_token(&self, uid: &str, term: TermType, token: &str) -> StoreFuture {
+        let call = Call::new("forget_token", vec![self.keys.login(uid)])
+            .number(term.bit())
+            .bytes(token.to_owned());
+        self.write(vec![call])
     }
 
     fn store_offline(&self, writes: Vec<OfflineWrite>) -> StoreFuture {
