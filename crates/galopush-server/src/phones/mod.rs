@@ -14,7 +14,8 @@
 //! counter for a push, the stored IMs for an IM (the offline write was called before, so it is
 //! counted). Then, by the service's answer, counted in
 //! `galopush_provider_total{provider,outcome}`:
-//! - accepted: `sent`, and reported `apns` / `fcm` when delivery reports are on;
+//! - accepted: `sent`, and reported `apns` / `fcm` when delivery reports are on (at least
+//!   once: the report is tried again until the bus has it);
 //! - the token is dead: `dead_token`, and the token is removed from the login record if the
 //!   record still holds it (the next `userOnlineState` brings a new one);
 //! - 429, 5xx or no answer: `retried`, and tried again after a back-off that honours
@@ -40,7 +41,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::config::Config;
 use crate::link::DeliveryKind;
 use crate::metrics::Metrics;
-use crate::router::reports::{Hold, Report, ReportOutcome, Reports};
+use crate::router::reports::{Report, ReportOutcome, Reports};
 use crate::store::Store;
 
 /// Notifications of one service in progress at once, those waiting to be tried again included.
@@ -334,16 +335,7 @@ impl Sender {
             match service.send(&token, &notice, count).await {
                 Answer::Accepted => {
                     self.count(ProviderOutcome::Sent);
-                    self.reports.publish(
-                        Report {
-                            id: notice.id.as_deref(),
-                            uid,
-                            termtype: notice.term.bit(),
-                            kind: notice.kind,
-                            outcome: self.provider.report(),
-                        },
-                        Hold::Nothing,
-                    );
+                    self.report_accepted(&notice).await;
                     return;
                 }
                 Answer::DeadToken => {
@@ -373,6 +365,29 @@ impl Sender {
                     self.count(ProviderOutcome::Failed);
                     tracing::warn!(provider, %uid, reason = %why, "push service refused a notification");
                     return;
+                }
+            }
+        }
+    }
+
+    /// Reports that the service took `notice`, at least once: tried again with back-off until
+    /// the bus has the report (it refuses only while its outbox is full or failing). A report
+    /// waiting here keeps its place among the service's notifications in progress.
+    async fn report_accepted(&self, notice: &Notice) {
+        let mut retries = RETRY.retries();
+        loop {
+            let report = Report {
+                id: notice.id.as_deref(),
+                uid: &notice.uid,
+                termtype: notice.term.bit(),
+                kind: notice.kind,
+                outcome: self.provider.report(),
+            };
+            match self.reports.write(report).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(provider = self.provider.label(), uid = %notice.uid, error = %e, "delivery report not taken by the bus; trying again");
+                    tokio::time::sleep(retries.next_delay()).await;
                 }
             }
         }

@@ -7,8 +7,8 @@
 //! the ticket, so the message is applied again and reported again. A report of a stored
 //! message acked after a REGISTER is published before the stored copy is removed; a refused
 //! one leaves the copy stored, to be delivered and reported at the next REGISTER. A report that
-//! a push service accepted a notification holds nothing: the message is retired and stored by
-//! then, and a refused report is counted and not made again.
+//! a push service accepted a notification is written by the notification's sender itself
+//! ([`Reports::write`]), which tries again until the bus has it.
 //!
 //! Reports are written by one task, as many at a time as have come in while the last write
 //! was in flight: one outbox write (one MPUB on NSQ) for a batch, instead of a write and a task
@@ -76,8 +76,6 @@ pub enum Hold {
     Ticket(Ticket),
     /// A stored message acked: removed from the store only once the report is durable.
     Unstore(Box<dyn FnOnce() -> StoreFuture + Send>),
-    /// Nothing waits on the report (a push service accepted the message).
-    Nothing,
 }
 
 /// Reports waiting for the writer, at most: a report that finds the queue full fails as one
@@ -129,17 +127,7 @@ impl Reports {
             }
             return;
         };
-        let json = Bytes::from(bus::encode(
-            &DeliveryReport {
-                id: report.id,
-                uid: report.uid,
-                termtype: report.termtype,
-                kind: kind_label(report.kind),
-                outcome: report.outcome.label(),
-                at: super::unix_ms(),
-            },
-            false,
-        ));
+        let json = encode(&report);
         let writer = self.writer.get_or_init(|| {
             let (queue, waiting) = mpsc::channel(WAITING);
             tokio::spawn(write_reports(
@@ -165,6 +153,42 @@ impl Reports {
             }
         }
     }
+}
+
+impl Reports {
+    /// Publishes `report` now and returns once the bus has it (or refused it), for a caller
+    /// that tries again itself. Does nothing without a report topic.
+    pub async fn write(&self, report: Report<'_>) -> Result<(), PublishError> {
+        let Some(topic) = &self.topic else {
+            return Ok(());
+        };
+        let written = self.publisher.publish(topic, encode(&report)).await;
+        match &written {
+            Ok(()) => {
+                self.metrics.report(report.outcome).inc();
+            }
+            Err(PublishError::Full { .. }) => self.metrics.refused(Refusal::OutboxPending),
+            Err(_) => {
+                self.metrics.store_errors.inc();
+            }
+        }
+        written
+    }
+}
+
+/// The report's JSON, as published.
+fn encode(report: &Report<'_>) -> Bytes {
+    Bytes::from(bus::encode(
+        &DeliveryReport {
+            id: report.id,
+            uid: report.uid,
+            termtype: report.termtype,
+            kind: kind_label(report.kind),
+            outcome: report.outcome.label(),
+            at: super::unix_ms(),
+        },
+        false,
+    ))
 }
 
 /// Writes the reports of `waiting` in batches until the router is gone, then lets go of what
@@ -194,11 +218,11 @@ async fn write_reports(
                     metrics.report(outcome).inc();
                     spawn_removal(remove(), metrics.clone());
                 }
-                (Ok(()), Hold::Ticket(_) | Hold::Nothing) => {
+                (Ok(()), Hold::Ticket(_)) => {
                     metrics.report(outcome).inc();
                 }
                 (Err(_), Hold::Ticket(ticket)) => ticket.fail(),
-                (Err(_), Hold::Unstore(_) | Hold::Nothing) => {}
+                (Err(_), Hold::Unstore(_)) => {}
             }
         }
     }
