@@ -66,8 +66,8 @@ pub struct Behaviour {
 
 /// Runs terminal `spec` until the task is aborted.
 pub async fn run(spec: Spec, control: Arc<Control>, behaviour: Behaviour, ledger: Arc<Ledger>) {
-    // Sockets spread over 127.0.0.1–127.0.0.8 so that reconnects do not run out of ports.
-    let local_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (spec.index % 8) as u8));
+    // Sockets spread over 127.0.0.2–127.0.0.9 so that reconnects do not run out of ports.
+    let local_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (spec.index % 8) as u8));
     let mut rng = fastrand::Rng::with_seed(spec.index as u64);
     let mut attempt = 0usize;
     loop {
