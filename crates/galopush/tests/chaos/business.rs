@@ -28,7 +28,7 @@ pub struct Webhook {
 impl Webhook {
     pub async fn start(ledger: Arc<Ledger>) -> Webhook {
         let mut webhook = Webhook {
-            port: crate::parts::free_port(),
+            port: crate::common::process::free_port(),
             down: Arc::default(),
             ledger,
             server: None,

@@ -29,8 +29,10 @@ use galopush_client::Dispatcher;
 use tokio::time::Instant;
 
 use business::{Publisher, Webhook};
+use common::process::free_port;
+use common::redis::OwnRedis;
 use ledger::Ledger;
-use parts::{Part, Redis, common_settings, free_port};
+use parts::{Part, common_settings};
 use terminals::{Behaviour, Control, Spec};
 
 /// The ack timeout of the run's cluster; a pause lasts longer than this.
@@ -71,7 +73,7 @@ impl Settings {
 
 /// The parts under chaos.
 struct Cluster {
-    redis: Redis,
+    redis: OwnRedis,
     webhook: Webhook,
     routers: Vec<Part>,
     comets: Vec<Part>,
@@ -205,7 +207,7 @@ async fn quiet(ledger: &Ledger, controls: &[Arc<Control>]) {
 async fn nothing_is_lost_under_stacked_faults() {
     let settings = Settings::from_env();
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(redis) = Redis::start(dir.path()).await else {
+    let Some(redis) = OwnRedis::start(Some(dir.path())).await else {
         return;
     };
     let ledger = Arc::new(Ledger::default());

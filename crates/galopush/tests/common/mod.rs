@@ -5,4 +5,5 @@
 
 pub mod pki;
 pub mod process;
+pub mod redis;
 pub mod terminal;

@@ -198,6 +198,29 @@ pub fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/<pid>/status")
 }
 
+/// A free port on 127.0.0.1 outside the kernel's ephemeral range: a part comes back on its
+/// port after a kill, and an ephemeral port could meanwhile have become the local end of some
+/// outgoing connection.
+pub fn free_port() -> u16 {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = range
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u16>().ok());
+    let (low, high) = (
+        bounds.next().unwrap_or(32768),
+        bounds.next().unwrap_or(60999),
+    );
+    let candidates: Vec<u16> = (high.saturating_add(1)..=u16::MAX)
+        .chain(10_000..low)
+        .collect();
+    let mut rng = fastrand::Rng::new();
+    (0..1000)
+        .map(|_| candidates[rng.usize(0..candidates.len())])
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port outside the ephemeral range")
+}
+
 /// A number unlikely to repeat, for names that must not collide between tests.
 pub fn unique() -> u64 {
     use std::hash::{BuildHasher, RandomState};

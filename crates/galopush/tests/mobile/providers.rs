@@ -74,23 +74,7 @@ fn provider(name: &str, outcome: &str) -> String {
 
 /// Whether the admin API says the terminal's login record has a deviceToken.
 async fn has_device_token(g: &Gateway, uid: &str, term: TermType) -> bool {
-    let text = g
-        .client()
-        .get(format!("{}/v1/users/{uid}", g.api))
-        .send()
-        .await
-        .expect("GET /v1/users")
-        .text()
-        .await
-        .expect("text");
-    let user: Value = serde_json::from_str(&text).expect("JSON");
-    user["terminals"]
-        .as_array()
-        .expect("terminals")
-        .iter()
-        .find(|t| t["termtype"] == term.bit())
-        .map(|t| t["deviceToken"] == true)
-        .expect("a login record")
+    g.user_terminal(uid, term).await.expect("a login record")["deviceToken"] == true
 }
 
 #[tokio::test]

@@ -202,9 +202,9 @@ impl Gateway {
         }
     }
 
-    /// Whether the router holds a live session for `uid`'s terminal of `term`, from
-    /// `GET /v1/users/<uid>`.
-    pub async fn live(&self, uid: &str, term: TermType) -> bool {
+    /// The entry of `uid`'s terminal of `term` in `GET /v1/users/<uid>` (SPEC §13), if the
+    /// router knows it (a login record or a live session).
+    pub async fn user_terminal(&self, uid: &str, term: TermType) -> Option<serde_json::Value> {
         let text = self
             .client
             .get(format!("{}/v1/users/{uid}", self.api))
@@ -219,7 +219,15 @@ impl Gateway {
             .as_array()
             .expect("terminals")
             .iter()
-            .any(|t| t["termtype"] == term.bit() && !t["live"].is_null())
+            .find(|t| t["termtype"] == term.bit())
+            .cloned()
+    }
+
+    /// Whether the router holds a live session for `uid`'s terminal of `term`.
+    pub async fn live(&self, uid: &str, term: TermType) -> bool {
+        self.user_terminal(uid, term)
+            .await
+            .is_some_and(|t| !t["live"].is_null())
     }
 
     /// Waits until the router holds (`live`) or no longer holds a session for `uid`'s terminal

@@ -258,25 +258,11 @@ async fn kicks(g: &Gateway) -> f64 {
     total
 }
 
-/// `GET /v1/users/<uid>`: the entry of one terminal type.
+/// `GET /v1/users/<uid>`: the entry of one terminal type, which must be there.
 async fn user_terminal(g: &Gateway, uid: &str, term: TermType) -> serde_json::Value {
-    let text = g
-        .client()
-        .get(format!("{}/v1/users/{uid}", g.api))
-        .send()
+    g.user_terminal(uid, term)
         .await
-        .expect("GET /v1/users")
-        .text()
-        .await
-        .expect("user text");
-    let user: serde_json::Value = serde_json::from_str(&text).expect("user JSON");
-    user["terminals"]
-        .as_array()
-        .expect("terminals")
-        .iter()
-        .find(|t| t["termtype"] == term.bit())
-        .cloned()
-        .unwrap_or_else(|| panic!("no terminal {term} in {user}"))
+        .unwrap_or_else(|| panic!("no terminal {term} for {uid}"))
 }
 
 #[tokio::test]
