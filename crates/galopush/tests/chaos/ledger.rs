@@ -5,6 +5,11 @@
 //! Bodies are unique: `p<n>`, `c<n>`, `i<n>` down, `u<n>` up. A push is accounted for when a
 //! terminal received it, or when the same terminal later received a PUSH with `offline ≥ 1`
 //! (SPEC §6: pushes missed while offline are coalesced into the latest one).
+//!
+//! Receipts are told apart by the phase they came in: while the run goes and until it is
+//! quiet; when the terminals kept away at the end came back (stored for a terminal that was
+//! away); and when every terminal registered once more at the very end (stored while its
+//! terminal was online, so held until that terminal's next REGISTER: not lost, but late).
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -48,10 +53,21 @@ struct Sent {
     at: Instant,
 }
 
+/// When a message was first received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    #[default]
+    Running,
+    /// The terminals kept away came back.
+    Returned,
+    /// Every terminal registered once more.
+    Reregistered,
+}
+
 #[derive(Default)]
 struct Receipt {
     times: u32,
-    returned: bool,
+    phase: Phase,
 }
 
 /// A coalesced PUSH a terminal received: it stands for the pushes to that terminal missed
@@ -77,7 +93,7 @@ struct Books {
 pub struct Ledger {
     next: AtomicU64,
     up_sent: AtomicU64,
-    phase_returned: std::sync::atomic::AtomicBool,
+    phase: Mutex<Phase>,
     books: Mutex<Books>,
 }
 
@@ -124,11 +140,11 @@ impl Ledger {
             ));
             return;
         };
-        let returned = self.phase_returned.load(Ordering::Relaxed);
+        let phase = *self.phase.lock().expect("phase");
         let mut books = self.books.lock().expect("ledger");
         let receipt = books.received.entry(n).or_default();
         if receipt.times == 0 {
-            receipt.returned = returned;
+            receipt.phase = phase;
         }
         receipt.times += 1;
         if offline >= 1 {
@@ -174,9 +190,9 @@ impl Ledger {
         }
     }
 
-    /// From now on, receipts are of messages stored for terminals that were away.
-    pub fn returned_phase(&self) {
-        self.phase_returned.store(true, Ordering::Relaxed);
+    /// From now on, receipts are of messages stored until `phase`.
+    pub fn enter(&self, phase: Phase) {
+        *self.phase.lock().expect("phase") = phase;
     }
 
     /// How many receipts (with repeats) and webhook IMs there are so far: quiet is when this
@@ -217,7 +233,17 @@ impl Ledger {
             let row = account.row(sent.kind);
             row.sent += 1;
             match books.received.get(n) {
-                Some(r) if r.returned => row.returned += 1,
+                Some(r) if r.phase == Phase::Returned => row.returned += 1,
+                Some(r) if r.phase == Phase::Reregistered => {
+                    row.held += 1;
+                    if account.held_examples.len() < 20 {
+                        account.held_examples.push(format!(
+                            "{}{n} for terminal {}",
+                            sent.kind.prefix(),
+                            sent.terminal
+                        ));
+                    }
+                }
                 Some(r) if r.times == 1 => row.once += 1,
                 Some(_) => row.repeated += 1,
                 None if sent.kind == Kind::Push
@@ -269,6 +295,8 @@ pub struct Row {
     pub repeated: u64,
     pub coalesced: u64,
     pub returned: u64,
+    /// Stored while its terminal was online; delivered at its next REGISTER.
+    pub held: u64,
     pub lost: u64,
 }
 
@@ -283,6 +311,7 @@ pub struct Account {
     pub up_repeated: u64,
     pub up_lost: u64,
     pub lost_examples: Vec<String>,
+    pub held_examples: Vec<String>,
     pub unexpected: Vec<String>,
 }
 
@@ -310,7 +339,7 @@ impl Account {
             let _ = writeln!(out, "| {name} | {count} |");
         }
         out.push_str(
-            "\n| messages | accepted | delivered once | more than once | coalesced | stored, delivered on return | lost |\n|---|---:|---:|---:|---:|---:|---:|\n",
+            "\n| messages | accepted | delivered once | more than once | coalesced | stored, delivered on return | stored while online, delivered at the next REGISTER | lost |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for kind in Kind::ALL {
             let r = self
@@ -321,23 +350,27 @@ impl Account {
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "| {} down | {} | {} | {} | {} | {} | {} |",
+                "| {} down | {} | {} | {} | {} | {} | {} | {} |",
                 kind.topic(),
                 r.sent,
                 r.once,
                 r.repeated,
                 r.coalesced,
                 r.returned,
+                r.held,
                 r.lost
             );
         }
         let _ = writeln!(
             out,
-            "| IM up (IMRESP 0 of {} sent) | {} | {} | {} | – | – | {} |",
+            "| IM up (IMRESP 0 of {} sent) | {} | {} | {} | – | – | – | {} |",
             self.up_sent, self.up_accepted, self.up_once, self.up_repeated, self.up_lost
         );
         for example in &self.lost_examples {
             let _ = writeln!(out, "lost: {example}");
+        }
+        for example in &self.held_examples {
+            let _ = writeln!(out, "held while online: {example}");
         }
         for what in &self.unexpected {
             let _ = writeln!(out, "unexpected: {what}");

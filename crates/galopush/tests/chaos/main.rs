@@ -2,10 +2,12 @@
 //! the embedded bus and its webhook — under a steady load of pushes, callbacks and IMs down and
 //! IMs up from terminals that reconnect whenever they are dropped, while a seeded schedule
 //! SIGKILLs and restarts each part, pauses one past the ack timeout (SIGSTOP/SIGCONT), takes
-//! the webhook away, and drops terminals in the middle of a frame. At the end it waits for quiet
-//! and accounts for every message: delivered (once, or more), coalesced into a later push,
-//! stored for a terminal that was away and delivered when it came back — or lost. The test
-//! fails when anything is lost.
+//! the webhook away, and drops terminals in the middle of a frame. At the end it waits for quiet,
+//! brings back the terminals it kept away, has every terminal register once more, and accounts
+//! for every message: delivered (once, or more), coalesced into a later push, stored for a
+//! terminal that was away and delivered when it came back, stored while its terminal was online
+//! and delivered only at its next REGISTER (late, not lost) — or lost. The test fails when
+//! anything is lost.
 //!
 //! `.ci/run` runs the short form (60 s, seed 1, 600 terminals). The long one, and any seed:
 //! `CHAOS_SECS=1800 CHAOS_SEED=7 CHAOS_TERMINALS=3000 CHAOS_RATE=1000 cargo test --release -p
@@ -31,7 +33,7 @@ use tokio::time::Instant;
 use business::{Publisher, Webhook};
 use common::process::free_port;
 use common::redis::OwnRedis;
-use ledger::Ledger;
+use ledger::{Ledger, Phase};
 use parts::{Part, common_settings};
 use terminals::{Behaviour, Control, Spec};
 
@@ -329,10 +331,28 @@ async fn nothing_is_lost_under_stacked_faults() {
     publisher.await.expect("publisher");
     behaviour.sending.store(false, Ordering::Relaxed);
     quiet(&ledger, &controls).await;
-    ledger.returned_phase();
+    ledger.enter(Phase::Returned);
     for control in &controls {
         control.away.store(false, Ordering::Relaxed);
     }
+    quiet(&ledger, &controls).await;
+    // Every terminal registers once more: what a router stored while its terminal was online
+    // (and so kept for the next REGISTER) comes now, and is told apart from what is lost.
+    ledger.enter(Phase::Reregistered);
+    for control in &controls {
+        control.reregister.store(true, Ordering::Relaxed);
+    }
+    let reregistered = async {
+        while !controls
+            .iter()
+            .all(|c| !c.reregister.load(Ordering::Relaxed) && c.registered.load(Ordering::Relaxed))
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(SETTLE, reregistered)
+        .await
+        .expect("every terminal registers once more");
     quiet(&ledger, &controls).await;
     for terminal in terminals {
         terminal.abort();

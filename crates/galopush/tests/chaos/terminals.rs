@@ -27,6 +27,8 @@ pub struct Control {
     pub drop_mid_frame: AtomicBool,
     /// Stay disconnected until this is false again.
     pub away: AtomicBool,
+    /// Close the connection and register again, once.
+    pub reregister: AtomicBool,
     /// Registered on a comet right now.
     pub registered: AtomicBool,
 }
@@ -176,7 +178,8 @@ async fn session(
             let _ = terminal.send_raw(&frame[..frame.len() / 2]).await;
             return;
         }
-        if control.away.load(Ordering::Relaxed) {
+        if control.away.load(Ordering::Relaxed) || control.reregister.swap(false, Ordering::Relaxed)
+        {
             return;
         }
         if behaviour.sending.load(Ordering::Relaxed) && Instant::now() >= next_up {
