@@ -444,6 +444,7 @@ impl Router {
                         term,
                         message: offline_message(kind, flag, body.clone()),
                     };
+                    self.stored_for(&uid, term);
                     self.hold_until_durable(
                         self.store.store_offline(vec![write]),
                         Some(ticket.clone()),

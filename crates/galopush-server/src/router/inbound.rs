@@ -321,6 +321,7 @@ impl Router {
                     let body = plan.deliveries.body().clone();
                     let message = offline_message(kind, flag, body.clone());
                     let uid = uid();
+                    self.stored_for(&uid, term);
                     plan.stores
                         .push(self.store.store_offline(vec![OfflineWrite {
                             uid: uid.clone(),

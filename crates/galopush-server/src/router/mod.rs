@@ -14,6 +14,7 @@ pub mod reports;
 pub mod sessions;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use galopush_protocol::TermType;
 use galopush_protocol::bus::MsgUpward;
@@ -28,6 +29,7 @@ use crate::link::{
 };
 use crate::metrics::{LinkRefusal, Metrics, Refusal};
 use crate::phones::Phones;
+use crate::sharded::ShardedMap;
 use crate::store::{LoginRecord, OfflineKey, Store, StoreError};
 pub use comets::{CometSessions, IdTaken};
 use comets::{CometSummary, Comets};
@@ -64,7 +66,18 @@ pub struct Router {
     reports: Reports,
     /// The phones' push services, for terminals that are not live (SPEC §12).
     phones: Phones,
+    /// Terminals this router stored a message for lately, and when: with several routers, the
+    /// ones to look at again when another router's REGISTER of them is reported (`opened`).
+    /// Bounded by the offline stores of [`LATE_STORE_WINDOW`]; older entries are dropped by
+    /// `housekeeping`.
+    stored_lately: ShardedMap<(Arc<str>, TermType), Instant>,
 }
+
+/// How long after storing a message for a terminal this router still looks for it when another
+/// router reports the terminal's REGISTER. The race it closes lasts from that REGISTER's read
+/// of the stored messages until this router hears of the session: milliseconds, or the length of
+/// a pause of this router.
+const LATE_STORE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Router {
     /// A router that sends nothing to phones' push services.
@@ -101,6 +114,7 @@ impl Router {
             sessions: Sessions::default(),
             comets: Comets::default(),
             pending: Pending::new(reported),
+            stored_lately: ShardedMap::default(),
         })
     }
 
@@ -333,9 +347,65 @@ impl Router {
         out
     }
 
-    /// Another router authenticated a session on this comet: take it as live.
-    pub fn opened(&self, comet: CometIdx, s: &SessionInfo) {
-        self.record(comet, s);
+    /// Another router authenticated a session on this comet: take it as live. If this router
+    /// stored a message for the terminal lately, it may have done so after that REGISTER read
+    /// the stored messages (routers' writes are not ordered with each other) and before it heard
+    /// of the session: it reads them again, after its own writes, and sends them to the session.
+    /// What the REGISTER already sent comes twice (at least once); nothing waits in the store
+    /// while the terminal is online.
+    pub fn opened(self: &Arc<Self>, comet: CometIdx, s: &SessionInfo) {
+        let location = Location {
+            comet,
+            session: s.session,
+            token: s.token.clone(),
+            since: unix_ms(),
+        };
+        self.comets.track(comet, s.term, 1);
+        // As in `register`: the session is live and the read is issued under the user's lock,
+        // so a message planned here either sees the session or is stored before this read.
+        let (older, read) = self.sessions.locked(&s.uid, |slots| {
+            let older = slots.insert(s.term, location);
+            let key = (s.uid.clone(), s.term);
+            let lately = self
+                .stored_lately
+                .lock(&key)
+                .remove(&key)
+                .is_some_and(|at| at.elapsed() < LATE_STORE_WINDOW);
+            (older, lately.then(|| self.store.offline(&s.uid, s.term)))
+        });
+        if let Some(older) = older {
+            self.comets.track(older.comet, s.term, -1);
+            self.kick(&older, KickReason::RepeatLogin);
+        }
+        let Some(read) = read else {
+            return;
+        };
+        let router = self.clone();
+        let s = s.clone();
+        tokio::spawn(async move {
+            match read.await {
+                Ok(offline) => {
+                    let deliveries = router.stored_deliveries(comet, &s, offline);
+                    if !deliveries.is_empty() {
+                        tracing::debug!(uid = %s.uid, term = %s.term, messages = deliveries.len(), "stored messages sent to a session another router registered");
+                        router.send(
+                            comet,
+                            deliveries.into_iter().map(CometCommand::Deliver).collect(),
+                        );
+                    }
+                }
+                Err(e) => {
+                    router.metrics.store_errors.inc();
+                    tracing::warn!(uid = %s.uid, error = %e, "cannot read stored messages again; they wait for the next REGISTER");
+                }
+            }
+        });
+    }
+
+    /// Notes that a message was stored for `uid`'s terminal of `term` (see `opened`).
+    fn stored_for(&self, uid: &Arc<str>, term: TermType) {
+        let key = (uid.clone(), term);
+        self.stored_lately.lock(&key).insert(key, Instant::now());
     }
 
     /// A session closed: it is no longer live.
@@ -420,6 +490,8 @@ impl Router {
     /// registered.
     pub fn housekeeping(&self) {
         self.comets.decay_reservations();
+        self.stored_lately
+            .each_shard(|shard| shard.retain(|_, at| at.elapsed() < LATE_STORE_WINDOW));
     }
 
     /// Waits until `ticket`'s write is durable, marking the ticket failed if it is not.

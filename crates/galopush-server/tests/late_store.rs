@@ -1,0 +1,121 @@
+//! Several routers: a comet sends a terminal's REGISTER to one router (by a hash of the uid),
+//! which reads the terminal's stored messages; the other routers hear of the session a moment
+//! later (`opened`). A message another router planned in between saw the terminal as not live
+//! and stored it after that read — the routers' writes to the shared store are not ordered with
+//! each other. Found by the chaos run (RELIABILITY.md): such a message waited in the store until
+//! the terminal's next REGISTER. Now the router that stored it sends it when it hears of the
+//! session.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use galopush_protocol::TermType;
+use galopush_server::bus::{Ticket, Topic};
+use galopush_server::link::{CometCommand, CometLink, Registration, SessionInfo};
+use galopush_server::store::Store;
+use galopush_server::store::memory::MemoryStore;
+use galopush_server::store::offline::OfflineLimits;
+
+/// A comet with no sessions at first; records the bodies delivered to it.
+#[derive(Default)]
+struct Comet {
+    delivered: Mutex<Vec<Bytes>>,
+}
+
+impl CometLink for Comet {
+    fn send(&self, commands: Vec<CometCommand>) {
+        for c in commands {
+            if let CometCommand::Deliver(d) = c {
+                self.delivered.lock().expect("lock").push(d.body);
+            }
+        }
+    }
+
+    fn live_sessions(&self) -> Vec<SessionInfo> {
+        Vec::new()
+    }
+}
+
+#[tokio::test]
+async fn a_message_stored_by_another_router_during_a_register_reaches_the_session() {
+    let store = Arc::new(MemoryStore::new(OfflineLimits::default()));
+    store
+        .set_login("bo", TermType::Android, Some(common::logged_in("c", "")))
+        .await
+        .expect("login");
+    let comet = Arc::new(Comet::default());
+    let (owner, owner_comet) = common::router_with(store.clone(), comet.clone());
+    let (other, other_comet) = common::router_with(store.clone(), comet.clone());
+    let session = SessionInfo {
+        session: 7,
+        uid: Arc::from("bo"),
+        term: TermType::Android,
+        token: Arc::from("c"),
+    };
+
+    // The owner registers bo: nothing is stored yet.
+    match owner.register(owner_comet, session.clone()).await {
+        Ok(Registration::Accepted { stored }) => assert!(stored.is_empty()),
+        other => panic!("expected the REGISTER accepted, got {other:?}"),
+    }
+    // The other router has not heard of the session: its push is stored.
+    let push = serde_json::json!({
+        "receivers": [{"uid": "bo", "termtype": 1}], "flag": 0, "body": "while registering"
+    })
+    .to_string();
+    other
+        .apply(Topic::Push, push.as_bytes(), Ticket::detached())
+        .await;
+    assert!(comet.delivered.lock().expect("lock").is_empty());
+    // Now it hears of the session: the stored push goes to it.
+    other.opened(other_comet, &session);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while comet.delivered.lock().expect("lock").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stored push never reached the live session"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        *comet.delivered.lock().expect("lock"),
+        [Bytes::from("while registering")]
+    );
+}
+
+#[tokio::test]
+async fn a_session_another_router_registered_gets_nothing_when_this_one_stored_nothing() {
+    let store = Arc::new(MemoryStore::new(OfflineLimits::default()));
+    // A push stored long before, by no router of these: the owner's REGISTER sends it.
+    store
+        .set_login("cy", TermType::Ios, Some(common::logged_in("c", "")))
+        .await
+        .expect("login");
+    let comet = Arc::new(Comet::default());
+    let (owner, owner_comet) = common::router_with(store.clone(), comet.clone());
+    let (other, other_comet) = common::router_with(store.clone(), comet.clone());
+    let push = serde_json::json!({
+        "receivers": [{"uid": "cy", "termtype": 2}], "flag": 0, "body": "stored before"
+    })
+    .to_string();
+    owner
+        .apply(Topic::Push, push.as_bytes(), Ticket::detached())
+        .await;
+    let session = SessionInfo {
+        session: 8,
+        uid: Arc::from("cy"),
+        term: TermType::Ios,
+        token: Arc::from("c"),
+    };
+    match owner.register(owner_comet, session.clone()).await {
+        Ok(Registration::Accepted { stored }) => assert_eq!(stored.len(), 1),
+        other => panic!("expected the REGISTER accepted, got {other:?}"),
+    }
+    // The other router stored nothing for cy: hearing of the session sends nothing again.
+    other.opened(other_comet, &session);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(comet.delivered.lock().expect("lock").is_empty());
+}
