@@ -55,6 +55,14 @@ async fn a_message_stored_by_another_router_during_a_register_reaches_the_sessio
         term: TermType::Android,
         token: Arc::from("c"),
     };
+    // The other router has heard of another router's sessions before: there are several.
+    let earlier = SessionInfo {
+        session: 6,
+        uid: Arc::from("al"),
+        term: TermType::Pc,
+        token: Arc::from("a"),
+    };
+    other.opened(other_comet, &earlier);
 
     // The owner registers bo: nothing is stored yet.
     match owner.register(owner_comet, session.clone()).await {

@@ -14,6 +14,7 @@ pub mod reports;
 pub mod sessions;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use galopush_protocol::TermType;
@@ -68,10 +69,17 @@ pub struct Router {
     phones: Phones,
     /// Terminals this router stored a message for lately, and when: with several routers, the
     /// ones to look at again when another router's REGISTER of them is reported (`opened`).
-    /// Bounded by the offline stores of [`LATE_STORE_WINDOW`]; older entries are dropped by
+    /// Kept only once another router has been heard of, at most [`STORED_LATELY_PER_SHARD`] per
+    /// shard (a broadcast to many offline users fills it; those beyond wait for their next
+    /// REGISTER, as before); entries older than [`LATE_STORE_WINDOW`] are dropped by
     /// `housekeeping`.
     stored_lately: ShardedMap<(Arc<str>, TermType), Instant>,
+    /// Whether another router has reported a REGISTER (`opened`): there are several routers.
+    several_routers: AtomicBool,
 }
+
+/// Entries of `stored_lately` per shard, at most: 131,072 in all, a few MiB.
+const STORED_LATELY_PER_SHARD: usize = 2048;
 
 /// How long after storing a message for a terminal this router still looks for it when another
 /// router reports the terminal's REGISTER. The race it closes lasts from that REGISTER's read
@@ -115,6 +123,7 @@ impl Router {
             comets: Comets::default(),
             pending: Pending::new(reported),
             stored_lately: ShardedMap::default(),
+            several_routers: AtomicBool::new(false),
         })
     }
 
@@ -354,6 +363,7 @@ impl Router {
     /// What the REGISTER already sent comes twice (at least once); nothing waits in the store
     /// while the terminal is online.
     pub fn opened(self: &Arc<Self>, comet: CometIdx, s: &SessionInfo) {
+        self.several_routers.store(true, Ordering::Relaxed);
         let location = Location {
             comet,
             session: s.session,
@@ -404,8 +414,14 @@ impl Router {
 
     /// Notes that a message was stored for `uid`'s terminal of `term` (see `opened`).
     fn stored_for(&self, uid: &Arc<str>, term: TermType) {
+        if !self.several_routers.load(Ordering::Relaxed) {
+            return;
+        }
         let key = (uid.clone(), term);
-        self.stored_lately.lock(&key).insert(key, Instant::now());
+        let mut shard = self.stored_lately.lock(&key);
+        if shard.len() < STORED_LATELY_PER_SHARD || shard.contains_key(&key) {
+            shard.insert(key, Instant::now());
+        }
     }
 
     /// A session closed: it is no longer live.
