@@ -178,6 +178,13 @@ impl Router {
 
     /// Records a live session; kicks whatever session held the same (uid, type) before.
     fn record(&self, comet: CometIdx, s: &SessionInfo) {
+        self.take_live(comet, s, || ());
+    }
+
+    /// Takes session `s` on `comet` as live and runs `also` under the same lock of the user (a
+    /// message planned for the user meanwhile either sees the session or was planned before
+    /// `also`); then kicks whatever session held the same (uid, type) before.
+    fn take_live<R>(&self, comet: CometIdx, s: &SessionInfo, also: impl FnOnce() -> R) -> R {
         let location = Location {
             comet,
             session: s.session,
@@ -185,10 +192,14 @@ impl Router {
             since: unix_ms(),
         };
         self.comets.track(comet, s.term, 1);
-        if let Some(older) = self.sessions.insert(&s.uid, s.term, location) {
+        let (older, out) = self
+            .sessions
+            .locked(&s.uid, |slots| (slots.insert(s.term, location), also()));
+        if let Some(older) = older {
             self.comets.track(older.comet, s.term, -1);
             self.kick(&older, KickReason::RepeatLogin);
         }
+        out
     }
 
     /// Sends KICK to a session that is no longer in the location table.
@@ -271,25 +282,12 @@ impl Router {
         }
         self.metrics.registrations_accepted.inc();
         self.comets.registered(comet);
-        let location = Location {
-            comet,
-            session: s.session,
-            token: s.token.clone(),
-            since: unix_ms(),
-        };
         // Taking the session as live and reading its stored messages happen under the user's
         // lock: a message planned for this user either sees the session live or is stored
         // before this read.
-        let (older, stored) = self.sessions.locked(&s.uid, |slots| {
-            let older = slots.insert(s.term, location);
-            let stored = (s.term != TermType::Web).then(|| self.store.offline(&s.uid, s.term));
-            (older, stored)
+        let stored = self.take_live(comet, &s, || {
+            (s.term != TermType::Web).then(|| self.store.offline(&s.uid, s.term))
         });
-        self.comets.track(comet, s.term, 1);
-        if let Some(older) = older {
-            self.comets.track(older.comet, s.term, -1);
-            self.kick(&older, KickReason::RepeatLogin);
-        }
         let stored = match stored {
             None => Vec::new(),
             Some(read) => match read.await {
@@ -364,29 +362,17 @@ impl Router {
     /// while the terminal is online.
     pub fn opened(self: &Arc<Self>, comet: CometIdx, s: &SessionInfo) {
         self.several_routers.store(true, Ordering::Relaxed);
-        let location = Location {
-            comet,
-            session: s.session,
-            token: s.token.clone(),
-            since: unix_ms(),
-        };
-        self.comets.track(comet, s.term, 1);
-        // As in `register`: the session is live and the read is issued under the user's lock,
-        // so a message planned here either sees the session or is stored before this read.
-        let (older, read) = self.sessions.locked(&s.uid, |slots| {
-            let older = slots.insert(s.term, location);
+        // As in `register`: the read is issued under the user's lock with the session live, so
+        // a message planned here either sees the session or is stored before this read.
+        let read = self.take_live(comet, s, || {
             let key = (s.uid.clone(), s.term);
             let lately = self
                 .stored_lately
                 .lock(&key)
                 .remove(&key)
                 .is_some_and(|at| at.elapsed() < LATE_STORE_WINDOW);
-            (older, lately.then(|| self.store.offline(&s.uid, s.term)))
+            lately.then(|| self.store.offline(&s.uid, s.term))
         });
-        if let Some(older) = older {
-            self.comets.track(older.comet, s.term, -1);
-            self.kick(&older, KickReason::RepeatLogin);
-        }
         let Some(read) = read else {
             return;
         };
