@@ -236,13 +236,7 @@ impl Ledger {
                 Some(r) if r.phase == Phase::Returned => row.returned += 1,
                 Some(r) if r.phase == Phase::Reregistered => {
                     row.held += 1;
-                    if account.held_examples.len() < 20 {
-                        account.held_examples.push(format!(
-                            "{}{n} for terminal {}",
-                            sent.kind.prefix(),
-                            sent.terminal
-                        ));
-                    }
+                    example(&mut account.held_examples, sent, *n);
                 }
                 Some(r) if r.times == 1 => row.once += 1,
                 Some(_) => row.repeated += 1,
@@ -255,13 +249,7 @@ impl Ledger {
                 }
                 None => {
                     row.lost += 1;
-                    if account.lost_examples.len() < 20 {
-                        account.lost_examples.push(format!(
-                            "{}{n} for terminal {}",
-                            sent.kind.prefix(),
-                            sent.terminal
-                        ));
-                    }
+                    example(&mut account.lost_examples, sent, *n);
                 }
             }
         }
@@ -280,6 +268,17 @@ impl Ledger {
             }
         }
         account
+    }
+}
+
+/// Keeps the first 20 examples of an outcome, for the table.
+fn example(examples: &mut Vec<String>, sent: &Sent, n: u64) {
+    if examples.len() < 20 {
+        examples.push(format!(
+            "{}{n} for terminal {}",
+            sent.kind.prefix(),
+            sent.terminal
+        ));
     }
 }
 
