@@ -321,4 +321,53 @@ mod tests {
         assert_eq!(*bus.writes.lock().expect("writes"), [1, 999]);
         assert_eq!(metrics.report(ReportOutcome::Acked).get(), 1000);
     }
+
+    #[tokio::test]
+    async fn a_report_beyond_the_writers_queue_is_refused_and_its_stored_copy_kept() {
+        let bus = Arc::new(GatedBus {
+            writes: Mutex::default(),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let reports = Reports::new("deliveryReport", bus.clone(), metrics.clone());
+        let removed = Arc::new(AtomicUsize::new(0));
+        let report = || {
+            let removed = removed.clone();
+            reports.publish(
+                Report {
+                    id: None,
+                    uid: "u",
+                    termtype: 1,
+                    kind: DeliveryKind::Im,
+                    outcome: ReportOutcome::Acked,
+                },
+                Hold::Unstore(Box::new(move || {
+                    removed.fetch_add(1, Ordering::SeqCst);
+                    resolved(Ok(()))
+                })),
+            );
+        };
+        // The writer holds the first report in a write that does not end; the queue fills.
+        report();
+        while bus.writes.lock().expect("writes").is_empty() {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..WAITING {
+            report();
+        }
+        assert_eq!(metrics.refusals(Refusal::OutboxPending), 0);
+        report();
+        assert_eq!(metrics.refusals(Refusal::OutboxPending), 1);
+        // Once the bus takes them, every report the queue held is written; the refused one's
+        // stored copy was never removed.
+        bus.gate.add_permits(1);
+        while removed.load(Ordering::SeqCst) < 1 + WAITING {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(removed.load(Ordering::SeqCst), 1 + WAITING);
+        assert_eq!(
+            metrics.report(ReportOutcome::Acked).get(),
+            1 + WAITING as u64
+        );
+    }
 }
