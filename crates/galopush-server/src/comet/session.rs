@@ -8,21 +8,23 @@
 //! `limits.conn_queue_bytes` queued for it (beyond that it is closed as not reading, even in the
 //! middle of a write it does not read).
 //!
-//! Time-outs use one timer per connection, set to the earliest of the idle deadline and the
-//! oldest open transaction; transactions live in a small map keyed by TID, with their deadlines
+//! Time-outs use one timer per connection, set to the earliest of the idle deadline, the
+//! oldest open transaction and, while a write waits on the terminal, `comet.write_timeout`; transactions live in a small map keyed by TID, with their deadlines
 //! in two queues (push/IM and callback), each in deadline order because each has one fixed
 //! time-out.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use galopush_protocol::message::{
     Down, IMRESP_ACCEPTED, IMRESP_FAILED, PONG_NOT_REGISTERED, PONG_OK, REGRESP_AUTH_FAILED,
     REGRESP_OK, Up,
 };
 use galopush_protocol::{Encoding, TermType};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 
 use super::conn::{Conn, Outbound, Pushed, RouterIdx};
 use super::transport::{Received, Transport, TransportError};
@@ -41,6 +43,11 @@ const MAX_ID: usize = 32;
 ///
 /// An `async` block rather than an `async fn`: an `async fn` keeps its arguments and its
 /// bindings of them as two copies in the task, and a TLS transport is over a kilobyte.
+///
+/// The task is an idle terminal's largest allocation, so what only the first moments need
+/// stays out of it: the wait for REGISTER (with the router's answer) runs in a future of its
+/// own on the heap, freed once the terminal is registered; the terminal's [`SessionInfo`] is
+/// the one its [`Conn`] keeps; open transactions are on the heap only while there are some.
 pub fn serve<T: Transport>(
     comet: Arc<CometShared>,
     transport: T,
@@ -52,15 +59,17 @@ pub fn serve<T: Transport>(
         let _slot = slot;
         let conn = comet.open_conn();
         comet.metrics.connections_unregistered.inc();
-        let registered = await_register(&comet, &conn, &mut transport, deadline).await;
+        let registered = Box::pin(await_register(&comet, &conn, &mut transport, deadline)).await;
         comet.metrics.connections_unregistered.dec();
         let mut txns = Transactions::default();
-        if let Some(Registered {
-            info,
-            encoding,
-            router,
-            stored,
-        }) = registered
+        if let (
+            Some(Registered {
+                encoding,
+                router,
+                stored,
+            }),
+            Some(info),
+        ) = (registered, conn.session())
         {
             let gauge = comet.metrics.connections(info.term).clone();
             gauge.inc();
@@ -68,7 +77,7 @@ pub fn serve<T: Transport>(
             let mut session = Session {
                 comet: &comet,
                 conn: &conn,
-                info: &info,
+                info,
                 encoding,
                 next_tid: fastrand::u32(..),
                 txns: &mut txns,
@@ -78,7 +87,7 @@ pub fn serve<T: Transport>(
             gauge.dec();
             comet.close_conn(conn.id);
             settle_leftovers(&comet, &conn, &mut txns);
-            comet.closed(&info);
+            comet.closed(info);
         } else {
             comet.close_conn(conn.id);
             settle_leftovers(&comet, &conn, &mut txns);
@@ -136,10 +145,9 @@ fn log_error(comet: &CometShared, conn: &Conn, e: &TransportError) {
     }
 }
 
-/// A terminal that registered: who it is, the encoding it registered with, and its stored
-/// messages with the router that sent them.
+/// A terminal that registered (who it is, its [`Conn`] keeps): the encoding it registered
+/// with, and its stored messages with the router that sent them.
 struct Registered {
-    info: SessionInfo,
     encoding: Encoding,
     router: RouterIdx,
     stored: Vec<Delivery>,
@@ -208,9 +216,8 @@ async fn await_register<T: Transport>(
                 match comet.register(&info).await {
                     Ok((router, Registration::Accepted { stored })) => {
                         transport.write(encoding, tid, Down::RegResp { code: REGRESP_OK });
-                        conn.set_registered(info.clone());
+                        conn.set_registered(info);
                         return Some(Registered {
-                            info,
                             encoding,
                             router,
                             stored,
@@ -262,13 +269,17 @@ struct Txn {
     delivery: DeliveryId,
 }
 
-/// A connection's open transactions.
+/// A connection's open transactions, on the heap only while there are some: an idle
+/// connection's task keeps a pointer, not the three deques.
 ///
 /// TIDs are given in sequence, so the transaction a TID names is found by its distance from
 /// the oldest one still open: no hashing, and a burst fills one deque. An acked transaction
 /// leaves a hole until the ones before it end.
 #[derive(Default)]
-struct Transactions {
+struct Transactions(Option<Box<Open>>);
+
+#[derive(Default)]
+struct Open {
     /// Open transactions from TID `first` on.
     open: VecDeque<Option<Txn>>,
     first: u32,
@@ -278,28 +289,7 @@ struct Transactions {
     long: VecDeque<(Instant, u32)>,
 }
 
-impl Transactions {
-    fn next_deadline(&self) -> Option<Instant> {
-        let a = self.short.front().map(|(d, _)| *d);
-        let b = self.long.front().map(|(d, _)| *d);
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Opens the transaction of `tid`, a TID given after every open one.
-    fn open(&mut self, tid: u32, txn: Txn) {
-        if self.open.is_empty() {
-            self.first = tid;
-        }
-        let index = tid.wrapping_sub(self.first) as usize;
-        while self.open.len() < index {
-            self.open.push_back(None);
-        }
-        self.open.push_back(Some(txn));
-    }
-
+impl Open {
     /// Ends the transaction of `tid`, if it is open.
     fn end(&mut self, tid: u32) -> Option<Txn> {
         let index = tid.wrapping_sub(self.first) as usize;
@@ -311,54 +301,79 @@ impl Transactions {
         txn
     }
 
-    /// Removes the transactions whose deadline has passed.
-    fn expire(&mut self, now: Instant) -> Vec<Txn> {
-        let mut out = Vec::new();
-        for class in [Class::Short, Class::Long] {
-            while let Some((deadline, tid)) = self.deadlines(class).front().copied() {
-                if deadline > now {
-                    break;
-                }
-                self.deadlines(class).pop_front();
-                out.extend(self.end(tid));
-            }
-        }
-        self.shrink();
-        out
-    }
-
     fn deadlines(&mut self, class: Class) -> &mut VecDeque<(Instant, u32)> {
         match class {
             Class::Short => &mut self.short,
             Class::Long => &mut self.long,
         }
     }
+}
+
+impl Transactions {
+    fn next_deadline(&self) -> Option<Instant> {
+        let open = self.0.as_ref()?;
+        let a = open.short.front().map(|(d, _)| *d);
+        let b = open.long.front().map(|(d, _)| *d);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Opens the transaction of `tid`, a TID given after every open one, due to end by `due`.
+    fn open(&mut self, tid: u32, txn: Txn, class: Class, due: Instant) {
+        let open = self.0.get_or_insert_default();
+        if open.open.is_empty() {
+            open.first = tid;
+        }
+        let index = tid.wrapping_sub(open.first) as usize;
+        while open.open.len() < index {
+            open.open.push_back(None);
+        }
+        open.open.push_back(Some(txn));
+        open.deadlines(class).push_back((due, tid));
+    }
+
+    /// Removes the transactions whose deadline has passed.
+    fn expire(&mut self, now: Instant) -> Vec<Txn> {
+        let mut out = Vec::new();
+        let Some(open) = self.0.as_mut() else {
+            return out;
+        };
+        for class in [Class::Short, Class::Long] {
+            while let Some((deadline, tid)) = open.deadlines(class).front().copied() {
+                if deadline > now {
+                    break;
+                }
+                open.deadlines(class).pop_front();
+                out.extend(open.end(tid));
+            }
+        }
+        self.shrink();
+        out
+    }
 
     /// Ends the transaction a terminal acked.
     fn ack(&mut self, tid: u32) -> Option<Txn> {
-        let txn = self.end(tid);
-        if self.open.is_empty() {
-            self.short.clear();
-            self.long.clear();
-            self.shrink();
-        }
+        let txn = self.0.as_mut()?.end(tid);
+        self.shrink();
         txn
     }
 
-    /// Gives memory back once a burst is over.
+    /// Gives memory back once a burst is over: with no transaction open, the deadlines left
+    /// are those of acked ones.
     fn shrink(&mut self) {
-        if self.open.is_empty() && self.open.capacity() > 0 {
-            self.open = VecDeque::new();
-            self.short = VecDeque::new();
-            self.long = VecDeque::new();
+        if self.0.as_ref().is_some_and(|open| open.open.is_empty()) {
+            self.0 = None;
         }
     }
 
     /// Ends every open transaction.
-    fn drain(&mut self) -> impl Iterator<Item = Txn> + '_ {
-        self.short.clear();
-        self.long.clear();
-        self.open.drain(..).flatten()
+    fn drain(&mut self) -> impl Iterator<Item = Txn> + use<> {
+        self.0
+            .take()
+            .into_iter()
+            .flat_map(|open| open.open.into_iter().flatten())
     }
 }
 
@@ -401,14 +416,10 @@ impl Session<'_> {
         stored: Vec<Delivery>,
     ) {
         // Stored messages go first, each as a transaction with the router that made them (the
-        // one that authenticated the terminal).
+        // one that authenticated the terminal); the loop writes them.
         let now = Instant::now();
         for delivery in stored {
             self.deliver(transport, auth_router, delivery, now);
-        }
-        if let Err(e) = flush(self.comet, transport).await {
-            log_error(self.comet, self.conn, &e);
-            return;
         }
         let idle = self.comet.settings.idle_timeout;
         let mut last_seen = Instant::now();
@@ -417,9 +428,7 @@ impl Session<'_> {
         let timer = sleep_until(last_seen + idle);
         tokio::pin!(timer);
         let conn: &Conn = self.conn;
-        let queued = conn.queued();
-        tokio::pin!(queued);
-        // The queue was signalled: take it at the top of the loop.
+        // Something was queued: take it at the top of the loop.
         let mut woken = false;
         loop {
             if woken {
@@ -427,7 +436,7 @@ impl Session<'_> {
                 match self.take_queue(transport) {
                     AfterQueue::Go => {}
                     AfterQueue::Kicked => {
-                        let _ = flush(self.comet, transport).await;
+                        let _ = self.write(transport, &mut timer, &mut true).await;
                         return;
                     }
                     AfterQueue::Slow => {
@@ -438,23 +447,7 @@ impl Session<'_> {
                 }
             }
             if transport.has_pending() {
-                // While a write waits on a terminal that does not read, its queue may overflow:
-                // that ends the write and the connection at once, not at `comet.write_timeout`.
-                let write = flush(self.comet, transport);
-                tokio::pin!(write);
-                let written = loop {
-                    tokio::select! {
-                        r = &mut write => break r,
-                        () = &mut queued, if !woken => {
-                            queued.set(conn.queued());
-                            woken = true;
-                            if conn.is_slow() {
-                                break Err(TransportError::Slow);
-                            }
-                        }
-                    }
-                };
-                if let Err(e) = written {
+                if let Err(e) = self.write(transport, &mut timer, &mut woken).await {
                     log_error(self.comet, self.conn, &e);
                     return;
                 }
@@ -475,10 +468,7 @@ impl Session<'_> {
             let reading = self.ims_in_flight < self.comet.settings.im_inflight;
             tokio::select! {
                 biased;
-                () = &mut queued => {
-                    queued.set(conn.queued());
-                    woken = true;
-                }
+                () = conn.queued() => woken = true,
                 r = transport.recv(), if reading => {
                     let frame = match r {
                         Ok(Received::Frame(f)) => Some(f),
@@ -496,9 +486,7 @@ impl Session<'_> {
                 }
                 () = &mut timer => {
                     let now = Instant::now();
-                    for txn in self.txns.expire(now) {
-                        fail(self.comet, txn.router, txn.delivery);
-                    }
+                    self.expire(now);
                     if now >= last_seen + idle {
                         if !reading {
                             // Not read because it waits for its IMs' answers: not idle.
@@ -510,6 +498,61 @@ impl Session<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes what the transport holds for the terminal. A write the socket takes at once does
+    /// not touch the timer; one that waits is bounded by `comet.write_timeout` through the
+    /// connection's one timer (transactions falling due meanwhile fail as usual), and ends at
+    /// once when the terminal's queue overflows meanwhile (`woken` is set when something was
+    /// queued). No second timer and no `timeout` future in the connection's task.
+    async fn write<T: Transport>(
+        &mut self,
+        transport: &mut T,
+        timer: &mut Pin<&mut Sleep>,
+        woken: &mut bool,
+    ) -> Result<(), TransportError> {
+        let write = transport.flush();
+        tokio::pin!(write);
+        if let Poll::Ready(r) =
+            std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+        {
+            return r;
+        }
+        let write_deadline = Instant::now() + self.comet.settings.write_timeout;
+        if write_deadline < timer.deadline() || timer.is_elapsed() {
+            timer.as_mut().reset(write_deadline);
+        }
+        let conn: &Conn = self.conn;
+        loop {
+            tokio::select! {
+                r = &mut write => return r,
+                () = conn.queued(), if !*woken => {
+                    *woken = true;
+                    if conn.is_slow() {
+                        return Err(TransportError::Slow);
+                    }
+                }
+                () = timer.as_mut() => {
+                    let now = Instant::now();
+                    if now >= write_deadline {
+                        return Err(TransportError::Stalled);
+                    }
+                    self.expire(now);
+                    let next = self
+                        .txns
+                        .next_deadline()
+                        .map_or(write_deadline, |d| d.min(write_deadline));
+                    timer.as_mut().reset(next);
+                }
+            }
+        }
+    }
+
+    /// Fails the transactions whose ack is overdue.
+    fn expire(&mut self, now: Instant) {
+        for txn in self.txns.expire(now) {
+            fail(self.comet, txn.router, txn.delivery);
         }
     }
 
@@ -598,15 +641,14 @@ impl Session<'_> {
                 Class::Short,
             ),
         };
-        self.txns
-            .deadlines(class)
-            .push_back((now + ack_timeout, tid));
         self.txns.open(
             tid,
             Txn {
                 router,
                 delivery: d.id,
             },
+            class,
+            now + ack_timeout,
         );
         transport.write(self.encoding, tid, message);
     }
@@ -682,8 +724,9 @@ mod tests {
     fn acks_in_any_order_end_each_transaction_once() {
         let mut txns = Transactions::default();
         let start = u32::MAX - 1; // the TIDs wrap through 0
+        let due = Instant::now() + Duration::from_secs(1);
         for i in 0..4u32 {
-            txns.open(start.wrapping_add(i), txn(u64::from(i)));
+            txns.open(start.wrapping_add(i), txn(u64::from(i)), Class::Short, due);
         }
         assert_eq!(acked(&mut txns, start.wrapping_add(2)), Some(2));
         assert_eq!(acked(&mut txns, start.wrapping_add(2)), None, "acked twice");
@@ -696,22 +739,19 @@ mod tests {
         );
         assert_eq!(acked(&mut txns, start.wrapping_add(3)), Some(3));
         assert_eq!(acked(&mut txns, start.wrapping_add(1)), Some(1));
-        assert_eq!(
-            txns.open.capacity(),
-            0,
-            "memory given back when all are done"
-        );
+        assert!(txns.0.is_none(), "memory given back when all are done");
     }
 
     #[test]
     fn a_skipped_tid_leaves_a_hole_that_is_never_acked() {
         let mut txns = Transactions::default();
-        txns.open(10, txn(10));
-        txns.open(12, txn(12));
+        let due = Instant::now() + Duration::from_secs(1);
+        txns.open(10, txn(10), Class::Short, due);
+        txns.open(12, txn(12), Class::Long, due);
         assert_eq!(acked(&mut txns, 11), None);
         assert_eq!(acked(&mut txns, 10), Some(10));
         assert_eq!(acked(&mut txns, 12), Some(12));
-        txns.open(20, txn(20));
+        txns.open(20, txn(20), Class::Short, due);
         assert_eq!(acked(&mut txns, 20), Some(20));
     }
 
@@ -726,8 +766,7 @@ mod tests {
             (3, Class::Short, now + 2 * second),
             (4, Class::Short, now + 3 * second),
         ] {
-            txns.deadlines(class).push_back((due, tid));
-            txns.open(tid, txn(u64::from(tid)));
+            txns.open(tid, txn(u64::from(tid)), class, due);
         }
         assert_eq!(acked(&mut txns, 3), Some(3));
         assert_eq!(txns.next_deadline(), Some(now + second));

@@ -73,6 +73,50 @@ async fn garbage_on_websocket_closes_the_connection() {
     );
 }
 
+/// A write the terminal does not take waits on the connection's one timer, which also keeps
+/// the acks' deadlines: pushes already written fail at `delivery.ack_timeout` (and are stored)
+/// while the write still waits, and the write ends the connection at `comet.write_timeout`.
+#[tokio::test]
+async fn acks_fall_due_while_a_write_waits_and_the_write_times_out_after() {
+    let g = Gateway::start(&[
+        ("limits.conn_queue_bytes", "67108864"),
+        ("comet.write_timeout", "8s"),
+        ("delivery.ack_timeout", "1s"),
+    ])
+    .await;
+    let t = g.terminal("stuck", TermType::Android, TCP).await;
+    g.wait_metric("galopush_connections{termtype=\"Android\"}", 1.0)
+        .await;
+    // More than the socket buffers hold: the write waits; the terminal never reads.
+    let body = "x".repeat(64 * 1024);
+    for _ in 0..160 {
+        g.send_down("push", "stuck", 1, &body).await;
+    }
+    g.wait_metric(
+        "galopush_deliveries_total{kind=\"push\",outcome=\"failed\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        g.metric("galopush_connections{termtype=\"Android\"}").await,
+        1.0,
+        "the pushes failed at their ack deadline, before the write timed out"
+    );
+    assert_eq!(g.metric("galopush_slow_terminals_total").await, 0.0);
+    g.wait_metric("galopush_slow_terminals_total", 1.0).await;
+    g.wait_metric_falls_to("galopush_connections{termtype=\"Android\"}", 0.0)
+        .await;
+    g.wait_retired("push", 160).await;
+    drop(t);
+    let mut back = g
+        .register("stuck", "code-stuck-1", TermType::Android, TCP)
+        .await;
+    match next_acked(&mut back).await.1 {
+        Down::Push { offline, .. } => assert!(offline >= 1),
+        other => panic!("expected the stored PUSH, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_terminal_that_does_not_read_is_disconnected_and_its_messages_stored() {
     let g = Gateway::start(&[
