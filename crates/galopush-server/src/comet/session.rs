@@ -9,9 +9,9 @@
 //! middle of a write it does not read).
 //!
 //! Time-outs use one timer per connection, set to the earliest of the idle deadline, the
-//! oldest open transaction and, while a write waits on the terminal, `comet.write_timeout`; transactions live in a small map keyed by TID, with their deadlines
-//! in two queues (push/IM and callback), each in deadline order because each has one fixed
-//! time-out.
+//! oldest open transaction and, while a write waits on the terminal, `comet.write_timeout`;
+//! transactions live in a deque indexed by TID, with their deadlines in two queues (push/IM and
+//! callback), each in deadline order because each has one fixed time-out.
 
 use std::collections::VecDeque;
 use std::future::Future;
