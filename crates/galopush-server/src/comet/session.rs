@@ -62,29 +62,23 @@ pub fn serve<T: Transport>(
         let registered = Box::pin(await_register(&comet, &conn, &mut transport, deadline)).await;
         comet.metrics.connections_unregistered.dec();
         let mut txns = Transactions::default();
-        if let (
-            Some(Registered {
-                encoding,
-                router,
-                stored,
-            }),
-            Some(info),
-        ) = (registered, conn.session())
+        if let Some(registered) = registered
+            && let Some(info) = conn.session()
         {
-            let gauge = comet.metrics.connections(info.term).clone();
-            gauge.inc();
+            comet.metrics.connections(info.term).inc();
             transport.set_max_message(comet.settings.max_body);
             let mut session = Session {
                 comet: &comet,
                 conn: &conn,
                 info,
-                encoding,
+                encoding: registered.encoding,
                 next_tid: fastrand::u32(..),
                 txns: &mut txns,
                 ims_in_flight: 0,
             };
-            session.run(&mut transport, router, stored).await;
-            gauge.dec();
+            session.deliver_stored(&mut transport, registered);
+            session.run(&mut transport).await;
+            comet.metrics.connections(info.term).dec();
             comet.close_conn(conn.id);
             settle_leftovers(&comet, &conn, &mut txns);
             comet.closed(info);
@@ -409,23 +403,20 @@ enum AfterQueue {
 }
 
 impl Session<'_> {
-    async fn run<T: Transport>(
-        &mut self,
-        transport: &mut T,
-        auth_router: RouterIdx,
-        stored: Vec<Delivery>,
-    ) {
-        // Stored messages go first, each as a transaction with the router that made them (the
-        // one that authenticated the terminal); the loop writes them.
+    /// Writes the terminal's stored messages, each as a transaction with the router that made
+    /// them (the one that authenticated the terminal); the loop of [`Session::run`] sends them.
+    fn deliver_stored<T: Transport>(&mut self, transport: &mut T, registered: Registered) {
         let now = Instant::now();
-        for delivery in stored {
-            self.deliver(transport, auth_router, delivery, now);
+        for delivery in registered.stored {
+            self.deliver(transport, registered.router, delivery, now);
         }
-        let idle = self.comet.settings.idle_timeout;
+    }
+
+    async fn run<T: Transport>(&mut self, transport: &mut T) {
         let mut last_seen = Instant::now();
         // One timer for the connection's life, moved only when something is due earlier than
         // it is set for; when it fires early (the idle deadline moved on), it is set again.
-        let timer = sleep_until(last_seen + idle);
+        let timer = sleep_until(last_seen + self.comet.settings.idle_timeout);
         tokio::pin!(timer);
         let conn: &Conn = self.conn;
         // Something was queued: take it at the top of the loop.
@@ -455,7 +446,7 @@ impl Session<'_> {
                     continue;
                 }
             }
-            let idle_deadline = last_seen + idle;
+            let idle_deadline = last_seen + self.comet.settings.idle_timeout;
             let deadline = self
                 .txns
                 .next_deadline()
@@ -487,7 +478,7 @@ impl Session<'_> {
                 () = &mut timer => {
                     let now = Instant::now();
                     self.expire(now);
-                    if now >= last_seen + idle {
+                    if now >= last_seen + self.comet.settings.idle_timeout {
                         if !reading {
                             // Not read because it waits for its IMs' answers: not idle.
                             last_seen = now;
@@ -512,10 +503,8 @@ impl Session<'_> {
         timer: &mut Pin<&mut Sleep>,
         woken: &mut bool,
     ) -> Result<(), TransportError> {
-        let write = transport.flush();
-        tokio::pin!(write);
         if let Poll::Ready(r) =
-            std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+            std::future::poll_fn(|cx| Poll::Ready(transport.poll_flush(cx))).await
         {
             return r;
         }
@@ -526,7 +515,7 @@ impl Session<'_> {
         let conn: &Conn = self.conn;
         loop {
             tokio::select! {
-                r = &mut write => return r,
+                r = transport.flush() => return r,
                 () = conn.queued(), if !*woken => {
                     *woken = true;
                     if conn.is_slow() {

@@ -10,9 +10,9 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use galopush_protocol::frame::{self, Frame};
 use galopush_protocol::message::{Down, Up};
 use galopush_protocol::web::{self, WebFraming};
@@ -91,8 +91,15 @@ pub trait Transport: Send {
     /// Whether frames are queued.
     fn has_pending(&self) -> bool;
 
+    /// Writes the queued frames, as far as the socket takes them now: `Ready` once all are
+    /// written, `Pending` (with `cx` woken when the socket has room) otherwise. What was not
+    /// written stays queued, so a dropped write loses nothing that a later one would not send.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>>;
+
     /// Writes the queued frames.
-    fn flush(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn flush(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send {
+        std::future::poll_fn(|cx| self.poll_flush(cx))
+    }
 
     /// Closes the connection politely. By reference, so that waiting for it does not keep a
     /// second copy of the transport in the connection's task.
@@ -137,6 +144,25 @@ fn release_if_empty(read: &mut BytesMut) {
     }
 }
 
+/// Writes `out` and flushes the stream (TLS keeps what the socket did not take until flushed),
+/// advancing `out` past what the socket took, so that a write the socket cannot take now goes on
+/// where it stopped.
+fn write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut impl Buf,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    // Both buffers given here are one contiguous chunk.
+    while out.has_remaining() {
+        let n = ready!(Pin::new(&mut *stream).poll_write(cx, out.chunk()))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        out.advance(n);
+    }
+    Pin::new(stream).poll_flush(cx)
+}
+
 /// What a connection runs over: a TCP stream, or a TLS stream on one (SPEC §11).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
@@ -146,6 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 pub struct TcpTransport<S = TcpStream> {
     stream: S,
     read: BytesMut,
+    /// Frames to write; what the socket took is advanced past.
     write: BytesMut,
     max_body: u32,
 }
@@ -190,12 +217,10 @@ impl<S: Stream> Transport for TcpTransport<S> {
         !self.write.is_empty()
     }
 
-    async fn flush(&mut self) -> Result<(), TransportError> {
-        self.stream.write_all(&self.write).await?;
-        // Nothing for TCP; TLS keeps what the socket did not take until flushed.
-        self.stream.flush().await?;
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        ready!(write_out(&mut self.stream, &mut self.write, cx))?;
         self.write = BytesMut::new();
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     async fn close(&mut self) {
@@ -216,6 +241,8 @@ pub struct WsTransport<S = TcpStream> {
     pending: Vec<String>,
     /// Pongs and the close reply, formatted, written before anything else.
     replies: Vec<u8>,
+    /// Frames being written; what the socket took is advanced past.
+    out: io::Cursor<Vec<u8>>,
     /// The terminal closed: the replies end with the answer to its close frame.
     close_replied: bool,
     /// A close frame went out (ours or the reply to the terminal's): nothing more is written.
@@ -233,6 +260,7 @@ impl<S: Stream> WsTransport<S> {
             framing: None,
             pending: Vec::new(),
             replies: Vec::new(),
+            out: io::Cursor::default(),
             close_replied: false,
             closed: false,
         }
@@ -279,26 +307,33 @@ impl<S: Stream> Transport for WsTransport<S> {
     }
 
     fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || !self.replies.is_empty()
+        !self.pending.is_empty() || !self.replies.is_empty() || self.out.has_remaining()
     }
 
-    async fn flush(&mut self) -> Result<(), TransportError> {
-        let mut out = std::mem::take(&mut self.replies);
-        let pending = std::mem::take(&mut self.pending);
-        if !self.closed {
-            // A server's frame header is at most 10 bytes (no mask).
-            out.reserve(pending.iter().map(|text| text.len() + 10).sum());
-            for text in pending {
-                websocket::format(
-                    WsFrame::message(text, OpCode::Data(Data::Text), true),
-                    &mut out,
-                );
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        loop {
+            if !self.out.has_remaining() {
+                if self.replies.is_empty() && self.pending.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                let mut out = std::mem::take(&mut self.replies);
+                let pending = std::mem::take(&mut self.pending);
+                if !self.closed {
+                    // A server's frame header is at most 10 bytes (no mask).
+                    out.reserve(pending.iter().map(|text| text.len() + 10).sum());
+                    for text in pending {
+                        websocket::format(
+                            WsFrame::message(text, OpCode::Data(Data::Text), true),
+                            &mut out,
+                        );
+                    }
+                }
+                self.closed |= self.close_replied;
+                self.out = io::Cursor::new(out);
             }
+            ready!(write_out(&mut self.stream, &mut self.out, cx))?;
+            self.out = io::Cursor::default();
         }
-        self.closed |= self.close_replied;
-        self.stream.write_all(&out).await?;
-        self.stream.flush().await?;
-        Ok(())
     }
 
     async fn close(&mut self) {
