@@ -83,7 +83,11 @@ pub fn offline_limits(config: &Config) -> OfflineLimits {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let limits = offline_limits(config);
     Ok(match config.store.kind {
-        StoreKind::Embedded => Arc::new(EmbeddedStore::open(&config.store.path, limits)?),
+        StoreKind::Embedded => Arc::new(EmbeddedStore::open(
+            &config.store.path,
+            limits,
+            config.store.cache_bytes,
+        )?),
         StoreKind::Memory => Arc::new(MemoryStore::new(limits)),
         StoreKind::Redis => Arc::new(
             RedisStore::open(&config.store.redis_url, &config.store.redis_prefix, limits).await?,

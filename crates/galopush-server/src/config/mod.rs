@@ -399,7 +399,13 @@ pub struct StoreConfig {
     pub redis_url: String,
     /// [ext] Prefix of every Redis key, so several deployments can share one Redis.
     pub redis_prefix: String,
+    /// [ext] Bytes of the embedded store's page cache (redb's, which would take up to 1 GiB).
+    pub cache_bytes: usize,
 }
+
+/// The embedded store's page cache unless configured: holds the B-trees' inner pages and the
+/// recently written ones; the login records are also kept in memory apart from it.
+pub const DEFAULT_STORE_CACHE_BYTES: usize = 64 << 20;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -408,6 +414,7 @@ impl Default for StoreConfig {
             path: PathBuf::from("./data"),
             redis_url: "redis://127.0.0.1:6379/0".into(),
             redis_prefix: "galopush:".into(),
+            cache_bytes: DEFAULT_STORE_CACHE_BYTES,
         }
     }
 }
@@ -770,6 +777,9 @@ impl Config {
         self.validate_tls()?;
         if self.delivery.max_offline_callbacks == 0 || self.delivery.max_offline_im == 0 {
             return invalid("delivery.max_offline_*", "must be at least 1");
+        }
+        if self.store.cache_bytes < 1 << 20 {
+            return invalid("store.cache_bytes", "must be at least 1048576 (1 MiB)");
         }
         if self.bus.max_in_flight == 0 {
             return invalid("bus.max_in_flight", "must be at least 1");
@@ -1232,6 +1242,7 @@ mod tests {
                 "limits.max_unregistered_frame",
             ),
             ("GALOPUSH_LIMITS__MAX_BODY", "512", "limits.max_body"),
+            ("GALOPUSH_STORE__CACHE_BYTES", "4096", "store.cache_bytes"),
             (
                 "GALOPUSH_LIMITS__CONN_QUEUE_BYTES",
                 "-1",

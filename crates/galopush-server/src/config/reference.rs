@@ -320,6 +320,10 @@ pub const SETTINGS: &[Setting] = &[
         "store.redis_prefix",
         "Prefix of every Redis key, so several deployments can share one Redis; without `{` or `}` on a Redis Cluster.",
     ),
+    s(
+        "store.cache_bytes",
+        "Bytes of memory the embedded store may keep as its page cache (B-tree pages read or written lately; at least 1 MiB). Login records are also kept in memory apart from it, so the cache mostly speeds up stored-message reads and the inbox's writes.",
+    ),
     s("topics.user_online_state", "Inbound: login records."),
     s("topics.push", "Inbound: pushes."),
     s("topics.callback", "Inbound: callbacks."),

@@ -118,8 +118,12 @@ fn stopped() -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path, limits: OfflineLimits) -> Result<EmbeddedStore, StoreError> {
+    /// Opens (or creates) the store in `dir`, with a page cache of at most `cache_bytes`.
+    pub fn open(
+        dir: &Path,
+        limits: OfflineLimits,
+        cache_bytes: usize,
+    ) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot create data directory {}: {e}",
@@ -127,12 +131,15 @@ impl EmbeddedStore {
             ))
         })?;
         let file = dir.join("galopush.redb");
-        let db = Database::create(&file).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot open {} (is another galopush using this data directory?): {e}",
-                file.display()
-            ))
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&file)
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot open {} (is another galopush using this data directory?): {e}",
+                    file.display()
+                ))
+            })?;
         let txn = db.begin_write().map_err(unavailable)?;
         for queue in [Queue::Inbox, Queue::Outbox] {
             txn.open_table(queue.table()).map_err(unavailable)?;
@@ -803,7 +810,8 @@ mod tests {
             }
             txn.commit().expect("commit");
         }
-        let store = EmbeddedStore::open(dir.path(), OfflineLimits::default()).expect("open");
+        let store =
+            EmbeddedStore::open(dir.path(), OfflineLimits::default(), 1 << 20).expect("open");
         let inbox: Vec<_> = store
             .inbox_load()
             .await
