@@ -73,6 +73,34 @@ async fn garbage_on_websocket_closes_the_connection() {
     );
 }
 
+/// The WebSocket transport's writes go on where the socket stopped, like the binary one's: a web
+/// terminal that does not read is closed as slow, and a bystander on the same comet is served.
+#[tokio::test]
+async fn a_web_terminal_that_does_not_read_is_closed_as_slow() {
+    let g = Gateway::start(&[
+        ("limits.conn_queue_bytes", "65536"),
+        ("comet.write_timeout", "1s"),
+    ])
+    .await;
+    let _stuck = g.terminal("webstuck", TermType::Web, WEB).await;
+    let mut bystander = g.terminal("webfine", TermType::Android, TCP).await;
+    g.wait_metric("galopush_connections{termtype=\"Web\"}", 1.0)
+        .await;
+    let body = "x".repeat(64 * 1024);
+    for _ in 0..100 {
+        g.send_down("push", "webstuck", TermType::Web.bit(), &body)
+            .await;
+    }
+    g.wait_metric("galopush_slow_terminals_total", 1.0).await;
+    g.wait_metric_falls_to("galopush_connections{termtype=\"Web\"}", 0.0)
+        .await;
+    g.send_down("push", "webfine", 1, "fine").await;
+    assert_eq!(
+        push(&next_acked(&mut bystander).await.1).2,
+        Bytes::from("fine")
+    );
+}
+
 /// A write the terminal does not take waits on the connection's one timer, which also keeps
 /// the acks' deadlines: pushes already written fail at `delivery.ack_timeout` (and are stored)
 /// while the write still waits, and the write ends the connection at `comet.write_timeout`.
