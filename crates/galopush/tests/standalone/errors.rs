@@ -108,16 +108,18 @@ async fn a_web_terminal_that_does_not_read_is_closed_as_slow() {
 async fn acks_fall_due_while_a_write_waits_and_the_write_times_out_after() {
     let g = Gateway::start(&[
         ("limits.conn_queue_bytes", "67108864"),
-        ("comet.write_timeout", "8s"),
-        ("delivery.ack_timeout", "1s"),
+        ("comet.write_timeout", "12s"),
+        ("delivery.ack_timeout", "3s"),
     ])
     .await;
     let t = g.terminal("stuck", TermType::Android, TCP).await;
     g.wait_metric("galopush_connections{termtype=\"Android\"}", 1.0)
         .await;
-    // More than the socket buffers hold: the write waits; the terminal never reads.
+    // Far more than loopback's socket buffers hold (up to about 10 MB): the write stalls well
+    // before the first ack falls due, and stays stalled, so only the waiting write's timer can
+    // fail the acks; the terminal never reads.
     let body = "x".repeat(64 * 1024);
-    for _ in 0..160 {
+    for _ in 0..400 {
         g.send_down("push", "stuck", 1, &body).await;
     }
     g.wait_metric(
@@ -134,7 +136,7 @@ async fn acks_fall_due_while_a_write_waits_and_the_write_times_out_after() {
     g.wait_metric("galopush_slow_terminals_total", 1.0).await;
     g.wait_metric_falls_to("galopush_connections{termtype=\"Android\"}", 0.0)
         .await;
-    g.wait_retired("push", 160).await;
+    g.wait_retired("push", 400).await;
     drop(t);
     let mut back = g
         .register("stuck", "code-stuck-1", TermType::Android, TCP)
