@@ -77,6 +77,11 @@ pub fn web_decoder(data: &[u8]) {
 pub fn bus_json(data: &[u8]) {
     round_trip::<UserOnlineState>(data);
     round_trip::<Downward>(data);
+    // Down-messages' own reader reads what serde_json reads, or leaves the text to it.
+    assert_eq!(
+        bus::decode_downward(data).ok(),
+        bus::decode::<Downward>(data).ok()
+    );
     round_trip::<SessionTimeout>(data);
     round_trip::<MsgUpward>(data);
 }

@@ -75,7 +75,7 @@ fn parse(topic: Topic, body: &[u8]) -> Result<Inbound, String> {
             Ok(Inbound::Login(s, term))
         }
         Topic::Push | Topic::Callback | Topic::MsgDownward => {
-            let d: Downward = bus::decode(body).map_err(json_error)?;
+            let d = bus::decode_downward(body).map_err(json_error)?;
             if let Some(id) = &d.id
                 && id.len() > bus::MAX_REPORT_ID
             {
