@@ -259,19 +259,18 @@ impl Intake for EmbeddedInbox {
         if bodies.is_empty() {
             return Err(AcceptError::Malformed("no message in the body".into()));
         }
-        let checked = bodies
-            .iter()
-            .enumerate()
-            .map(|(i, body)| {
-                self.router.check(topic, body).map_err(|why| {
-                    if bodies.len() == 1 {
-                        AcceptError::Malformed(why)
-                    } else {
-                        AcceptError::Malformed(format!("line {}: {why}", i + 1))
-                    }
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        // Sized once: collecting a `Result` cannot know the count, and would grow the vector
+        // of these large values five times for a batch of 100.
+        let mut checked = Vec::with_capacity(bodies.len());
+        for (i, body) in bodies.iter().enumerate() {
+            checked.push(self.router.check(topic, body).map_err(|why| {
+                if bodies.len() == 1 {
+                    AcceptError::Malformed(why)
+                } else {
+                    AcceptError::Malformed(format!("line {}: {why}", i + 1))
+                }
+            })?);
+        }
         let mut slots = self.slots(bodies.len())?;
         if !self.durable {
             for (body, checked) in bodies.into_iter().zip(checked) {

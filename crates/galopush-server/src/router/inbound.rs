@@ -52,7 +52,9 @@ impl Plan<'_> {
 enum Inbound {
     Login(UserOnlineState, TermType),
     Down(DeliveryKind, Downward),
-    Timeout(SessionTimeout, TermType),
+    /// Boxed: the question is rare and large, and every message moves through queues at the
+    /// size of the largest kind.
+    Timeout(Box<SessionTimeout>, TermType),
 }
 
 fn term_of(bits: u8, field: &str) -> Result<TermType, String> {
@@ -111,7 +113,7 @@ fn parse(topic: Topic, body: &[u8]) -> Result<Inbound, String> {
                 return Err("msg.uid is empty".into());
             }
             let term = term_of(t.msg.ctype, "msg.ctype")?;
-            Ok(Inbound::Timeout(t, term))
+            Ok(Inbound::Timeout(Box::new(t), term))
         }
     }
 }
@@ -151,7 +153,7 @@ impl Router {
         match checked.0 {
             Inbound::Login(state, term) => self.apply_login(state, term, ticket).await,
             Inbound::Down(kind, msg) => self.apply_down(kind, msg, ticket).await,
-            Inbound::Timeout(question, term) => self.answer_timeout(question, term, ticket),
+            Inbound::Timeout(question, term) => self.answer_timeout(*question, term, ticket),
         }
     }
 
