@@ -168,21 +168,21 @@ impl<'a> Scan<'a> {
     /// A number from 0 to 255 in plain digits (what a `u8` field takes most often).
     fn small_number(&mut self) -> Option<u8> {
         self.skip_space();
-        let digits = self.bytes()[self.at..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        let text = &self.text[self.at..self.at + digits];
+        let rest = &self.bytes()[self.at..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
         // No leading zero (not JSON), at most three digits, and not the start of a fraction or
         // an exponent (serde_json reads those as floats, which a `u8` refuses).
-        if digits == 0 || digits > 3 || (digits > 1 && text.starts_with('0')) {
+        if digits == 0 || digits > 3 || (digits > 1 && rest[0] == b'0') {
             return None;
         }
-        if let Some(b'.' | b'e' | b'E') = self.bytes().get(self.at + digits) {
+        if let Some(b'.' | b'e' | b'E') = rest.get(digits) {
             return None;
         }
+        let value = rest[..digits]
+            .iter()
+            .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
         self.at += digits;
-        text.parse().ok()
+        u8::try_from(value).ok()
     }
 
     /// Where the first quote, backslash or control character (which a string must escape) is
