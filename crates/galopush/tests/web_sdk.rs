@@ -76,10 +76,14 @@ fn npm(args: &[&str]) -> Output {
 }
 
 /// `npm ci` once per run, when node_modules is missing or older than package-lock.json (npm
-/// writes node_modules/.package-lock.json on every install).
+/// writes node_modules/.package-lock.json on every install). Under a lock on package-lock.json:
+/// test runners that run each test in a process of its own (nextest) would otherwise run two
+/// `npm ci` at once, and one would delete what the other installs.
 fn install() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
+        let lock_file = std::fs::File::open(sdk().join("package-lock.json")).expect("lock file");
+        lock_file.lock().expect("lock package-lock.json");
         let modified = |path: PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let lock = modified(sdk().join("package-lock.json"));
         let installed = modified(sdk().join("node_modules/.package-lock.json"));
