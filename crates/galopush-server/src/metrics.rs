@@ -172,6 +172,8 @@ pub struct Metrics {
     registry: Registry,
     connections: [Gauge; 5],
     pub connections_unregistered: Gauge,
+    pub connections_parked: Gauge,
+    pub revivals: Counter,
     deliveries: [[Counter; 2]; 3],
     offline_stored: [Counter; 3],
     offline_delivered: [Counter; 3],
@@ -232,6 +234,18 @@ impl Metrics {
             "connections_unregistered",
             "Open connections that have not registered yet",
             connections_unregistered.clone(),
+        );
+        let connections_parked = Gauge::default();
+        registry.register(
+            "connections_parked",
+            "Registered connections kept without a task, quiet for comet.park_after",
+            connections_parked.clone(),
+        );
+        let revivals = Counter::default();
+        registry.register(
+            "revivals",
+            "Parked connections given a task again (something was sent to or by the terminal, or it went idle)",
+            revivals.clone(),
         );
 
         let deliveries_family = Family::<Labels2, Counter>::default();
@@ -412,6 +426,8 @@ impl Metrics {
         Metrics {
             connections,
             connections_unregistered,
+            connections_parked,
+            revivals,
             deliveries,
             offline_stored,
             offline_delivered,

@@ -162,6 +162,18 @@ impl Conn {
         Poll::Pending
     }
 
+    /// Hands the wake-up of the next [`Conn::push`] to `waker` instead of a task, if nothing is
+    /// queued and the connection is open; `false` otherwise. For a parked connection
+    /// ([`super::idle`]), whose task has ended.
+    pub fn park(&self, waker: Waker) -> bool {
+        let mut outbox = self.outbox.lock();
+        if !outbox.items.is_empty() || outbox.slow || outbox.closed {
+            return false;
+        }
+        outbox.waiter = Some(waker);
+        true
+    }
+
     /// Completes when something is queued or the connection is marked slow.
     pub fn queued(&self) -> impl Future<Output = ()> + Send + '_ {
         std::future::poll_fn(|cx| self.poll_queued(cx))

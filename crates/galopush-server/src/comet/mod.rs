@@ -1,11 +1,13 @@
 //! The comet: terminal connections (SPEC §1).
 //!
 //! It listens for binary TCP and WebSocket terminals, runs one task per connection
-//! ([`session`]), keeps the table of its connections, asks a router to authenticate each
+//! ([`session`]) while the connection is busy (a quiet one is parked without a task:
+//! [`idle`]), keeps the table of its connections, asks a router to authenticate each
 //! REGISTER and tells every router about the sessions it holds, writes the deliveries and kicks
 //! routers send, and settles each delivery back to the router that sent it.
 
 pub mod conn;
+pub mod idle;
 pub mod session;
 pub mod tls_stream;
 pub mod transport;
@@ -58,6 +60,8 @@ pub struct CometSettings {
     pub ack_timeout: Duration,
     pub callback_ack_timeout: Duration,
     pub write_timeout: Duration,
+    /// `None`: connections are never parked.
+    pub park_after: Option<Duration>,
     pub max_body: u32,
     pub max_unregistered_frame: u32,
     pub max_connections: usize,
@@ -83,6 +87,7 @@ impl CometSettings {
             ack_timeout: config.delivery.ack_timeout.get(),
             callback_ack_timeout: config.delivery.callback_ack_timeout.get(),
             write_timeout: config.comet.write_timeout.get(),
+            park_after: Some(config.comet.park_after.get()).filter(|d| !d.is_zero()),
             max_body: config.limits.max_body,
             max_unregistered_frame: config.limits.max_unregistered_frame,
             max_connections: config.limits.max_connections,
@@ -114,6 +119,8 @@ pub struct CometShared {
     open: AtomicUsize,
     /// Connections open per source address, when `limits.connections_per_ip` is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Where quiet connections are handed over, with `comet.park_after` set.
+    parking: Option<idle::Parking>,
 }
 
 /// A comet with its listeners bound.
@@ -124,6 +131,7 @@ pub struct Comet {
     /// The TLS twins of `tcp` and `ws`, with what they serve, when `[tls]` is set.
     tls: Option<TlsListeners>,
     info: CometInfo,
+    watcher: Option<idle::Watcher>,
 }
 
 struct TlsListeners {
@@ -206,6 +214,16 @@ impl Comet {
             None => None,
         };
         let next_session = AtomicU64::new(fastrand::u64(1..u64::MAX / 2));
+        let mut settings = settings;
+        let (parking, watcher) = match settings.park_after.map(|_| idle::parking()) {
+            Some(Ok((parking, watcher))) => (Some(parking), Some(watcher)),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot watch quiet connections; they keep their tasks");
+                settings.park_after = None;
+                (None, None)
+            }
+            None => (None, None),
+        };
         let shared = Arc::new(CometShared {
             settings,
             metrics,
@@ -215,6 +233,7 @@ impl Comet {
             next_session,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            parking,
         });
         Ok(Comet {
             shared,
@@ -222,6 +241,7 @@ impl Comet {
             ws,
             tls,
             info,
+            watcher,
         })
     }
 
@@ -250,6 +270,9 @@ impl Comet {
             if let Err(e) = router.join(self.info.clone(), link).await {
                 tracing::warn!(error = %e, "cannot join router yet");
             }
+        }
+        if let Some(watcher) = self.watcher {
+            tokio::spawn(watcher.run(shared.clone()));
         }
         tokio::spawn(accept_loop(shared.clone(), self.tcp, Listener::Tcp));
         tokio::spawn(accept_loop(shared.clone(), self.ws, Listener::Ws));
@@ -454,6 +477,15 @@ impl CometShared {
         let conn = Arc::new(Conn::new(id));
         self.conns.lock(&id).insert(id, conn.clone());
         conn
+    }
+
+    /// Hands a quiet connection to the watcher ([`idle`]); given back when parking is off or
+    /// the watcher has ended.
+    pub fn park(&self, parked: idle::Parked) -> Result<(), idle::Parked> {
+        match &self.parking {
+            Some(parking) => parking.park(parked),
+            None => Err(parked),
+        }
     }
 
     /// Removes a connection from the table (its task is ending).

@@ -24,10 +24,12 @@ use galopush_protocol::message::{
     REGRESP_OK, Up,
 };
 use galopush_protocol::{Encoding, TermType};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 
 use super::conn::{Conn, Outbound, Pushed, RouterIdx};
-use super::transport::{Received, Transport, TransportError};
+use super::idle::{Parked, Quiet};
+use super::transport::{Received, TcpTransport, Transport, TransportError};
 use super::{CometShared, ConnSlot};
 use crate::link::{
     Delivery, DeliveryId, DeliveryKind, ImUp, Outcome, Registration, SessionInfo, Settle,
@@ -56,7 +58,7 @@ pub fn serve<T: Transport>(
 ) -> impl Future<Output = ()> + Send {
     let mut transport = transport;
     async move {
-        let _slot = slot;
+        let slot = slot;
         let conn = comet.open_conn();
         comet.metrics.connections_unregistered.inc();
         let registered = Box::pin(await_register(&comet, &conn, &mut transport, deadline)).await;
@@ -67,21 +69,18 @@ pub fn serve<T: Transport>(
         {
             comet.metrics.connections(info.term).inc();
             transport.set_max_message(comet.settings.max_body);
-            let mut session = Session {
-                comet: &comet,
-                conn: &conn,
-                info,
+            let quiet = Quiet {
                 encoding: registered.encoding,
                 next_tid: fastrand::u32(..),
-                txns: &mut txns,
-                ims_in_flight: 0,
+                last_seen: Instant::now(),
             };
+            let mut session = Session::new(&comet, &conn, info, quiet, &mut txns);
             session.deliver_stored(&mut transport, registered);
-            session.run(&mut transport).await;
-            comet.metrics.connections(info.term).dec();
-            comet.close_conn(conn.id);
-            settle_leftovers(&comet, &conn, &mut txns);
-            comet.closed(info);
+            if let Ended::Park(quiet) = session.run(&mut transport).await {
+                park(&comet, conn.clone(), transport, slot, quiet);
+                return;
+            }
+            end(&comet, &conn, &mut txns, info);
         } else {
             comet.close_conn(conn.id);
             settle_leftovers(&comet, &conn, &mut txns);
@@ -91,6 +90,85 @@ pub fn serve<T: Transport>(
         }
         let _ = timeout(comet.settings.write_timeout, transport.close()).await;
     }
+}
+
+/// Serves a parked connection again ([`super::idle`]), in a task of its own, until it ends or
+/// is parked again.
+pub async fn resume(comet: Arc<CometShared>, parked: Parked) {
+    let Parked {
+        socket,
+        conn,
+        slot,
+        quiet,
+    } = parked;
+    let mut txns = Transactions::default();
+    let Some(info) = conn.session() else {
+        // Only registered connections are parked.
+        comet.close_conn(conn.id);
+        settle_leftovers(&comet, &conn, &mut txns);
+        return;
+    };
+    let mut transport = match TcpStream::from_std(socket) {
+        Ok(stream) => TcpTransport::new(stream, comet.settings.max_body),
+        Err(e) => {
+            tracing::warn!(session = conn.id, error = %e, "cannot take a parked connection back; closing");
+            end(&comet, &conn, &mut txns, info);
+            return;
+        }
+    };
+    let mut session = Session::new(&comet, &conn, info, quiet, &mut txns);
+    if let Ended::Park(quiet) = session.run(&mut transport).await {
+        park(&comet, conn.clone(), transport, slot, quiet);
+        return;
+    }
+    end(&comet, &conn, &mut txns, info);
+    if transport.has_pending() {
+        let _ = timeout(comet.settings.write_timeout, transport.flush()).await;
+    }
+    let _ = timeout(comet.settings.write_timeout, transport.close()).await;
+}
+
+/// Hands a quiet connection to the comet's watcher ([`super::idle`]); its task ends.
+fn park<T: Transport>(
+    comet: &Arc<CometShared>,
+    conn: Arc<Conn>,
+    transport: T,
+    slot: ConnSlot,
+    quiet: Quiet,
+) {
+    let Some(info) = conn.session() else {
+        return;
+    };
+    let socket = match transport.into_socket() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::warn!(session = conn.id, error = %e, "cannot park a connection; closing");
+            end(comet, &conn, &mut Transactions::default(), info);
+            return;
+        }
+    };
+    let parked = Parked {
+        socket,
+        conn: conn.clone(),
+        slot,
+        quiet,
+    };
+    if comet.park(parked).is_err() {
+        tracing::debug!(
+            session = conn.id,
+            "comet shutting down; closing a quiet connection"
+        );
+        end(comet, &conn, &mut Transactions::default(), info);
+    }
+}
+
+/// A registered connection has ended: it leaves the comet's table, what it still had open
+/// fails, and the routers hear that it closed.
+fn end(comet: &CometShared, conn: &Conn, txns: &mut Transactions, info: &SessionInfo) {
+    comet.metrics.connections(info.term).dec();
+    comet.close_conn(conn.id);
+    settle_leftovers(comet, conn, txns);
+    comet.closed(info);
 }
 
 /// Everything still open when a connection ends fails: queued deliveries and transactions.
@@ -388,9 +466,23 @@ struct Session<'a> {
     /// The encoding the terminal registered with, used for down-messages.
     encoding: Encoding,
     next_tid: u32,
+    /// When the terminal last sent something.
+    last_seen: Instant,
+    /// When this task took the connection. A revived connection is not parked again before
+    /// `comet.park_after` from here: what revived it (its socket turning readable, a delivery)
+    /// is served first, even when the runtime reports the socket's readiness a moment later.
+    awake_since: Instant,
     txns: &'a mut Transactions,
     /// IMs sent up and not yet answered (`limits.im_inflight`).
     ims_in_flight: usize,
+}
+
+/// How a registered connection's loop ended.
+enum Ended {
+    /// The connection is to be closed.
+    Closed,
+    /// The connection has been quiet for `comet.park_after` with nothing open: park it.
+    Park(Quiet),
 }
 
 /// What to do after the connection's queue was taken.
@@ -402,7 +494,36 @@ enum AfterQueue {
     Slow,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    fn new(
+        comet: &'a Arc<CometShared>,
+        conn: &'a Arc<Conn>,
+        info: &'a SessionInfo,
+        quiet: Quiet,
+        txns: &'a mut Transactions,
+    ) -> Session<'a> {
+        Session {
+            comet,
+            conn,
+            info,
+            encoding: quiet.encoding,
+            next_tid: quiet.next_tid,
+            last_seen: quiet.last_seen,
+            awake_since: Instant::now(),
+            txns,
+            ims_in_flight: 0,
+        }
+    }
+
+    /// When the connection may be parked, if it can be: with parking on, nothing open and
+    /// nothing buffered, `comet.park_after` after the terminal last spoke or the task took the
+    /// connection.
+    fn park_at<T: Transport>(&self, transport: &T) -> Option<Instant> {
+        let after = self.comet.settings.park_after?;
+        let open = self.txns.0.is_some() || self.ims_in_flight > 0;
+        (!open && transport.can_park()).then_some(self.last_seen.max(self.awake_since) + after)
+    }
+
     /// Writes the terminal's stored messages, each as a transaction with the router that made
     /// them (the one that authenticated the terminal); the loop of [`Session::run`] sends them.
     fn deliver_stored<T: Transport>(&mut self, transport: &mut T, registered: Registered) {
@@ -412,11 +533,10 @@ impl Session<'_> {
         }
     }
 
-    async fn run<T: Transport>(&mut self, transport: &mut T) {
-        let mut last_seen = Instant::now();
+    async fn run<T: Transport>(&mut self, transport: &mut T) -> Ended {
         // One timer for the connection's life, moved only when something is due earlier than
         // it is set for; when it fires early (the idle deadline moved on), it is set again.
-        let timer = sleep_until(last_seen + self.comet.settings.idle_timeout);
+        let timer = sleep_until(self.last_seen + self.comet.settings.idle_timeout);
         tokio::pin!(timer);
         let conn: &Conn = self.conn;
         // Something was queued: take it at the top of the loop.
@@ -428,29 +548,32 @@ impl Session<'_> {
                     AfterQueue::Go => {}
                     AfterQueue::Kicked => {
                         let _ = self.write(transport, &mut timer, &mut true).await;
-                        return;
+                        return Ended::Closed;
                     }
                     AfterQueue::Slow => {
                         self.comet.metrics.slow_terminals.inc();
                         tracing::info!(session = self.conn.id, uid = %self.info.uid, "terminal does not read its messages; closing");
-                        return;
+                        return Ended::Closed;
                     }
                 }
             }
             if transport.has_pending() {
                 if let Err(e) = self.write(transport, &mut timer, &mut woken).await {
                     log_error(self.comet, self.conn, &e);
-                    return;
+                    return Ended::Closed;
                 }
                 if woken {
                     continue;
                 }
             }
-            let idle_deadline = last_seen + self.comet.settings.idle_timeout;
-            let deadline = self
+            let idle_deadline = self.last_seen + self.comet.settings.idle_timeout;
+            let mut deadline = self
                 .txns
                 .next_deadline()
                 .map_or(idle_deadline, |d| d.min(idle_deadline));
+            if let Some(park_at) = self.park_at(transport) {
+                deadline = deadline.min(park_at);
+            }
             if deadline < timer.deadline() || timer.is_elapsed() {
                 timer.as_mut().reset(deadline);
             }
@@ -464,13 +587,13 @@ impl Session<'_> {
                     let frame = match r {
                         Ok(Received::Frame(f)) => Some(f),
                         Ok(Received::Replied) => None,
-                        Ok(Received::Closed) => return,
+                        Ok(Received::Closed) => return Ended::Closed,
                         Err(e) => {
                             log_error(self.comet, self.conn, &e);
-                            return;
+                            return Ended::Closed;
                         }
                     };
-                    last_seen = Instant::now();
+                    self.last_seen = Instant::now();
                     if let Some(frame) = frame {
                         self.on_frame(transport, frame.encoding, frame.tid, frame.message);
                     }
@@ -478,14 +601,21 @@ impl Session<'_> {
                 () = &mut timer => {
                     let now = Instant::now();
                     self.expire(now);
-                    if now >= last_seen + self.comet.settings.idle_timeout {
+                    if now >= self.last_seen + self.comet.settings.idle_timeout {
                         if !reading {
                             // Not read because it waits for its IMs' answers: not idle.
-                            last_seen = now;
+                            self.last_seen = now;
                             continue;
                         }
                         tracing::debug!(session = self.conn.id, "idle timeout; closing");
-                        return;
+                        return Ended::Closed;
+                    }
+                    if self.park_at(transport).is_some_and(|at| now >= at) {
+                        return Ended::Park(Quiet {
+                            encoding: self.encoding,
+                            next_tid: self.next_tid,
+                            last_seen: self.last_seen,
+                        });
                     }
                 }
             }

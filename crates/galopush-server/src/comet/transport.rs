@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
+use super::tls_stream::TlsStream;
 use super::websocket::{self, FrameReader, Incoming};
 
 /// Why a connection cannot be read on.
@@ -96,6 +97,20 @@ pub trait Transport: Send {
     /// written stays queued, so a dropped write loses nothing that a later one would not send.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>>;
 
+    /// Whether the connection can be parked now ([`super::idle`]): over a plain socket, with
+    /// nothing read and not yet taken, and nothing to write.
+    fn can_park(&self) -> bool {
+        false
+    }
+
+    /// The socket, out of the runtime's reactor, once [`Transport::can_park`] said so.
+    fn into_socket(self) -> io::Result<std::net::TcpStream>
+    where
+        Self: Sized,
+    {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     /// Writes the queued frames.
     fn flush(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send {
         std::future::poll_fn(|cx| self.poll_flush(cx))
@@ -164,9 +179,29 @@ fn write_out<S: AsyncWrite + Unpin>(
 }
 
 /// What a connection runs over: a TCP stream, or a TLS stream on one (SPEC §11).
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether the connection can be parked ([`super::idle`]): a plain socket, which keeps no
+    /// state of its own between frames.
+    const PARKS: bool = false;
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+    /// The socket, out of the runtime's reactor, for a stream that [`Stream::PARKS`].
+    fn into_socket(self) -> io::Result<std::net::TcpStream>
+    where
+        Self: Sized,
+    {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+impl Stream for TcpStream {
+    const PARKS: bool = true;
+
+    fn into_socket(self) -> io::Result<std::net::TcpStream> {
+        self.into_std()
+    }
+}
+
+impl<S: Stream> Stream for TlsStream<S> {}
 
 /// Binary frames over TCP (or inside TLS, byte for byte).
 pub struct TcpTransport<S = TcpStream> {
@@ -215,6 +250,14 @@ impl<S: Stream> Transport for TcpTransport<S> {
 
     fn has_pending(&self) -> bool {
         !self.write.is_empty()
+    }
+
+    fn can_park(&self) -> bool {
+        S::PARKS && self.read.is_empty() && self.write.is_empty()
+    }
+
+    fn into_socket(self) -> io::Result<std::net::TcpStream> {
+        self.stream.into_socket()
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {

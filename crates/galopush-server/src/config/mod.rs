@@ -186,6 +186,9 @@ pub struct CometConfig {
     pub idle_timeout: Duration,
     /// [ext] How long a write to a terminal may block before the terminal is disconnected.
     pub write_timeout: Duration,
+    /// [ext] How long a registered TCP terminal stays quiet before it is kept without a task of
+    /// its own; 0s: never.
+    pub park_after: Duration,
 }
 
 impl Default for CometConfig {
@@ -205,6 +208,7 @@ impl Default for CometConfig {
             register_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(660),
             write_timeout: Duration::from_secs(10),
+            park_after: Duration::from_secs(5),
         }
     }
 }

@@ -12,6 +12,7 @@ mod bus;
 mod delivery;
 mod errors;
 mod http;
+mod parking;
 mod restart;
 mod sessions;
 mod web;
