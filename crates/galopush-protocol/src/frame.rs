@@ -86,40 +86,111 @@ pub fn decode<M: WireMessage>(
     src: &mut BytesMut,
     max_body: u32,
 ) -> Result<Option<Frame<M>>, FrameError> {
+    match front::<M>(src, max_body)? {
+        Front::Partial { total } => {
+            if let Some(total) = total {
+                src.reserve(total - src.len());
+            }
+            Ok(None)
+        }
+        Front::Read(frame, len) => {
+            src.advance(len);
+            Ok(Some(frame))
+        }
+        Front::Kept {
+            ty,
+            encoding,
+            tid,
+            len,
+        } => {
+            src.advance(HEADER_LEN);
+            let mut body = src.split_to(len);
+            encoding.decode(&mut body);
+            let message = M::parse_body(ty, body.freeze())?;
+            Ok(Some(Frame::new(encoding, tid, message)))
+        }
+    }
+}
+
+/// Reads one frame of direction `M` from the front of `src` when its message keeps nothing of
+/// its bytes (PING, the acks and answers): the frame and how many bytes it took. `Ok(None)` when
+/// `src` holds part of a frame, or a frame whose body is kept; [`decode`] reads those from a
+/// buffer. Errors are [`decode`]'s.
+///
+/// For a reader that has nothing buffered: an ack read from the chunk it arrived in needs no
+/// buffer of its own.
+pub fn decode_slice<M: WireMessage>(
+    src: &[u8],
+    max_body: u32,
+) -> Result<Option<(Frame<M>, usize)>, FrameError> {
+    Ok(match front::<M>(src, max_body)? {
+        Front::Read(frame, len) => Some((frame, len)),
+        Front::Partial { .. } | Front::Kept { .. } => None,
+    })
+}
+
+/// What the front of a stream's bytes holds.
+enum Front<M> {
+    /// Part of a frame: `total` bytes in all, once the length is known.
+    Partial { total: Option<usize> },
+    /// A whole frame whose message keeps nothing of its bytes, read; and its length.
+    Read(Frame<M>, usize),
+    /// A whole frame whose body is kept (REGISTER, IM, the down-messages with a body): its
+    /// header and body length, the body after [`HEADER_LEN`].
+    Kept {
+        ty: MessageType,
+        encoding: Encoding,
+        tid: u32,
+        len: usize,
+    },
+}
+
+/// The longest body read from a copy on the stack, for the types whose body is a code byte
+/// (longer ones are legal, the bytes after the code ignored, and read as any other body).
+const CODE_BODY: usize = 16;
+
+fn front<M: WireMessage>(src: &[u8], max_body: u32) -> Result<Front<M>, FrameError> {
     let Some(&first) = src.first() else {
-        return Ok(None);
+        return Ok(Front::Partial { total: None });
     };
     let ty = MessageType::from_u8(first & 0x3f)?;
     if !M::carries(ty) {
         return Err(FrameError::WrongDirection(ty));
     }
     let encoding = Encoding::from_bits(first >> 6);
-    if ty == MessageType::Ping {
+    let (header, len) = if ty == MessageType::Ping {
         if src.len() < PING_LEN {
-            return Ok(None);
+            return Ok(Front::Partial { total: None });
         }
-        src.advance(1);
-        let tid = src.get_u32();
-        let message = M::parse_body(ty, Bytes::new())?;
-        return Ok(Some(Frame::new(encoding, tid, message)));
-    }
-    if src.len() < HEADER_LEN {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([src[5], src[6], src[7], src[8]]);
-    if len > max_body {
-        return Err(FrameError::BodyTooLong { len, max: max_body });
-    }
-    let total = HEADER_LEN + len as usize;
+        (PING_LEN, 0)
+    } else {
+        if src.len() < HEADER_LEN {
+            return Ok(Front::Partial { total: None });
+        }
+        let len = u32::from_be_bytes([src[5], src[6], src[7], src[8]]);
+        if len > max_body {
+            return Err(FrameError::BodyTooLong { len, max: max_body });
+        }
+        (HEADER_LEN, len as usize)
+    };
+    let total = header + len;
     if src.len() < total {
-        src.reserve(total - src.len());
-        return Ok(None);
+        return Ok(Front::Partial { total: Some(total) });
     }
-    src.advance(1);
-    let tid = src.get_u32();
-    src.advance(4);
-    let mut body = src.split_to(len as usize);
-    encoding.decode(&mut body);
-    let message = M::parse_body(ty, body.freeze())?;
-    Ok(Some(Frame::new(encoding, tid, message)))
+    let tid = u32::from_be_bytes([src[1], src[2], src[3], src[4]]);
+    if len <= CODE_BODY {
+        let mut copy = [0; CODE_BODY];
+        let body = &mut copy[..len];
+        body.copy_from_slice(&src[header..total]);
+        encoding.decode(body);
+        if let Some(message) = M::parse_code(ty, body) {
+            return Ok(Front::Read(Frame::new(encoding, tid, message?), total));
+        }
+    }
+    Ok(Front::Kept {
+        ty,
+        encoding,
+        tid,
+        len,
+    })
 }

@@ -16,7 +16,7 @@ use crate::web::{self, WebFraming};
 /// The binary frame decoder, both directions, fed the input after its first byte in pieces
 /// whose size and body limit come from that first byte. A decoded frame must encode to bytes
 /// that decode to the same frame (not always the same bytes: a code message may carry trailing
-/// bytes the decoder ignores).
+/// bytes the decoder ignores), and what the slice reader reads must be what it decodes.
 pub fn frame_decoder(data: &[u8]) {
     let Some((&control, rest)) = data.split_first() else {
         return;
@@ -32,7 +32,20 @@ fn frames<M: WireMessage + PartialEq + Debug>(data: &[u8], step: usize, max_body
     for chunk in data.chunks(step) {
         buf.extend_from_slice(chunk);
         loop {
-            match frame::decode::<M>(&mut buf, max_body) {
+            let sliced = frame::decode_slice::<M>(&buf, max_body);
+            let before = buf.len();
+            let decoded = frame::decode::<M>(&mut buf, max_body);
+            match (&sliced, &decoded) {
+                (Ok(Some((s, len))), Ok(Some(d))) => {
+                    assert_eq!(s, d, "decode_slice reads what decode reads");
+                    assert_eq!(before - buf.len(), *len, "and takes as many bytes");
+                }
+                (Ok(Some(_)), _) => panic!("decode_slice read a frame decode did not"),
+                (Err(s), Err(d)) => assert_eq!(s.to_string(), d.to_string()),
+                (Err(_), Ok(_)) => panic!("decode_slice refused what decode took"),
+                (Ok(None), _) => {}
+            }
+            match decoded {
                 Ok(Some(f)) => {
                     let again = f.to_bytes().expect("a decoded frame encodes");
                     let mut again = BytesMut::from(&again[..]);

@@ -173,9 +173,13 @@ pub trait WireMessage: Sized {
     fn put_body<B: BufMut>(&self, dst: &mut B) -> Result<(), EncodeError>;
     /// Reads a plain body of a type this direction carries.
     fn parse_body(ty: MessageType, body: Bytes) -> Result<Self, FrameError>;
+    /// Reads a plain body of a type whose body is one code byte (the acks and answers, and
+    /// PING's empty one) from a slice, keeping nothing of it; `None` for the types whose body is
+    /// kept, which [`WireMessage::parse_body`] reads.
+    fn parse_code(ty: MessageType, body: &[u8]) -> Option<Result<Self, FrameError>>;
 }
 
-fn need(ty: MessageType, body: &Bytes, need: usize) -> Result<(), FrameError> {
+fn need(ty: MessageType, body: &[u8], need: usize) -> Result<(), FrameError> {
     if body.len() < need {
         return Err(FrameError::BodyTooShort {
             ty,
@@ -186,7 +190,7 @@ fn need(ty: MessageType, body: &Bytes, need: usize) -> Result<(), FrameError> {
     Ok(())
 }
 
-fn code(ty: MessageType, body: &Bytes) -> Result<u8, FrameError> {
+fn code(ty: MessageType, body: &[u8]) -> Result<u8, FrameError> {
     need(ty, body, 1)?;
     Ok(body[0])
 }
@@ -275,6 +279,9 @@ impl WireMessage for Up {
     }
 
     fn parse_body(ty: MessageType, mut body: Bytes) -> Result<Self, FrameError> {
+        if let Some(coded) = Up::parse_code(ty, &body) {
+            return coded;
+        }
         Ok(match ty {
             MessageType::Register => {
                 need(ty, &body, REGISTER_BODY_LEN)?;
@@ -290,22 +297,21 @@ impl WireMessage for Up {
                     token,
                 })
             }
-            MessageType::Ping => Up::Ping,
-            MessageType::PushResp => Up::PushResp {
-                code: code(ty, &body)?,
-            },
-            MessageType::CbResp => Up::CbResp {
-                code: code(ty, &body)?,
-            },
             MessageType::Im => Up::Im { msg: body },
-            MessageType::ImResp => Up::ImResp {
-                code: code(ty, &body)?,
-            },
-            MessageType::KickResp => Up::KickResp {
-                code: code(ty, &body)?,
-            },
             other => return Err(FrameError::WrongDirection(other)),
         })
+    }
+
+    fn parse_code(ty: MessageType, body: &[u8]) -> Option<Result<Self, FrameError>> {
+        let coded = |message: fn(u8) -> Up| Some(code(ty, body).map(message));
+        match ty {
+            MessageType::Ping => Some(Ok(Up::Ping)),
+            MessageType::PushResp => coded(|code| Up::PushResp { code }),
+            MessageType::CbResp => coded(|code| Up::CbResp { code }),
+            MessageType::ImResp => coded(|code| Up::ImResp { code }),
+            MessageType::KickResp => coded(|code| Up::KickResp { code }),
+            _ => None,
+        }
     }
 }
 
@@ -356,13 +362,10 @@ impl WireMessage for Down {
     }
 
     fn parse_body(ty: MessageType, mut body: Bytes) -> Result<Self, FrameError> {
+        if let Some(coded) = Down::parse_code(ty, &body) {
+            return coded;
+        }
         Ok(match ty {
-            MessageType::RegResp => Down::RegResp {
-                code: code(ty, &body)?,
-            },
-            MessageType::Pong => Down::Pong {
-                code: code(ty, &body)?,
-            },
             MessageType::Push => {
                 need(ty, &body, 3)?;
                 let offline = body.get_u16();
@@ -379,13 +382,18 @@ impl WireMessage for Down {
                 let flag = body.get_u8();
                 Down::Im { flag, msg: body }
             }
-            MessageType::ImResp => Down::ImResp {
-                code: code(ty, &body)?,
-            },
-            MessageType::Kick => Down::Kick {
-                reason: code(ty, &body)?,
-            },
             other => return Err(FrameError::WrongDirection(other)),
         })
+    }
+
+    fn parse_code(ty: MessageType, body: &[u8]) -> Option<Result<Self, FrameError>> {
+        let coded = |message: fn(u8) -> Down| Some(code(ty, body).map(message));
+        match ty {
+            MessageType::RegResp => coded(|code| Down::RegResp { code }),
+            MessageType::Pong => coded(|code| Down::Pong { code }),
+            MessageType::ImResp => coded(|code| Down::ImResp { code }),
+            MessageType::Kick => coded(|reason| Down::Kick { reason }),
+            _ => None,
+        }
     }
 }

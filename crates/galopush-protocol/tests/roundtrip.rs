@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use galopush_protocol::bus::{self, Downward, MsgUpward, Receiver, UserOnlineState};
 use galopush_protocol::frame::{self, Frame};
-use galopush_protocol::message::{Down, Register, Up, WireMessage};
+use galopush_protocol::message::{Down, MessageType, Register, Up, WireMessage};
 use galopush_protocol::web::{self, WebFraming};
 use galopush_protocol::{ClientCodec, Encoding, ServerCodec};
 use proptest::prelude::*;
@@ -168,10 +168,57 @@ proptest! {
         data in proptest::collection::vec(any::<u8>(), 0..400),
         max in 0u32..2048,
     ) {
+        let _ = frame::decode_slice::<Up>(&data, max);
+        let _ = frame::decode_slice::<Down>(&data, max);
         let mut up = BytesMut::from(&data[..]);
         while let Ok(Some(_)) = frame::decode::<Up>(&mut up, max) {}
         let mut down = BytesMut::from(&data[..]);
         while let Ok(Some(_)) = frame::decode::<Down>(&mut down, max) {}
+    }
+
+    /// A reader with nothing buffered reads acks from the chunk they came in
+    /// (`frame::decode_slice`): whatever it reads, how far, and every error, are `decode`'s.
+    #[test]
+    fn reading_from_a_slice_is_decoding_from_a_buffer(
+        frames in proptest::collection::vec((encoding(), any::<u32>(), up_with(body().boxed())), 1..4),
+        change in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+        cut in any::<prop::sample::Index>(),
+        max in prop_oneof![Just(u32::MAX), 0u32..64],
+    ) {
+        let mut wire = BytesMut::new();
+        for (encoding, tid, message) in frames {
+            Frame::new(encoding, tid, message).encode(&mut wire).expect("encodes");
+        }
+        if let Some((at, byte)) = change {
+            let i = at.index(wire.len());
+            wire[i] = byte;
+        }
+        wire.truncate(cut.index(wire.len() + 1));
+        let mut rest: &[u8] = &wire;
+        loop {
+            let mut buffered = BytesMut::from(rest);
+            let decoded = frame::decode::<Up>(&mut buffered, max);
+            match frame::decode_slice::<Up>(rest, max) {
+                Ok(Some((frame, len))) => {
+                    prop_assert_eq!(decoded.expect("decode agrees"), Some(frame));
+                    prop_assert_eq!(buffered.len(), rest.len() - len, "the same length taken");
+                    rest = &rest[len..];
+                }
+                Ok(None) => {
+                    // Part of a frame (`decode` waits too), or a frame whose body is kept,
+                    // which `decode` reads or refuses.
+                    let kept = rest.first().is_some_and(|&b| {
+                        matches!(MessageType::from_u8(b & 0x3f), Ok(MessageType::Register | MessageType::Im))
+                    });
+                    prop_assert!(kept || matches!(decoded, Ok(None)), "decode gave {:?}", decoded);
+                    break;
+                }
+                Err(e) => {
+                    prop_assert_eq!(decoded.expect_err("decode fails too").to_string(), e.to_string());
+                    break;
+                }
+            }
+        }
     }
 
     #[test]
