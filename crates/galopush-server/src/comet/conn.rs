@@ -40,6 +40,16 @@ pub enum Outbound {
 }
 
 impl Outbound {
+    /// At least the bytes of the item's frame on the wire (SPEC §3): the 9-byte header, at most
+    /// 3 bytes before a body, and the body.
+    pub fn frame_len(&self) -> usize {
+        const HEADER: usize = 12;
+        match self {
+            Outbound::Deliver { delivery, .. } => delivery.body.len() + HEADER,
+            Outbound::Kick(_) | Outbound::ImResult { .. } => HEADER,
+        }
+    }
+
     /// What the item counts for against `limits.conn_queue_bytes`: a delivery its body and
     /// about what its frame and transaction add; anything else a little.
     fn weight(&self) -> usize {
@@ -50,6 +60,13 @@ impl Outbound {
         }
     }
 }
+
+/// Room a queue makes when it gets its second item: a fan-out batch's deliveries to a terminal
+/// then need two allocations instead of growing the queue 4 → 8 → 16 (by callgrind, the
+/// allocator's work was a tenth of a fan-out delivery). Not at the first item: a unicast
+/// delivery, alone in its queue, is cheaper in the allocator's smallest size classes. Given back
+/// when the task takes the items.
+pub const BURST: usize = 16;
 
 /// Whether [`Conn::push`] queued an item.
 #[derive(Debug)]
@@ -130,6 +147,9 @@ impl Conn {
             return Pushed::Overflowed(item);
         }
         outbox.bytes += weight;
+        if outbox.items.len() == 1 {
+            outbox.items.reserve(BURST - 1);
+        }
         outbox.items.push_back(item);
         Outbox::wake(outbox);
         Pushed::Queued

@@ -493,8 +493,14 @@ impl CometShared {
         self.conns.lock(&id).remove(&id);
     }
 
-    fn conn(&self, id: SessionId) -> Option<Arc<Conn>> {
-        self.conns.lock(&id).get(&id).cloned()
+    /// Queues an item for a connection; `None` if there is no such connection. Under the
+    /// table's lock, so a delivery costs no reference count of the connection.
+    fn push(&self, id: SessionId, item: Outbound) -> Option<Pushed> {
+        let limit = self.settings.conn_queue_bytes;
+        self.conns
+            .lock(&id)
+            .get(&id)
+            .map(|conn| conn.push(item, limit))
     }
 
     /// The router that authenticates a uid: spread by uid, so one user's registrations go to
@@ -601,23 +607,18 @@ impl CometLink for RouterBound {
         for command in commands {
             match command {
                 CometCommand::Deliver(delivery) => {
-                    let id = delivery.id;
-                    let taken = match comet.conn(delivery.session) {
-                        Some(conn) => {
-                            let item = Outbound::Deliver {
-                                router: self.router,
-                                delivery,
-                            };
-                            match conn.push(item, comet.settings.conn_queue_bytes) {
-                                Pushed::Queued => true,
-                                Pushed::Overflowed(_) => {
-                                    comet.metrics.refused(Refusal::ConnQueueBytes);
-                                    false
-                                }
-                                Pushed::Closed(_) => false,
-                            }
+                    let (id, session) = (delivery.id, delivery.session);
+                    let item = Outbound::Deliver {
+                        router: self.router,
+                        delivery,
+                    };
+                    let taken = match comet.push(session, item) {
+                        Some(Pushed::Queued) => true,
+                        Some(Pushed::Overflowed(_)) => {
+                            comet.metrics.refused(Refusal::ConnQueueBytes);
+                            false
                         }
-                        None => false,
+                        Some(Pushed::Closed(_)) | None => false,
                     };
                     if !taken {
                         comet.settle(
@@ -630,9 +631,7 @@ impl CometLink for RouterBound {
                     }
                 }
                 CometCommand::Kick { session, reason } => {
-                    if let Some(conn) = comet.conn(session) {
-                        let _ = conn.push(Outbound::Kick(reason), comet.settings.conn_queue_bytes);
-                    }
+                    let _ = comet.push(session, Outbound::Kick(reason));
                 }
             }
         }

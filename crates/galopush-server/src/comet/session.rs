@@ -27,7 +27,7 @@ use galopush_protocol::{Encoding, TermType};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 
-use super::conn::{Conn, Outbound, Pushed, RouterIdx};
+use super::conn::{BURST, Conn, Outbound, Pushed, RouterIdx};
 use super::idle::{Parked, Quiet};
 use super::transport::{Received, TcpTransport, Transport, TransportError};
 use super::{CometShared, ConnSlot};
@@ -398,6 +398,12 @@ impl Transactions {
         if open.open.is_empty() {
             open.first = tid;
         }
+        // A burst (a second transaction while one is open) gets room for as many as the
+        // connection's queue takes at once, as the queue does.
+        if open.open.len() == 1 {
+            open.open.reserve(BURST - 1);
+            open.deadlines(class).reserve(BURST - 1);
+        }
         let index = tid.wrapping_sub(open.first) as usize;
         while open.open.len() < index {
             open.open.push_back(None);
@@ -678,8 +684,9 @@ impl<'a> Session<'a> {
     /// Writes what the connection's queue holds (deliveries, a kick, IM answers).
     fn take_queue<T: Transport>(&mut self, transport: &mut T) -> AfterQueue {
         let (items, slow) = self.conn.take();
-        // One clock reading for what arrived together.
+        // One clock reading for what arrived together, and one allocation for its frames.
         let now = Instant::now();
+        transport.reserve(items.iter().map(Outbound::frame_len).sum());
         let mut items = items.into_iter();
         while let Some(item) = items.next() {
             match item {

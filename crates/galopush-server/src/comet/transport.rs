@@ -92,6 +92,10 @@ pub trait Transport: Send {
     /// Whether frames are queued.
     fn has_pending(&self) -> bool;
 
+    /// Makes room for about this many bytes of frames about to be queued, so that a burst is
+    /// written into one allocation; a hint, ignored by transports that format frames otherwise.
+    fn reserve(&mut self, _bytes: usize) {}
+
     /// Writes the queued frames, as far as the socket takes them now: `Ready` once all are
     /// written, `Pending` (with `cx` woken when the socket has room) otherwise. What was not
     /// written stays queued, so a dropped write loses nothing that a later one would not send.
@@ -135,19 +139,56 @@ pub(super) fn read_some<'a, S: AsyncRead + Unpin + Send>(
     stream: &'a mut S,
     read: &'a mut BytesMut,
 ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+    read_chunk(stream, |chunk| {
+        read.extend_from_slice(chunk);
+        chunk.len()
+    })
+}
+
+/// Reads what the socket has (at most [`READ_CHUNK`] bytes) and hands it to `take`; an empty
+/// chunk at the end of the stream. As [`read_some`], for a reader that takes part of a chunk
+/// without buffering it.
+fn read_chunk<'a, S: AsyncRead + Unpin + Send, T>(
+    stream: &'a mut S,
+    mut take: impl FnMut(&[u8]) -> T + Send + 'a,
+) -> impl Future<Output = io::Result<T>> + Send + 'a {
     std::future::poll_fn(move |cx| {
         // Not zeroed first: `ReadBuf` tracks how much the socket filled.
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         let mut buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => {
-                read.extend_from_slice(buf.filled());
-                Poll::Ready(Ok(buf.filled().len()))
-            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(take(buf.filled()))),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
     })
+}
+
+/// What a binary connection made of a chunk it read.
+enum Taken {
+    /// The end of the stream.
+    End,
+    /// A frame read from the chunk itself; what followed it is buffered.
+    Frame(Frame<Up>),
+    /// The chunk is buffered.
+    Buffered,
+}
+
+/// Takes a chunk into a binary connection's read buffer. With nothing buffered, a frame at its
+/// front that keeps nothing of its bytes (an ack, a PING) is read from the chunk itself, and
+/// only what follows it is buffered: a terminal acking one delivery at a time costs no buffer.
+fn take_chunk(read: &mut BytesMut, chunk: &[u8], max_body: u32) -> Result<Taken, FrameError> {
+    if chunk.is_empty() {
+        return Ok(Taken::End);
+    }
+    if read.is_empty()
+        && let Some((frame, len)) = frame::decode_slice::<Up>(chunk, max_body)?
+    {
+        read.extend_from_slice(&chunk[len..]);
+        return Ok(Taken::Frame(frame));
+    }
+    read.extend_from_slice(chunk);
+    Ok(Taken::Buffered)
 }
 
 /// Gives a drained read buffer's memory back, so an idle connection holds none. Whatever its
@@ -231,10 +272,12 @@ impl<S: Stream> Transport for TcpTransport<S> {
                 release_if_empty(&mut self.read);
                 return Ok(Received::Frame(f));
             }
-            match read_some(&mut self.stream, &mut self.read).await? {
-                0 if self.read.is_empty() => return Ok(Received::Closed),
-                0 => return Err(TransportError::Truncated),
-                _ => {}
+            let (read, max_body) = (&mut self.read, self.max_body);
+            match read_chunk(&mut self.stream, |chunk| take_chunk(read, chunk, max_body)).await?? {
+                Taken::Frame(f) => return Ok(Received::Frame(f)),
+                Taken::End if self.read.is_empty() => return Ok(Received::Closed),
+                Taken::End => return Err(TransportError::Truncated),
+                Taken::Buffered => {}
             }
         }
     }
@@ -254,6 +297,10 @@ impl<S: Stream> Transport for TcpTransport<S> {
 
     fn can_park(&self) -> bool {
         S::PARKS && self.read.is_empty() && self.write.is_empty()
+    }
+
+    fn reserve(&mut self, bytes: usize) {
+        self.write.reserve(bytes);
     }
 
     fn into_socket(self) -> io::Result<std::net::TcpStream> {
