@@ -77,7 +77,7 @@ pub fn serve<T: Transport>(
             let mut session = Session::new(&comet, &conn, info, quiet, &mut txns);
             session.deliver_stored(&mut transport, registered);
             if let Ended::Park(quiet) = session.run(&mut transport).await {
-                park(&comet, conn.clone(), transport, slot, quiet);
+                park(&comet, conn.clone(), info, transport, slot, quiet);
                 return;
             }
             end(&comet, &conn, &mut txns, info);
@@ -118,7 +118,7 @@ pub async fn resume(comet: Arc<CometShared>, parked: Parked) {
     };
     let mut session = Session::new(&comet, &conn, info, quiet, &mut txns);
     if let Ended::Park(quiet) = session.run(&mut transport).await {
-        park(&comet, conn.clone(), transport, slot, quiet);
+        park(&comet, conn.clone(), info, transport, slot, quiet);
         return;
     }
     end(&comet, &conn, &mut txns, info);
@@ -128,17 +128,16 @@ pub async fn resume(comet: Arc<CometShared>, parked: Parked) {
     let _ = timeout(comet.settings.write_timeout, transport.close()).await;
 }
 
-/// Hands a quiet connection to the comet's watcher ([`super::idle`]); its task ends.
+/// Hands a registered connection that has been quiet to the comet's watcher
+/// ([`super::idle`]); its task ends.
 fn park<T: Transport>(
     comet: &Arc<CometShared>,
     conn: Arc<Conn>,
+    info: &SessionInfo,
     transport: T,
     slot: ConnSlot,
     quiet: Quiet,
 ) {
-    let Some(info) = conn.session() else {
-        return;
-    };
     let socket = match transport.into_socket() {
         Ok(socket) => socket,
         Err(e) => {
