@@ -130,3 +130,28 @@ async fn parking_is_off_with_0s_and_for_web_terminals() {
     let (_, down) = next_acked(&mut web).await;
     assert_eq!(push(&down).2, Bytes::from("to the web"));
 }
+
+#[tokio::test]
+async fn parked_terminals_keep_their_place_within_max_connections() {
+    let g = Gateway::start(&[
+        ("comet.park_after", "200ms"),
+        ("limits.max_connections", "2"),
+    ])
+    .await;
+    let mut wes = g.terminal("wes", TermType::Android, TCP).await;
+    let _xia = g.terminal("xia", TermType::Android, TCP).await;
+    g.wait_metric(PARKED, 2.0).await;
+    let mut over = g.connect(TermType::Android, TCP).await;
+    assert!(
+        closed(&mut over).await.is_empty(),
+        "a third connection is refused"
+    );
+    assert_eq!(
+        g.metric("galopush_refused_total{reason=\"max_connections\"}")
+            .await,
+        1.0
+    );
+    g.send_down("push", "wes", 1, "still served").await;
+    let (_, down) = next_acked(&mut wes).await;
+    assert_eq!(push(&down).2, Bytes::from("still served"));
+}
