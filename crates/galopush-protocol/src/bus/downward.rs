@@ -40,6 +40,19 @@ const SPECIAL: [bool; 256] = {
     table
 };
 
+/// Whether any of the eight bytes of `word` is special (see [`SPECIAL`]). The zero-byte test
+/// of "Bit Twiddling Hacks": `x - 0x01… & !x & 0x80…` is non-zero exactly when some byte of `x`
+/// is zero (and, with `0x20…` subtracted, when some byte is below 0x20); it may flag the wrong
+/// byte, so the caller finds the byte itself.
+fn has_special(word: u64) -> bool {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    (below(word, 0x20) | below(quote, 1) | below(backslash, 1)) != 0
+}
+
 /// A position in the message's text.
 struct Scan<'a> {
     text: &'a str,
@@ -131,6 +144,16 @@ impl<'a> Scan<'a> {
             return Some(out);
         }
         loop {
+            self.skip_space();
+            if let Some((uid, termtype)) = self.compact_receiver() {
+                if !out.push(uid, termtype) {
+                    return None;
+                }
+                if !self.next_or_end(b']')? {
+                    return Some(out);
+                }
+                continue;
+            }
             let (mut uid, mut termtype) = (None, None);
             self.expect(b'{')?;
             loop {
@@ -152,6 +175,43 @@ impl<'a> Scan<'a> {
                 return Some(out);
             }
         }
+    }
+
+    /// A receiver written `{"uid":"...","termtype":n}`, without spaces and in that order (what
+    /// encoders write for a struct, Go's included), taken; `None`, with nothing taken, for any
+    /// other way of writing it, which the general loop reads. A broadcast's list is mostly this,
+    /// and matching it whole costs a third of reading it key by key (callgrind: ~480 → ~150
+    /// instructions a receiver).
+    fn compact_receiver(&mut self) -> Option<(&'a str, u8)> {
+        const HEAD: &[u8] = br#"{"uid":""#;
+        const MIDDLE: &[u8] = br#"","termtype":"#;
+        let text = self.bytes();
+        let start = self.at + HEAD.len();
+        if !text.get(self.at..)?.starts_with(HEAD) {
+            return None;
+        }
+        let end = self.special_from(start)?;
+        if !text[end..].starts_with(MIDDLE) {
+            return None;
+        }
+        let digits = end + MIDDLE.len();
+        // One to three digits, no leading zero, at most 255, then the brace (so not a fraction or
+        // an exponent): what `small_number` takes.
+        let (termtype, len) = match text.get(digits..digits + 4)? {
+            [d @ b'0'..=b'9', b'}', ..] => (d - b'0', 1),
+            [d @ b'1'..=b'9', e @ b'0'..=b'9', b'}', _] => ((d - b'0') * 10 + (e - b'0'), 2),
+            [d @ b'1'..=b'9', e @ b'0'..=b'9', f @ b'0'..=b'9', b'}'] => {
+                let value =
+                    u16::from(d - b'0') * 100 + u16::from(e - b'0') * 10 + u16::from(f - b'0');
+                (u8::try_from(value).ok()?, 3)
+            }
+            _ => return None,
+        };
+        // The quote, braces and digits around the uid are ASCII: the slice is on char
+        // boundaries of the checked text.
+        let uid = self.text.get(start..end)?;
+        self.at = digits + len + 1;
+        Some((uid, termtype))
     }
 
     /// The key of `keys` (each with its quotes) that comes next, taken; `None` for any other
@@ -186,13 +246,22 @@ impl<'a> Scan<'a> {
     }
 
     /// Where the first quote, backslash or control character (which a string must escape) is
-    /// from `from` on. A plain loop: strings here are short, and memchr's set-up costs more
-    /// than it saves on them.
+    /// from `from` on: eight bytes at a time while none of them is one, then byte by byte.
+    /// memchr's set-up costs more than it saves on strings this short; the word test takes a
+    /// third of the instructions of the byte loop over a 100-byte body.
     fn special_from(&self, from: usize) -> Option<usize> {
         let rest = self.bytes().get(from..)?;
-        rest.iter()
+        let mut at = 0;
+        while let Some(word) = rest[at..].first_chunk::<8>() {
+            if has_special(u64::from_le_bytes(*word)) {
+                break;
+            }
+            at += 8;
+        }
+        rest[at..]
+            .iter()
             .position(|&b| SPECIAL[usize::from(b)])
-            .map(|at| from + at)
+            .map(|found| from + at + found)
     }
 
     /// A string without escapes, borrowed from the text.
@@ -291,6 +360,43 @@ mod tests {
     }
 
     #[test]
+    fn the_word_test_finds_every_special_byte_wherever_it_is() {
+        for byte in 0..=255u8 {
+            for at in 0..8 {
+                for filler in [b'a', 0x7f, 0xff, b'!', b'#', b'[', b']', 0x20] {
+                    let mut word = [filler; 8];
+                    word[at] = byte;
+                    assert_eq!(
+                        has_special(u64::from_le_bytes(word)),
+                        SPECIAL[usize::from(byte)] || SPECIAL[usize::from(filler)],
+                        "{byte:#x} at {at} among {filler:#x}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn finds_the_first_special_byte_across_words() {
+        let text = "abcdefghijklmnopqrstuvwxyz0123456789\"ABCDEFGHIJ\\\u{1}";
+        let scan = Scan { text, at: 0 };
+        let firsts: Vec<usize> = (0..text.len())
+            .map(|from| scan.special_from(from).unwrap_or(usize::MAX))
+            .collect();
+        let expected: Vec<usize> = (0..text.len())
+            .map(|from| {
+                text.bytes()
+                    .enumerate()
+                    .skip(from)
+                    .find(|&(_, b)| SPECIAL[usize::from(b)])
+                    .map_or(usize::MAX, |(i, _)| i)
+            })
+            .collect();
+        assert_eq!(firsts, expected);
+        assert_eq!(scan.special_from(text.len() + 1), None);
+    }
+
+    #[test]
     fn reads_the_usual_shapes_as_serde_json_does() {
         let usual = [
             r#"{"receivers":[{"uid":"u1","termtype":1}],"flag":0,"body":"{\"seq\":1,\"t\":2}"}"#,
@@ -298,6 +404,7 @@ mod tests {
             r#" { "body" : "a\nb\t\"c\"\\\/\b\f\r\u00e9\u4e2d" , "receivers" : [ ] , "flag" : 255 , "id" : null } "#,
             "{\"receivers\":[{\"uid\":\"用户\",\"termtype\":2}],\"flag\":7,\"body\":\"ünïcödé 🎉\"}",
             r#"{"receivers":[],"body":""}"#,
+            r#"{"receivers":[{"uid":"a","termtype":0},{"uid":"bb","termtype":16},{ "uid":"c","termtype":255},{"uid":"d","termtype":31}],"body":"x"}"#,
         ];
         for json in usual {
             let message = read(json.as_bytes());
@@ -323,6 +430,10 @@ mod tests {
             r#"{"receivers":[],"flag":01,"body":"x"}"#,
             r#"{"receivers":[{"uid":"u","termtype":1,}],"body":"x"}"#,
             r#"{"receivers":[{"uid":"u"}],"body":"x"}"#,
+            r#"{"receivers":[{"uid":"u","termtype":256}],"body":"x"}"#,
+            r#"{"receivers":[{"uid":"u","termtype":01}],"body":"x"}"#,
+            r#"{"receivers":[{"uid":"u","termtype":1.5}],"body":"x"}"#,
+            r#"{"receivers":[{"uid":"u","termtype":1}"#,
             r#"{"receivers":[],"body":"\ud83c"}"#,
             r#"{"receivers":[],"body":"\x"}"#,
             r#"{"receivers":[]}"#,
