@@ -155,12 +155,15 @@ impl Conn {
         Pushed::Queued
     }
 
-    /// Takes everything queued; `true` if the terminal was marked slow.
-    pub fn take(&self) -> (VecDeque<Outbound>, bool) {
+    /// Takes everything queued into `into`, which must be empty: its room becomes the queue's,
+    /// so a task that hands back the room it was given allocates nothing per item for a terminal
+    /// sent one at a time. `true` if the terminal was marked slow.
+    pub fn take_into(&self, into: &mut VecDeque<Outbound>) -> bool {
+        debug_assert!(into.is_empty());
         let mut outbox = self.outbox.lock();
         outbox.bytes = 0;
-        let slow = outbox.slow;
-        (std::mem::take(&mut outbox.items), slow)
+        std::mem::swap(&mut outbox.items, into);
+        outbox.slow
     }
 
     /// Whether the terminal was marked slow.
@@ -184,12 +187,13 @@ impl Conn {
 
     /// Hands the wake-up of the next [`Conn::push`] to `waker` instead of a task, if nothing is
     /// queued and the connection is open; `false` otherwise. For a parked connection
-    /// ([`super::idle`]), whose task has ended.
+    /// ([`super::idle`]), whose task has ended; the queue's room is given back.
     pub fn park(&self, waker: Waker) -> bool {
         let mut outbox = self.outbox.lock();
         if !outbox.items.is_empty() || outbox.slow || outbox.closed {
             return false;
         }
+        outbox.items = VecDeque::new();
         outbox.waiter = Some(waker);
         true
     }
@@ -237,7 +241,8 @@ mod tests {
             conn.push(delivery(1, 5000), limit),
             Pushed::Queued
         ));
-        let (items, slow) = conn.take();
+        let mut items = VecDeque::new();
+        let slow = conn.take_into(&mut items);
         assert_eq!((items.len(), slow), (1, false));
         // Small ones up to the bound, then the connection is slow and takes nothing more.
         for id in 0..3 {
@@ -293,7 +298,9 @@ mod tests {
         assert!(matches!(conn.push(delivery(2, 10), 1000), Pushed::Queued));
         assert_eq!(count(), 1, "woken once until it waits again");
         assert!(conn.poll_queued(&mut cx).is_ready());
-        assert_eq!(conn.take().0.len(), 2);
+        let mut items = VecDeque::new();
+        conn.take_into(&mut items);
+        assert_eq!(items.len(), 2);
         assert!(conn.poll_queued(&mut cx).is_pending());
         conn.close();
         assert!(matches!(
@@ -301,6 +308,29 @@ mod tests {
             Pushed::Closed(_)
         ));
         assert_eq!(count(), 1, "a closed queue wakes no one");
+    }
+
+    #[test]
+    fn the_room_handed_to_the_queue_is_used_and_given_back_when_parked() {
+        let conn = Conn::new(1);
+        let mut room = VecDeque::with_capacity(BURST);
+        conn.take_into(&mut room);
+        assert_eq!(room.capacity(), 0, "the queue's own (none) came back");
+        assert!(conn.outbox.lock().items.capacity() >= BURST);
+        assert!(matches!(conn.push(delivery(1, 10), 1000), Pushed::Queued));
+        let mut items = VecDeque::new();
+        conn.take_into(&mut items);
+        assert_eq!(items.len(), 1);
+        assert!(
+            items.capacity() >= BURST,
+            "the item came in the room handed over"
+        );
+        assert!(conn.park(Waker::noop().clone()));
+        assert_eq!(
+            conn.outbox.lock().items.capacity(),
+            0,
+            "a parked connection's queue keeps no room"
+        );
     }
 
     #[test]

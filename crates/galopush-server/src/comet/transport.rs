@@ -101,6 +101,10 @@ pub trait Transport: Send {
     /// written stays queued, so a dropped write loses nothing that a later one would not send.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>>;
 
+    /// Whether connections over this transport are ever parked ([`super::idle`]): plain
+    /// sockets only.
+    const PARKS: bool = false;
+
     /// Whether the connection can be parked now ([`super::idle`]): over a plain socket, with
     /// nothing read and not yet taken, and nothing to write.
     fn can_park(&self) -> bool {
@@ -294,6 +298,8 @@ impl<S: Stream> Transport for TcpTransport<S> {
     fn has_pending(&self) -> bool {
         !self.write.is_empty()
     }
+
+    const PARKS: bool = S::PARKS;
 
     fn can_park(&self) -> bool {
         S::PARKS && self.read.is_empty() && self.write.is_empty()
