@@ -837,6 +837,12 @@ mod tests {
 
     type Rows = Vec<(u64, Vec<u8>)>;
 
+    /// The sequence numbers the inbox loads.
+    async fn inbox_seqs(store: &EmbeddedStore) -> Vec<u64> {
+        let loaded = store.inbox_load().await.expect("load");
+        loaded.iter().map(|m| m.seq).collect()
+    }
+
     /// The rows of a queue and their removal bitmaps, as committed.
     fn rows(store: &EmbeddedStore, queue: Queue) -> (Rows, Rows) {
         let read = store.shared.db.begin_read().expect("read");
@@ -889,13 +895,7 @@ mod tests {
             reopened = open();
         }
         let store = reopened.expect("reopen");
-        let left: Vec<u64> = store
-            .inbox_load()
-            .await
-            .expect("load")
-            .iter()
-            .map(|m| m.seq)
-            .collect();
+        let left = inbox_seqs(&store).await;
         let expected: Vec<u64> = [1, 2, 4, 5, 6, 7, 8].iter().map(|&i| seqs[i]).collect();
         assert_eq!(left, expected, "the marks outlive a restart");
         store.inbox_remove(expected).await.expect("remove");
@@ -951,13 +951,7 @@ mod tests {
             .await
             .expect("append");
         assert_eq!(fresh, vec![10], "numbers go on from the old ones");
-        let left: Vec<u64> = store
-            .inbox_load()
-            .await
-            .expect("load")
-            .iter()
-            .map(|m| m.seq)
-            .collect();
+        let left = inbox_seqs(&store).await;
         assert_eq!(left, vec![9, 10]);
     }
 }
