@@ -80,13 +80,14 @@ pub fn offline_limits(config: &Config) -> OfflineLimits {
 
 /// Opens the configured store. If a Redis store does not answer, this fails within a few
 /// seconds.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StartError> {
     let limits = offline_limits(config);
     Ok(match config.store.kind {
         StoreKind::Embedded => Arc::new(EmbeddedStore::open(
             &config.store.path,
             limits,
             config.store.cache_bytes,
+            metrics.store_commit_seconds.clone(),
         )?),
         StoreKind::Memory => Arc::new(MemoryStore::new(limits)),
         StoreKind::Redis => Arc::new(
@@ -120,7 +121,7 @@ pub async fn start_router(
     config: &Config,
     metrics: Arc<Metrics>,
 ) -> Result<RouterParts, StartError> {
-    let store = open_store(config).await?;
+    let store = open_store(config, &metrics).await?;
     // With the NSQ bus, outbound messages and `/pub` go to nsqd; the store keeps the rest.
     let producer = match config.bus.kind {
         BusKind::Nsq => {

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes};
 use galopush_protocol::{TermMask, TermType};
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
@@ -133,11 +134,13 @@ fn stopped() -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir`, with a page cache of at most `cache_bytes`.
+    /// Opens (or creates) the store in `dir`, with a page cache of at most `cache_bytes`; each
+    /// write transaction's duration goes into `commits` (`galopush_store_commit_seconds`).
     pub fn open(
         dir: &Path,
         limits: OfflineLimits,
         cache_bytes: usize,
+        commits: Histogram,
     ) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!(
@@ -199,7 +202,7 @@ impl EmbeddedStore {
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("galopush-store".into())
-            .spawn(move || write_loop(&thread_shared, jobs))
+            .spawn(move || write_loop(&thread_shared, jobs, &commits))
             .map_err(|e| StoreError::Unavailable(format!("cannot start store writer: {e}")))?;
         Ok(EmbeddedStore { shared, writer })
     }
@@ -229,7 +232,7 @@ impl EmbeddedStore {
     }
 }
 
-fn write_loop(shared: &Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn write_loop(shared: &Shared, mut jobs: mpsc::UnboundedReceiver<Job>, commits: &Histogram) {
     let mut batch = Vec::new();
     while jobs.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let mut writes = Vec::new();
@@ -242,7 +245,9 @@ fn write_loop(shared: &Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
         }
         if !writes.is_empty() {
             let ops: Vec<&Op> = writes.iter().map(|(op, _)| op).collect();
+            let started = std::time::Instant::now();
             let outcome = apply_batch(shared, &ops);
+            commits.observe(started.elapsed().as_secs_f64());
             settle_index(shared, &ops, outcome.as_ref().ok().map(|(_, boxes)| boxes));
             match outcome {
                 Ok((results, _)) => {
@@ -834,6 +839,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::metrics::commit_histogram;
 
     type Rows = Vec<(u64, Vec<u8>)>;
 
@@ -863,7 +869,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_row_removed_in_pieces_is_marked_not_rewritten_and_deleted_when_all_are_gone() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let open = || EmbeddedStore::open(dir.path(), OfflineLimits::default(), 1 << 20);
+        let metrics = crate::metrics::Metrics::new();
+        let open = || {
+            EmbeddedStore::open(
+                dir.path(),
+                OfflineLimits::default(),
+                1 << 20,
+                metrics.store_commit_seconds.clone(),
+            )
+        };
         let store = open().expect("open");
         let bodies: Vec<(String, Bytes)> = (0..10)
             .map(|i| ("push".to_owned(), Bytes::from(format!("m{i}"))))
@@ -883,6 +897,12 @@ mod tests {
             .await
             .expect("remove");
         assert_eq!(rows(&store, Queue::Inbox).1, marks);
+        assert!(
+            metrics
+                .render()
+                .contains("galopush_store_commit_seconds_count 3"),
+            "each write timed: an append and two removals"
+        );
         drop(store);
 
         // The writer thread lets the file go once it has seen the store dropped.
@@ -924,8 +944,13 @@ mod tests {
             }
             txn.commit().expect("commit");
         }
-        let store =
-            EmbeddedStore::open(dir.path(), OfflineLimits::default(), 1 << 20).expect("open");
+        let store = EmbeddedStore::open(
+            dir.path(),
+            OfflineLimits::default(),
+            1 << 20,
+            commit_histogram(),
+        )
+        .expect("open");
         let inbox: Vec<_> = store
             .inbox_load()
             .await

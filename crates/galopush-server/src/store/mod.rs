@@ -219,7 +219,13 @@ mod tests {
     async fn embedded_store_conforms_and_survives_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let store = embedded::EmbeddedStore::open(dir.path(), limits(), 1 << 20).expect("open");
+            let store = embedded::EmbeddedStore::open(
+                dir.path(),
+                limits(),
+                1 << 20,
+                crate::metrics::commit_histogram(),
+            )
+            .expect("open");
             conformance::check_store(&store).await;
             store
                 .set_login(
@@ -252,7 +258,12 @@ mod tests {
         // The writer thread ends once the store is dropped; give it a moment to release the file.
         let mut attempts = 0;
         let store = loop {
-            match embedded::EmbeddedStore::open(dir.path(), limits(), 1 << 20) {
+            match embedded::EmbeddedStore::open(
+                dir.path(),
+                limits(),
+                1 << 20,
+                crate::metrics::commit_histogram(),
+            ) {
                 Ok(s) => break s,
                 Err(e) if attempts < 250 => {
                     attempts += 1;
