@@ -325,6 +325,10 @@ mod tests {
             items.capacity() >= BURST,
             "the item came in the room handed over"
         );
+        // The room goes back to the queue at the next take, as a session hands it back.
+        items.clear();
+        conn.take_into(&mut items);
+        assert!(conn.outbox.lock().items.capacity() >= BURST);
         assert!(conn.park(Waker::noop().clone()));
         assert_eq!(
             conn.outbox.lock().items.capacity(),
