@@ -483,10 +483,16 @@ fn encode_batch(messages: &[Queued<'_>]) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
-fn decode_batch(mut data: &[u8]) -> Result<Vec<Queued<'_>>, StoreError> {
-    let bad = || StoreError::Corrupt("queued batch is cut short".into());
-    let mut out = Vec::new();
-    while !data.is_empty() {
+/// The messages of a batch row, read in place, in order; a malformed row yields one error and
+/// ends.
+struct BatchReader<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> BatchReader<'a> {
+    fn read(&mut self) -> Result<Queued<'a>, StoreError> {
+        let bad = || StoreError::Corrupt("queued batch is cut short".into());
+        let data = &mut self.data;
         if data.len() < 10 {
             return Err(bad());
         }
@@ -495,16 +501,30 @@ fn decode_batch(mut data: &[u8]) -> Result<Vec<Queued<'_>>, StoreError> {
         let topic = data.get(..topic_len).ok_or_else(bad)?;
         let topic = std::str::from_utf8(topic)
             .map_err(|_| StoreError::Corrupt("queued topic is not UTF-8".into()))?;
-        data = &data[topic_len..];
+        *data = &data[topic_len..];
         if data.len() < 4 {
             return Err(bad());
         }
         let body_len = data.get_u32() as usize;
         let body = data.get(..body_len).ok_or_else(bad)?;
-        data = &data[body_len..];
-        out.push(Queued { seq, topic, body });
+        *data = &data[body_len..];
+        Ok(Queued { seq, topic, body })
     }
-    Ok(out)
+}
+
+impl<'a> Iterator for BatchReader<'a> {
+    type Item = Result<Queued<'a>, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.data.is_empty() {
+            return None;
+        }
+        let read = self.read();
+        if read.is_err() {
+            self.data = &[];
+        }
+        Some(read)
+    }
 }
 
 /// Moves a queue kept a row per message (earlier versions) into batch rows, one per message,
@@ -578,7 +598,12 @@ fn queue_remove(
                 continue;
             };
             let (key, value) = entry.map_err(unavailable)?;
-            batch_seqs(value.value(), &mut in_row)?;
+            in_row.clear();
+            for m in (BatchReader {
+                data: value.value(),
+            }) {
+                in_row.push(m?.seq);
+            }
             key.value()
         };
         let last = in_row.last().copied().unwrap_or(row);
@@ -592,13 +617,12 @@ fn queue_remove(
         marks.resize(in_row.len().div_ceil(8), 0);
         let mut changed = false;
         for (at, seq) in in_row.iter().enumerate() {
-            let bit = 1u8 << (at % 8);
-            if marks[at / 8] & bit == 0 && these.binary_search(seq).is_ok() {
-                marks[at / 8] |= bit;
+            if !marked(&marks, at) && these.binary_search(seq).is_ok() {
+                marks[at / 8] |= 1 << (at % 8);
                 changed = true;
             }
         }
-        let left = (0..in_row.len()).any(|at| marks[at / 8] & (1 << (at % 8)) == 0);
+        let left = (0..in_row.len()).any(|at| !marked(&marks, at));
         if !left {
             table.remove(row).map_err(unavailable)?;
             removed.remove(row).map_err(unavailable)?;
@@ -610,25 +634,9 @@ fn queue_remove(
     Ok(())
 }
 
-/// The sequence numbers of a batch row's messages, in order, into `out`: the row's headers
-/// walked without copying its bodies.
-fn batch_seqs(mut data: &[u8], out: &mut Vec<u64>) -> Result<(), StoreError> {
-    let bad = || StoreError::Corrupt("queued batch is cut short".into());
-    out.clear();
-    while !data.is_empty() {
-        if data.len() < 10 {
-            return Err(bad());
-        }
-        out.push(data.get_u64());
-        let topic_len = usize::from(data.get_u16());
-        data = data.get(topic_len..).ok_or_else(bad)?;
-        if data.len() < 4 {
-            return Err(bad());
-        }
-        let body_len = data.get_u32() as usize;
-        data = data.get(body_len..).ok_or_else(bad)?;
-    }
-    Ok(())
+/// Whether the message at position `at` of a row is marked removed in its bitmap.
+fn marked(marks: &[u8], at: usize) -> bool {
+    marks.get(at / 8).is_some_and(|b| b & (1 << (at % 8)) != 0)
 }
 
 fn queue_load(shared: &Shared, queue: Queue) -> Result<Vec<QueuedMessage>, StoreError> {
@@ -642,8 +650,13 @@ fn queue_load(shared: &Shared, queue: Queue) -> Result<Vec<QueuedMessage>, Store
         let (row, value) = entry.map_err(unavailable)?;
         let marks = removed.get(row.value()).map_err(unavailable)?;
         let marks = marks.as_ref().map_or(&[][..], |m| m.value());
-        for (at, m) in decode_batch(value.value())?.into_iter().enumerate() {
-            if marks.get(at / 8).is_some_and(|b| b & (1 << (at % 8)) != 0) {
+        for (at, m) in (BatchReader {
+            data: value.value(),
+        })
+        .enumerate()
+        {
+            let m = m?;
+            if marked(marks, at) {
                 continue;
             }
             out.push(QueuedMessage {
