@@ -193,6 +193,8 @@ pub struct Metrics {
     pub webhook_failures: Counter,
     pub outbox_pending: Gauge,
     pub inbox_pending: Gauge,
+    /// Embedded bus: inbox messages retired before their write reached the store.
+    pub inbox_unwritten: Counter,
     pub store_errors: Counter,
     /// Embedded store: each write transaction, from its start to its fsynced commit.
     pub store_commit_seconds: Histogram,
@@ -405,6 +407,12 @@ impl Metrics {
             "Messages accepted by /pub and /mpub and not yet retired (limits.inbox_pending)",
             inbox_pending.clone(),
         );
+        let inbox_unwritten = Counter::default();
+        registry.register(
+            "inbox_unwritten",
+            "Inbox messages retired (acked, or stored offline) before their inbox write was taken: never written",
+            inbox_unwritten.clone(),
+        );
         let refused = Family::<Labels, Counter>::default();
         registry.register(
             "refused",
@@ -463,6 +471,7 @@ impl Metrics {
             webhook_failures,
             outbox_pending,
             inbox_pending,
+            inbox_unwritten,
             store_errors,
             store_commit_seconds,
             refusals,

@@ -6,7 +6,9 @@
 //!   not applied again;
 //! - a commit that fails is answered as an error; what went out stays out, and the message is
 //!   neither retired nor taken again (the publisher sends it again: a duplicate, not a loss);
-//! - messages are applied in the order they were accepted, and kept in that order.
+//! - messages are applied in the order they were accepted, and kept in that order;
+//! - a message retired before the store takes it for writing is never written: a request all
+//!   of whose messages are so is answered at once, without its commit.
 
 mod common;
 
@@ -26,7 +28,7 @@ use galopush_server::store::memory::MemoryStore;
 use galopush_server::store::offline::OfflineLimits;
 use galopush_server::store::{
     LoggedIn, LoginRecord, Offline, OfflineWrite, QueuedMessage, Store, StoreError, StoreFuture,
-    StoredKey,
+    StoredKey, Unwritten,
 };
 use tokio::sync::{Notify, watch};
 
@@ -35,9 +37,11 @@ const SOON: Duration = Duration::from_secs(15);
 
 /// The memory store, whose inbox appends commit only when the test says so (`Some(true)`) or
 /// fail (`Some(false)`), whose offline writes fail on demand, and which records the inbox
-/// deletes.
+/// deletes. With `takes_at_commit`, it takes the messages of an append when the commit is let
+/// go (as the embedded store takes them when it builds its transaction) instead of at the call.
 struct Gated {
     inner: Arc<MemoryStore>,
+    takes_at_commit: bool,
     commit: watch::Sender<Option<bool>>,
     offline_fails: AtomicBool,
     removed: Mutex<Vec<u64>>,
@@ -91,6 +95,43 @@ impl Store for Gated {
                     "the test failed this commit".into(),
                 ))
             }
+        })
+    }
+    fn inbox_append_unless_retired(
+        &self,
+        messages: Vec<(String, Bytes)>,
+        unwritten: Arc<Unwritten>,
+    ) -> StoreFuture<Vec<u64>> {
+        if !self.takes_at_commit {
+            for i in 0..messages.len() {
+                unwritten.take(i);
+            }
+            return self.inbox_append(messages);
+        }
+        let mut commit = self.commit.subscribe();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let outcome = *commit
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| StoreError::Unavailable("test over".into()))?;
+            let taken: Vec<bool> = (0..messages.len()).map(|i| unwritten.take(i)).collect();
+            if outcome != Some(true) {
+                return Err(StoreError::Unavailable(
+                    "the test failed this commit".into(),
+                ));
+            }
+            let written = messages
+                .into_iter()
+                .zip(&taken)
+                .filter_map(|(m, taken)| taken.then_some(m))
+                .collect();
+            let mut seqs = inner.inbox_append(written).await?.into_iter();
+            // An unwritten message's number is never used.
+            Ok(taken
+                .iter()
+                .map(|&t| if t { seqs.next().unwrap_or(0) } else { 0 })
+                .collect())
         })
     }
     fn inbox_remove(&self, seqs: Vec<u64>) -> StoreFuture {
@@ -167,8 +208,13 @@ struct World {
 }
 
 async fn world() -> World {
+    world_taking(false).await
+}
+
+async fn world_taking(takes_at_commit: bool) -> World {
     let store = Arc::new(Gated {
         inner: Arc::new(MemoryStore::new(OfflineLimits::default())),
+        takes_at_commit,
         commit: watch::channel(None).0,
         offline_fails: AtomicBool::new(false),
         removed: Mutex::new(Vec::new()),
@@ -358,4 +404,57 @@ async fn messages_are_applied_and_kept_in_the_order_they_were_accepted() {
     removed.sort_unstable();
     assert_eq!(removed, (1..=10).collect::<Vec<u64>>(), "each deleted once");
     assert_eq!(w.comet.delivered.lock().expect("lock").len(), bodies.len());
+}
+
+#[tokio::test]
+async fn a_request_all_acked_before_its_write_is_taken_is_answered_without_writing() {
+    let w = world_taking(true).await;
+    let answer = w.publish(&["quick one", "quick two"]);
+    let delivered = w.comet.deliveries(2).await;
+    w.ack(&delivered[0]);
+    w.ack(&delivered[1]);
+    // The commit is still held: the answer comes from the acks.
+    tokio::time::timeout(SOON, answer)
+        .await
+        .expect("answered before any commit")
+        .expect("task")
+        .expect("accepted: every message is done");
+    w.store.commit.send_replace(Some(true));
+    assert_eq!(w.drained().await, Vec::<u64>::new(), "nothing to delete");
+    assert!(w.store.inbox_load().await.expect("inbox").is_empty());
+    assert_eq!(w.comet.delivered.lock().expect("lock").len(), 2);
+    let push = w.metrics().topic(Topic::Push);
+    assert_eq!(push.retired.get(), 2);
+    assert_eq!(w.metrics().inbox_unwritten.get(), 2);
+    assert_eq!(w.metrics().inbox_pending.get(), 0);
+}
+
+#[tokio::test]
+async fn only_the_messages_not_yet_retired_are_written_and_later_deleted() {
+    let w = world_taking(true).await;
+    let answer = w.publish(&["acked early", "acked late"]);
+    let delivered = w.comet.deliveries(2).await;
+    w.ack(&delivered[0]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!answer.is_finished(), "one message still needs its write");
+    w.store.commit.send_replace(Some(true));
+    answer.await.expect("task").expect("accepted once durable");
+    let kept: Vec<Bytes> = w
+        .store
+        .inbox_load()
+        .await
+        .expect("inbox")
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(
+        kept,
+        [push("acked late")],
+        "only the one not done is written"
+    );
+    w.ack(&delivered[1]);
+    assert_eq!(w.drained().await, [1], "deleted once: the written one");
+    assert!(w.store.inbox_load().await.expect("inbox").is_empty());
+    assert_eq!(w.metrics().topic(Topic::Push).retired.get(), 2);
+    assert_eq!(w.metrics().inbox_unwritten.get(), 1);
 }

@@ -12,6 +12,11 @@
 //! publisher sends again (at-least-once). A crash before the commit is the same: the publisher
 //! had no `200`.
 //!
+//! A message retired before the store took it for writing ([`Unwritten`]) is done — its effect
+//! is durable (delivered and acked, or stored offline), which is what SPEC §7 asks of `200` —
+//! so it is not written and nothing is deleted for it; a request all of whose messages are
+//! done so is answered `200` at once, whatever its write becomes.
+//!
 //! Outbound: messages for the business side go to the outbox in the store and are POSTed to
 //! `bus.webhook_url` (raw JSON, `?topic=T`), retried with back-off until a 2xx answer, then
 //! deleted.
@@ -42,7 +47,7 @@ use crate::config::TopicsConfig;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::router::inbound::Checked;
-use crate::store::{QueuedMessage, Store, StoreError, StoreFuture};
+use crate::store::{QueuedMessage, Store, StoreError, StoreFuture, Unwritten};
 
 /// The wait before trying a failing message again (requeued, or refused by the webhook):
 /// 100 ms after its first failure, doubling up to 30 s.
@@ -51,12 +56,20 @@ const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_s
 /// Where an inbound message's inbox sequence number comes from.
 enum Seq {
     /// Being made durable together with the rest of its `/pub` or `/mpub`; every message of
-    /// the request shares the one write and reads its own number from the shared answer.
-    Pending(Shared<StoreFuture<Arc<[u64]>>>, usize),
+    /// the request shares the one write and reads its own number from the shared answer, or is
+    /// retired before the write takes it.
+    Pending(Appending, usize),
     /// Already in the inbox.
     Known(u64),
     /// Not kept (`bus.durable = false`).
     Volatile,
+}
+
+/// The write of one request's messages to the inbox.
+#[derive(Clone)]
+struct Appending {
+    durable: Shared<StoreFuture<Arc<[u64]>>>,
+    unwritten: Arc<Unwritten>,
 }
 
 impl Seq {
@@ -64,11 +77,11 @@ impl Seq {
     /// failed — the request was answered `503`, the message is not in the inbox and is neither
     /// retired nor taken again (the publisher sends it again).
     fn settled(self) -> Option<Seq> {
-        let Seq::Pending(durable, i) = self else {
+        let Seq::Pending(appending, i) = self else {
             return Some(self);
         };
-        match durable.peek() {
-            None => Some(Seq::Pending(durable, i)),
+        match appending.durable.peek() {
+            None => Some(Seq::Pending(appending, i)),
             Some(Ok(seqs)) => Some(seqs.get(i).copied().map_or(Seq::Volatile, Seq::Known)),
             Some(Err(_)) => None,
         }
@@ -135,7 +148,7 @@ pub struct InboxSettings {
 enum Retirement {
     /// An inbox message is done: delete it (its topic, if still configured, for the metric).
     Done(u64, Option<Topic>),
-    /// An inbox message is done before its append committed: delete it once that commit
+    /// An inbox message is done while its append is being written: delete it once that commit
     /// answers its sequence number (nothing to delete if the commit failed).
     Committing(Shared<StoreFuture<Arc<[u64]>>>, usize, Topic),
     /// Commit what is gathered now and answer once it is durable.
@@ -285,32 +298,40 @@ impl Intake for EmbeddedInbox {
             }
             return Ok(());
         }
+        let unwritten = Unwritten::new(bodies.len());
         let durable = {
             let _in_order = self.order.lock();
             let entries = bodies
                 .iter()
                 .map(|b| (topic_name.to_owned(), b.clone()))
                 .collect();
-            let append = self.store.inbox_append(entries);
+            let append = self
+                .store
+                .inbox_append_unless_retired(entries, unwritten.clone());
             let durable: StoreFuture<Arc<[u64]>> =
                 Box::pin(async move { append.await.map(Arc::from) });
-            let durable = durable.shared();
+            let appending = Appending {
+                durable: durable.shared(),
+                unwritten: unwritten.clone(),
+            };
             for (i, (body, checked)) in bodies.into_iter().zip(checked).enumerate() {
                 let _ = self.queue.send(Accepted {
                     topic,
                     body,
                     checked: Some(checked),
-                    seq: Seq::Pending(durable.clone(), i),
+                    seq: Seq::Pending(appending.clone(), i),
                     attempt: 0,
                     slot: slots.next_slot(),
                 });
             }
-            durable
+            appending.durable
         };
-        durable
-            .await
-            .map(drop)
-            .map_err(|e| AcceptError::Unavailable(format!("message not stored: {e}")))
+        tokio::select! {
+            durable = durable => durable
+                .map(drop)
+                .map_err(|e| AcceptError::Unavailable(format!("message not stored: {e}"))),
+            () = unwritten.all_done() => Ok(()),
+        }
     }
 }
 
@@ -483,9 +504,16 @@ struct InboxEntry {
 impl Retire for InboxEntry {
     fn retire(self: Box<Self>) {
         let topic = self.topic;
+        if let Seq::Pending(appending, i) = &self.seq
+            && appending.unwritten.retire(*i)
+        {
+            self.metrics.inbox_unwritten.inc();
+            self.metrics.topic(topic).retired.inc();
+            return;
+        }
         let retirement = match self.seq.settled() {
             Some(Seq::Known(seq)) => Retirement::Done(seq, Some(topic)),
-            Some(Seq::Pending(durable, i)) => Retirement::Committing(durable, i, topic),
+            Some(Seq::Pending(appending, i)) => Retirement::Committing(appending.durable, i, topic),
             Some(Seq::Volatile) => {
                 self.metrics.topic(topic).retired.inc();
                 return;

@@ -6,6 +6,12 @@
 //! of `/pub` calls or offline writes costs one fsync. Reads of stored messages go through the
 //! same queue, so they see every write queued before them.
 //!
+//! An inbox append may leave messages out ([`Store::inbox_append_unless_retired`]): the writer
+//! holds such an append for up to [`APPEND_WINDOW`] before taking its messages, and writes
+//! only those not yet retired; a batch that then has nothing to write commits nothing. On
+//! loopback most unicast messages are acked within that window, so they never reach the disk
+//! and need no delete.
+//!
 //! Two indexes live in memory: the login records (read on every delivery plan; updated when a
 //! write is queued, so a later read sees it at once) and which terminals may have stored
 //! messages (so a REGISTER without any never waits for the writer).
@@ -13,6 +19,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes};
@@ -24,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     LoggedIn, LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
-    StoreFuture, StoredKey, UserLogins, resolved,
+    StoreFuture, StoredKey, Unwritten, UserLogins, resolved,
 };
 use crate::sharded::FastMap;
 
@@ -52,6 +59,11 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_ID: &str = "next_id";
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 4096;
+/// How long the writer holds an inbox append whose messages may be retired before it takes
+/// them (from when the append was queued): what is acked meanwhile is never written. It delays
+/// the `200` of a request that is not all acked by as much (one that is answers at its last
+/// ack), and the writes queued with it; deliveries do not wait for it.
+const APPEND_WINDOW: Duration = Duration::from_millis(2);
 
 /// A terminal's entry in the stored-messages index.
 #[derive(Debug, Default, Clone, Copy)]
@@ -81,8 +93,40 @@ enum Op {
     SetLogin(String, TermType, Option<LoginRecord>),
     StoreOffline(Vec<OfflineWrite>),
     RemoveOffline(Vec<StoredKey>),
-    QueueAppend(Queue, Vec<(String, Bytes)>),
+    QueueAppend(Queue, Vec<(String, Bytes)>, Option<Retirable>),
     QueueRemove(Queue, Vec<u64>),
+}
+
+/// An inbox append's messages that may be retired before the writer takes them.
+struct Retirable {
+    unwritten: Arc<Unwritten>,
+    queued: Instant,
+}
+
+impl Op {
+    /// When this append was queued, if some of its messages may still be retired unwritten.
+    fn waiting_since(&self) -> Option<Instant> {
+        match self {
+            Op::QueueAppend(_, messages, Some(r))
+                if (0..messages.len()).any(|i| r.unwritten.is_waiting(i)) =>
+            {
+                Some(r.queued)
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes the messages of an append to write them: for each, whether it is written (those
+    /// retired first are not). `None` for every other operation.
+    fn take(&self) -> Option<Vec<bool>> {
+        match self {
+            Op::QueueAppend(_, messages, Some(r)) => {
+                Some((0..messages.len()).map(|i| r.unwritten.take(i)).collect())
+            }
+            Op::QueueAppend(_, messages, None) => Some(vec![true; messages.len()]),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -166,7 +210,10 @@ impl EmbeddedStore {
         }
         txn.open_table(LOGINS).map_err(unavailable)?;
         txn.open_table(OFFLINE).map_err(unavailable)?;
-        txn.open_table(META).map_err(unavailable)?;
+        let next_id = txn
+            .open_table(META)
+            .and_then(|meta| Ok(meta.get(NEXT_ID)?.map_or(0, |v| v.value())))
+            .map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
 
         let mut logins = FastMap::default();
@@ -202,7 +249,7 @@ impl EmbeddedStore {
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("galopush-store".into())
-            .spawn(move || write_loop(&thread_shared, jobs, &commits))
+            .spawn(move || write_loop(&thread_shared, jobs, &commits, next_id))
             .map_err(|e| StoreError::Unavailable(format!("cannot start store writer: {e}")))?;
         Ok(EmbeddedStore { shared, writer })
     }
@@ -232,9 +279,29 @@ impl EmbeddedStore {
     }
 }
 
-fn write_loop(shared: &Shared, mut jobs: mpsc::UnboundedReceiver<Job>, commits: &Histogram) {
+/// `next_id`: the last sequence number handed out. Numbers are handed out here and the last one
+/// is saved with every commit: a number given to a message that was not written may be given
+/// again after a restart, which nothing notices.
+fn write_loop(
+    shared: &Shared,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    commits: &Histogram,
+    mut next_id: u64,
+) {
     let mut batch = Vec::new();
     while jobs.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        let oldest = batch
+            .iter()
+            .filter_map(|job| match job {
+                Job::Write { op, .. } => op.waiting_since(),
+                Job::ReadOffline { .. } => None,
+            })
+            .min();
+        if let Some(wait) =
+            oldest.and_then(|q| (q + APPEND_WINDOW).checked_duration_since(Instant::now()))
+        {
+            std::thread::sleep(wait);
+        }
         let mut writes = Vec::new();
         let mut reads = Vec::new();
         for job in batch.drain(..) {
@@ -245,9 +312,18 @@ fn write_loop(shared: &Shared, mut jobs: mpsc::UnboundedReceiver<Job>, commits: 
         }
         if !writes.is_empty() {
             let ops: Vec<&Op> = writes.iter().map(|(op, _)| op).collect();
-            let started = std::time::Instant::now();
-            let outcome = apply_batch(shared, &ops);
-            commits.observe(started.elapsed().as_secs_f64());
+            let taken: Vec<Option<Vec<bool>>> = ops.iter().map(|op| op.take()).collect();
+            let writes_nothing = taken
+                .iter()
+                .all(|t| t.as_ref().is_some_and(|t| !t.contains(&true)));
+            let outcome = if writes_nothing {
+                Ok(number_only(&ops, &mut next_id))
+            } else {
+                let started = Instant::now();
+                let outcome = apply_batch(shared, &ops, &taken, &mut next_id);
+                commits.observe(started.elapsed().as_secs_f64());
+                outcome
+            };
             settle_index(shared, &ops, outcome.as_ref().ok().map(|(_, boxes)| boxes));
             match outcome {
                 Ok((results, _)) => {
@@ -274,21 +350,41 @@ fn write_loop(shared: &Shared, mut jobs: mpsc::UnboundedReceiver<Job>, commits: 
 type Boxes = HashMap<Terminal, bool>;
 type BatchOutcome = (Vec<Result<Vec<u64>, StoreError>>, Boxes);
 
-fn apply_batch(shared: &Shared, ops: &[&Op]) -> Result<BatchOutcome, StoreError> {
+/// A batch of appends none of whose messages is written: their numbers, and no transaction.
+fn number_only(ops: &[&Op], next_id: &mut u64) -> BatchOutcome {
+    let results = ops
+        .iter()
+        .map(|op| match op {
+            Op::QueueAppend(_, messages, _) => Ok(messages
+                .iter()
+                .map(|_| {
+                    *next_id += 1;
+                    *next_id
+                })
+                .collect()),
+            _ => Ok(Vec::new()),
+        })
+        .collect();
+    (results, Boxes::new())
+}
+
+/// Applies `ops` in one transaction; `taken` says, for each append, which messages to write.
+fn apply_batch(
+    shared: &Shared,
+    ops: &[&Op],
+    taken: &[Option<Vec<bool>>],
+    next_id: &mut u64,
+) -> Result<BatchOutcome, StoreError> {
     let txn = shared.db.begin_write().map_err(unavailable)?;
     let mut results = Vec::with_capacity(ops.len());
     let mut boxes = Boxes::new();
     {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
-        let mut next_id = meta
-            .get(NEXT_ID)
-            .map_err(unavailable)?
-            .map_or(0, |v| v.value());
         let mut new_id = || {
-            next_id += 1;
-            next_id
+            *next_id += 1;
+            *next_id
         };
-        for op in ops {
+        for (op, taken) in ops.iter().zip(taken) {
             let result = match op {
                 Op::SetLogin(uid, term, record) => {
                     set_login(&txn, uid, *term, record.clone()).map(|_| Vec::new())
@@ -300,8 +396,9 @@ fn apply_batch(shared: &Shared, ops: &[&Op]) -> Result<BatchOutcome, StoreError>
                 Op::RemoveOffline(keys) => {
                     remove_offline(&txn, keys, &mut boxes).map(|_| Vec::new())
                 }
-                Op::QueueAppend(queue, messages) => {
-                    queue_append(&txn, *queue, messages, &mut new_id)
+                Op::QueueAppend(queue, messages, _) => {
+                    let taken = taken.as_deref().unwrap_or_default();
+                    queue_append(&txn, *queue, messages, taken, &mut new_id)
                 }
                 Op::QueueRemove(queue, seqs) => {
                     queue_remove(&txn, *queue, seqs).map(|_| Vec::new())
@@ -309,7 +406,7 @@ fn apply_batch(shared: &Shared, ops: &[&Op]) -> Result<BatchOutcome, StoreError>
             };
             results.push(result);
         }
-        meta.insert(NEXT_ID, next_id).map_err(unavailable)?;
+        meta.insert(NEXT_ID, *next_id).map_err(unavailable)?;
     }
     txn.commit().map_err(unavailable)?;
     Ok((results, boxes))
@@ -551,25 +648,29 @@ fn migrate_queue(txn: &redb::WriteTransaction, queue: Queue) -> Result<(), Store
     Ok(())
 }
 
+/// Numbers every message and writes those `taken` says to write in one row.
 fn queue_append(
     txn: &redb::WriteTransaction,
     queue: Queue,
     messages: &[(String, Bytes)],
+    taken: &[bool],
     new_id: &mut impl FnMut() -> u64,
 ) -> Result<Vec<u64>, StoreError> {
     let seqs: Vec<u64> = messages.iter().map(|_| new_id()).collect();
-    let Some(&first) = seqs.first() else {
-        return Ok(seqs);
-    };
     let queued: Vec<Queued<'_>> = seqs
         .iter()
         .zip(messages)
-        .map(|(seq, (topic, body))| Queued {
+        .zip(taken)
+        .filter(|(_, taken)| **taken)
+        .map(|((seq, (topic, body)), _)| Queued {
             seq: *seq,
             topic,
             body,
         })
         .collect();
+    let Some(first) = queued.first().map(|m| m.seq) else {
+        return Ok(seqs);
+    };
     let row = encode_batch(&queued)?;
     let mut table = txn.open_table(queue.table()).map_err(unavailable)?;
     table.insert(first, &row[..]).map_err(unavailable)?;
@@ -823,7 +924,19 @@ impl Store for EmbeddedStore {
     }
 
     fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
-        self.write(Op::QueueAppend(Queue::Inbox, messages))
+        self.write(Op::QueueAppend(Queue::Inbox, messages, None))
+    }
+
+    fn inbox_append_unless_retired(
+        &self,
+        messages: Vec<(String, Bytes)>,
+        unwritten: Arc<Unwritten>,
+    ) -> StoreFuture<Vec<u64>> {
+        let retirable = Retirable {
+            unwritten,
+            queued: Instant::now(),
+        };
+        self.write(Op::QueueAppend(Queue::Inbox, messages, Some(retirable)))
     }
 
     fn inbox_remove(&self, seqs: Vec<u64>) -> StoreFuture {
@@ -835,7 +948,7 @@ impl Store for EmbeddedStore {
     }
 
     fn outbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>> {
-        self.write(Op::QueueAppend(Queue::Outbox, messages))
+        self.write(Op::QueueAppend(Queue::Outbox, messages, None))
     }
 
     fn outbox_remove(&self, seq: u64) -> StoreFuture {
@@ -938,6 +1051,64 @@ mod tests {
             "the row and its marks go together"
         );
         assert!(store.inbox_load().await.expect("load").is_empty());
+    }
+
+    fn pushes(n: usize) -> Vec<(String, Bytes)> {
+        (0..n)
+            .map(|i| ("push".to_owned(), Bytes::from(format!("m{i}"))))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_retired_before_the_writer_takes_them_are_not_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = crate::metrics::Metrics::new();
+        let store = EmbeddedStore::open(
+            dir.path(),
+            OfflineLimits::default(),
+            1 << 20,
+            metrics.store_commit_seconds.clone(),
+        )
+        .expect("open");
+        let some = Unwritten::new(4);
+        assert!(some.retire(1) && some.retire(3));
+        let seqs = store
+            .inbox_append_unless_retired(pushes(4), some.clone())
+            .await
+            .expect("append");
+        assert!(seqs.is_sorted() && seqs.len() == 4, "{seqs:?}");
+        assert!(!some.retire(0), "taken by the writer: being written");
+        assert_eq!(inbox_seqs(&store).await, [seqs[0], seqs[2]]);
+        let (written, _) = rows(&store, Queue::Inbox);
+        assert_eq!(written.len(), 1, "one row");
+        assert_eq!(written[0].0, seqs[0]);
+
+        // Every message retired first: nothing to write, no transaction, numbers still new.
+        let all = Unwritten::new(2);
+        assert!(all.retire(0) && all.retire(1));
+        tokio::time::timeout(Duration::from_secs(5), all.all_done())
+            .await
+            .expect("all done at once");
+        let more = store
+            .inbox_append_unless_retired(pushes(2), all)
+            .await
+            .expect("append");
+        assert!(more[0] > seqs[3] && more[1] > more[0], "{more:?}");
+        assert_eq!(inbox_seqs(&store).await, [seqs[0], seqs[2]]);
+        assert!(
+            metrics
+                .render()
+                .contains("galopush_store_commit_seconds_count 1"),
+            "only the append that wrote something committed"
+        );
+
+        // Whichever comes first, the retirement or the writer, the inbox agrees with it.
+        let raced = Unwritten::new(1);
+        let append = store.inbox_append_unless_retired(pushes(1), raced.clone());
+        let unwritten = raced.retire(0);
+        let last = append.await.expect("append")[0];
+        let kept = inbox_seqs(&store).await.contains(&last);
+        assert_eq!(kept, !unwritten);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

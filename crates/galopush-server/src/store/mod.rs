@@ -14,6 +14,7 @@ pub mod redis;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -101,6 +102,75 @@ pub struct QueuedMessage {
     pub body: Bytes,
 }
 
+/// The messages of one inbox append, each claimed first either by the store, to write it, or by
+/// its retirement: a message retired (delivered and acked, or stored offline) before the store
+/// took it is done, its effect durable (SPEC §7), and is not written at all. Most unicast
+/// messages are acked within a millisecond, before the commit they would wait for.
+#[derive(Debug)]
+pub struct Unwritten {
+    /// Per message: [`Unwritten::WAITING`], [`Unwritten::TAKEN`] or [`Unwritten::DONE`].
+    claims: Box<[AtomicU8]>,
+    /// Messages claimed by their retirement.
+    done: AtomicUsize,
+    /// Told once every message is claimed by its retirement.
+    all_done: tokio::sync::Notify,
+}
+
+impl Unwritten {
+    const WAITING: u8 = 0;
+    const TAKEN: u8 = 1;
+    const DONE: u8 = 2;
+
+    /// `n` messages, none claimed yet.
+    pub fn new(n: usize) -> Arc<Unwritten> {
+        Arc::new(Unwritten {
+            claims: (0..n).map(|_| AtomicU8::new(Unwritten::WAITING)).collect(),
+            done: AtomicUsize::new(0),
+            all_done: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn claim(&self, i: usize, to: u8) -> bool {
+        self.claims.get(i).is_some_and(|c| {
+            c.compare_exchange(Unwritten::WAITING, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+    }
+
+    /// Whether message `i` is claimed by neither yet.
+    pub fn is_waiting(&self, i: usize) -> bool {
+        self.claims
+            .get(i)
+            .is_some_and(|c| c.load(Ordering::Acquire) == Unwritten::WAITING)
+    }
+
+    /// The store takes message `i` to write it: false when its retirement came first (write
+    /// nothing for it).
+    pub fn take(&self, i: usize) -> bool {
+        self.claim(i, Unwritten::TAKEN)
+    }
+
+    /// Message `i` is retired: true when the store had not taken it, so it is not and will not
+    /// be written (nothing to delete); false when it is being written (delete it once written).
+    pub fn retire(&self, i: usize) -> bool {
+        if !self.claim(i, Unwritten::DONE) {
+            return false;
+        }
+        if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.claims.len() {
+            self.all_done.notify_one();
+        }
+        true
+    }
+
+    /// Resolves once every message was retired before the store took it: the whole append is
+    /// done without a write.
+    pub async fn all_done(&self) {
+        if self.done.load(Ordering::Acquire) < self.claims.len() {
+            self.all_done.notified().await;
+        }
+    }
+}
+
 /// Why the store could not do what was asked. Callers treat every error as "not durable":
 /// the bus message is requeued, nothing is acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -181,6 +251,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends inbound bus messages to the inbox; resolves to their sequence numbers.
     fn inbox_append(&self, messages: Vec<(String, Bytes)>) -> StoreFuture<Vec<u64>>;
+
+    /// [`Store::inbox_append`], leaving out each message whose retirement claims it in
+    /// `unwritten` before the store takes it; resolves to a sequence number for every message,
+    /// written or not (an unwritten one's is never used). A store that writes at the call (the
+    /// memory store, Redis) takes them all at once, as this default does; the embedded store
+    /// takes them when it builds the transaction.
+    fn inbox_append_unless_retired(
+        &self,
+        messages: Vec<(String, Bytes)>,
+        unwritten: Arc<Unwritten>,
+    ) -> StoreFuture<Vec<u64>> {
+        for i in 0..messages.len() {
+            unwritten.take(i);
+        }
+        self.inbox_append(messages)
+    }
 
     /// Retires inbox messages.
     fn inbox_remove(&self, seqs: Vec<u64>) -> StoreFuture;
