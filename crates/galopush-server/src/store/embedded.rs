@@ -7,16 +7,19 @@
 //! same queue, so they see every write queued before them.
 //!
 //! An inbox append may leave messages out ([`Store::inbox_append_unless_retired`]): the writer
-//! holds such an append for up to [`APPEND_WINDOW`] before taking its messages, and writes
-//! only those not yet retired; a batch that then has nothing to write commits nothing. On
-//! loopback most unicast messages are acked within that window, so they never reach the disk
-//! and need no delete.
+//! holds such an append for up to [`APPEND_WINDOW`] from its call before taking its messages,
+//! and writes only those not yet retired; a batch that then has nothing to write commits
+//! nothing. On loopback most unicast messages are acked within that window, so they never reach
+//! the disk and need no delete. Held appends wait while the writer commits what is ready, so
+//! under load the window overlaps the commits instead of adding to them, and the inbox appends
+//! queued behind a held one wait with it, so sequence numbers keep the order of the calls;
+//! everything else (login records, offline messages, reads, inbox deletes) goes ahead.
 //!
 //! Two indexes live in memory: the login records (read on every delivery plan; updated when a
 //! write is queued, so a later read sees it at once) and which terminals may have stored
 //! messages (so a REGISTER without any never waits for the writer).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +30,8 @@ use galopush_protocol::{TermMask, TermType};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
 
 use super::{
     LoggedIn, LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
@@ -82,7 +86,7 @@ type Terminal = (Box<str>, TermType);
 /// A [`Store`] on disk.
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
-    writer: mpsc::UnboundedSender<Job>,
+    writer: mpsc::Sender<Job>,
 }
 
 struct Shared {
@@ -107,13 +111,14 @@ struct Retirable {
 }
 
 impl Op {
-    /// When this append was queued, if some of its messages may still be retired unwritten.
-    fn waiting_since(&self) -> Option<Instant> {
+    /// Until when the writer holds this inbox append: its window's end, while some of its
+    /// messages may still be retired unwritten.
+    fn held_until(&self) -> Option<Instant> {
         match self {
             Op::QueueAppend(_, messages, Some(r))
                 if (0..messages.len()).any(|i| r.unwritten.is_waiting(i)) =>
             {
-                Some(r.queued)
+                Some(r.queued + APPEND_WINDOW)
             }
             _ => None,
         }
@@ -170,6 +175,25 @@ enum Job {
         terminal: Terminal,
         reply: oneshot::Sender<Result<Offline, StoreError>>,
     },
+}
+
+impl Job {
+    fn is_inbox_append(&self) -> bool {
+        matches!(
+            self,
+            Job::Write {
+                op: Op::QueueAppend(Queue::Inbox, ..),
+                ..
+            }
+        )
+    }
+
+    fn held_until(&self) -> Option<Instant> {
+        match self {
+            Job::Write { op, .. } => op.held_until(),
+            Job::ReadOffline { .. } => None,
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -247,8 +271,9 @@ impl EmbeddedStore {
             logins: RwLock::new(logins),
             stored: Mutex::new(stored),
         });
-        // Bounded by the callers, not here: see `Store`.
-        let (writer, jobs) = mpsc::unbounded_channel();
+        // Bounded by the callers, not here: see `Store`. A std channel: the writer waits on it
+        // with a time-out (a held append's window), which tokio's offers only inside a runtime.
+        let (writer, jobs) = mpsc::channel();
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("galopush-store".into())
@@ -285,25 +310,44 @@ impl EmbeddedStore {
 /// `next_id`: the last sequence number handed out. Numbers are handed out here and the last one
 /// is saved with every commit: a number given to a message that was not written may be given
 /// again after a restart, which nothing notices.
-fn write_loop(
-    shared: &Shared,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-    commits: &Histogram,
-    mut next_id: u64,
-) {
+fn write_loop(shared: &Shared, jobs: mpsc::Receiver<Job>, commits: &Histogram, mut next_id: u64) {
+    // Inbox appends from the first one still in its window on, in call order (bounded with the
+    // rest of the queue: see `Store`).
+    let mut held: VecDeque<Job> = VecDeque::new();
     let mut batch = Vec::new();
-    while jobs.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
-        let oldest = batch
-            .iter()
-            .filter_map(|job| match job {
-                Job::Write { op, .. } => op.waiting_since(),
-                Job::ReadOffline { .. } => None,
-            })
-            .min();
-        if let Some(wait) =
-            oldest.and_then(|q| (q + APPEND_WINDOW).checked_duration_since(Instant::now()))
+    let mut open = true;
+    while open || !held.is_empty() {
+        let now = Instant::now();
+        while held
+            .front()
+            .is_some_and(|job| !open || job.held_until().is_none_or(|t| t <= now))
         {
-            std::thread::sleep(wait);
+            batch.extend(held.pop_front());
+        }
+        if batch.is_empty() && open {
+            let first = match held.front().and_then(Job::held_until) {
+                Some(until) => match jobs.recv_timeout(until.saturating_duration_since(now)) {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                },
+                None => jobs.recv().ok(),
+            };
+            let Some(first) = first else {
+                open = false;
+                continue;
+            };
+            let now = Instant::now();
+            for job in std::iter::once(first).chain(jobs.try_iter().take(MAX_BATCH - 1)) {
+                if job.is_inbox_append() && (!held.is_empty() || job.held_until() > Some(now)) {
+                    held.push_back(job);
+                } else {
+                    batch.push(job);
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
         }
         let mut writes = Vec::new();
         let mut reads = Vec::new();
@@ -1105,6 +1149,17 @@ mod tests {
             "only the append that wrote something committed"
         );
 
+        // An inbox append behind a held one waits for it: numbers keep the order of the calls.
+        let held = Unwritten::new(1);
+        let first = store.inbox_append_unless_retired(pushes(1), held);
+        let second = store.inbox_append(pushes(1));
+        let login = store.set_login("ann", TermType::Pc, None);
+        let (first, second, login) = tokio::join!(first, second, login);
+        let (first, second) = (first.expect("append")[0], second.expect("append")[0]);
+        login.expect("login");
+        assert!(first < second, "{first} then {second}");
+        assert_eq!(inbox_seqs(&store).await, [seqs[0], seqs[2], first, second]);
+
         // Whichever comes first, the retirement or the writer, the inbox agrees with it.
         let raced = Unwritten::new(1);
         let append = store.inbox_append_unless_retired(pushes(1), raced.clone());
@@ -1112,6 +1167,7 @@ mod tests {
         let last = append.await.expect("append")[0];
         let kept = inbox_seqs(&store).await.contains(&last);
         assert_eq!(kept, !unwritten);
+        assert!(last > second);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
