@@ -10,16 +10,17 @@
 //! holds such an append for up to [`APPEND_WINDOW`] from its call before taking its messages,
 //! and writes only those not yet retired; a batch that then has nothing to write commits
 //! nothing. On loopback most unicast messages are acked within that window, so they never reach
-//! the disk and need no delete. Held appends wait while the writer commits what is ready, so
-//! under load the window overlaps the commits instead of adding to them, and the inbox appends
-//! queued behind a held one wait with it, so sequence numbers keep the order of the calls;
-//! everything else (login records, offline messages, reads, inbox deletes) goes ahead.
+//! the disk and need no delete. The whole batch waits with its oldest held append, for what is
+//! left of that append's window: under load most of it has passed while the batch before was
+//! committed, and writes are still grouped into one commit (letting the rest go ahead made 9%
+//! more commits). A batch with a read of stored messages does not wait: a registering terminal
+//! is not kept waiting for the window.
 //!
 //! Two indexes live in memory: the login records (read on every delivery plan; updated when a
 //! write is queued, so a later read sees it at once) and which terminals may have stored
 //! messages (so a REGISTER without any never waits for the writer).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +31,7 @@ use galopush_protocol::{TermMask, TermType};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::sync::mpsc;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     LoggedIn, LoginRecord, Offline, OfflineLimits, OfflineWrite, QueuedMessage, Store, StoreError,
@@ -86,7 +86,7 @@ type Terminal = (Box<str>, TermType);
 /// A [`Store`] on disk.
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::UnboundedSender<Job>,
 }
 
 struct Shared {
@@ -177,25 +177,6 @@ enum Job {
     },
 }
 
-impl Job {
-    fn is_inbox_append(&self) -> bool {
-        matches!(
-            self,
-            Job::Write {
-                op: Op::QueueAppend(Queue::Inbox, ..),
-                ..
-            }
-        )
-    }
-
-    fn held_until(&self) -> Option<Instant> {
-        match self {
-            Job::Write { op, .. } => op.held_until(),
-            Job::ReadOffline { .. } => None,
-        }
-    }
-}
-
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {e}"))
 }
@@ -271,9 +252,8 @@ impl EmbeddedStore {
             logins: RwLock::new(logins),
             stored: Mutex::new(stored),
         });
-        // Bounded by the callers, not here: see `Store`. A std channel: the writer waits on it
-        // with a time-out (a held append's window), which tokio's offers only inside a runtime.
-        let (writer, jobs) = mpsc::channel();
+        // Bounded by the callers, not here: see `Store`.
+        let (writer, jobs) = mpsc::unbounded_channel();
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("galopush-store".into())
@@ -310,44 +290,29 @@ impl EmbeddedStore {
 /// `next_id`: the last sequence number handed out. Numbers are handed out here and the last one
 /// is saved with every commit: a number given to a message that was not written may be given
 /// again after a restart, which nothing notices.
-fn write_loop(shared: &Shared, jobs: mpsc::Receiver<Job>, commits: &Histogram, mut next_id: u64) {
-    // Inbox appends from the first one still in its window on, in call order (bounded with the
-    // rest of the queue: see `Store`).
-    let mut held: VecDeque<Job> = VecDeque::new();
+fn write_loop(
+    shared: &Shared,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    commits: &Histogram,
+    mut next_id: u64,
+) {
     let mut batch = Vec::new();
-    let mut open = true;
-    while open || !held.is_empty() {
-        let now = Instant::now();
-        while held
-            .front()
-            .is_some_and(|job| !open || job.held_until().is_none_or(|t| t <= now))
+    while jobs.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        let read = batch
+            .iter()
+            .any(|job| matches!(job, Job::ReadOffline { .. }));
+        let held_until = batch
+            .iter()
+            .filter_map(|job| match job {
+                Job::Write { op, .. } => op.held_until(),
+                Job::ReadOffline { .. } => None,
+            })
+            .min();
+        if let Some(wait) = held_until
+            .filter(|_| !read)
+            .and_then(|t| t.checked_duration_since(Instant::now()))
         {
-            batch.extend(held.pop_front());
-        }
-        if batch.is_empty() && open {
-            let first = match held.front().and_then(Job::held_until) {
-                Some(until) => match jobs.recv_timeout(until.saturating_duration_since(now)) {
-                    Ok(job) => Some(job),
-                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
-                },
-                None => jobs.recv().ok(),
-            };
-            let Some(first) = first else {
-                open = false;
-                continue;
-            };
-            let now = Instant::now();
-            for job in std::iter::once(first).chain(jobs.try_iter().take(MAX_BATCH - 1)) {
-                if job.is_inbox_append() && (!held.is_empty() || job.held_until() > Some(now)) {
-                    held.push_back(job);
-                } else {
-                    batch.push(job);
-                }
-            }
-            if batch.is_empty() {
-                continue;
-            }
+            std::thread::sleep(wait);
         }
         let mut writes = Vec::new();
         let mut reads = Vec::new();
