@@ -67,9 +67,9 @@ const MAX_BATCH: usize = 4096;
 /// them (from when the append was queued): what is acked meanwhile is never written. It delays
 /// the `200` of a request that is not all acked by as much (one that is answers at its last
 /// ack), and the writes queued with it; deliveries do not wait for it. Unicast paced at
-/// 25,000/s on loopback (BENCHMARKS.md): 2 ms left 28–46% of the messages unwritten, 5 ms
-/// 91–95%, 10 ms 98–99%; 5 ms keeps four publishers of 100-message `/mpub`s above 80,000/s
-/// even when every request has a message acked late.
+/// 25,000/s on loopback (BENCHMARKS.md, round five): 2 ms left 28–46% of the messages
+/// unwritten, 5 ms 80–99%, 10 ms 98–99%; 5 ms keeps four publishers of 100-message `/mpub`s
+/// above 80,000/s even when every request has a message acked late.
 const APPEND_WINDOW: Duration = Duration::from_millis(5);
 
 /// A terminal's entry in the stored-messages index.

@@ -104,8 +104,8 @@ pub struct QueuedMessage {
 
 /// The messages of one inbox append, each claimed first either by the store, to write it, or by
 /// its retirement: a message retired (delivered and acked, or stored offline) before the store
-/// took it is done, its effect durable (SPEC §7), and is not written at all. Most unicast
-/// messages are acked within a millisecond, before the commit they would wait for.
+/// took it is done, its effect durable (SPEC §7), and is not written at all. On a live unicast
+/// load most messages are acked within a few milliseconds, before the commit they would wait for.
 #[derive(Debug)]
 pub struct Unwritten {
     /// Per message: [`Unwritten::WAITING`], [`Unwritten::TAKEN`] or [`Unwritten::DONE`].
@@ -262,6 +262,7 @@ pub trait Store: Send + Sync + 'static {
         messages: Vec<(String, Bytes)>,
         unwritten: Arc<Unwritten>,
     ) -> StoreFuture<Vec<u64>> {
+        // Nothing can be retired yet: the caller applies the messages after this call.
         for i in 0..messages.len() {
             unwritten.take(i);
         }
