@@ -270,6 +270,12 @@ impl World {
         self.store.removed.lock().expect("lock").clone()
     }
 
+    /// The bodies the inbox holds, in its order.
+    async fn kept(&self) -> Vec<Bytes> {
+        let inbox = self.store.inbox_load().await.expect("inbox");
+        inbox.into_iter().map(|m| m.body).collect()
+    }
+
     fn metrics(&self) -> &Metrics {
         self.router.metrics()
     }
@@ -387,14 +393,7 @@ async fn messages_are_applied_and_kept_in_the_order_they_were_accepted() {
         a.await.expect("task").expect("accepted");
     }
     // The inbox keeps them in the same order, which a replay after a crash applies.
-    let kept: Vec<Bytes> = w
-        .store
-        .inbox_load()
-        .await
-        .expect("inbox")
-        .into_iter()
-        .map(|m| m.body)
-        .collect();
+    let kept = w.kept().await;
     let want_kept: Vec<Bytes> = bodies.iter().map(|b| push(b)).collect();
     assert_eq!(kept, want_kept);
     for d in &delivered {
@@ -439,16 +438,8 @@ async fn only_the_messages_not_yet_retired_are_written_and_later_deleted() {
     assert!(!answer.is_finished(), "one message still needs its write");
     w.store.commit.send_replace(Some(true));
     answer.await.expect("task").expect("accepted once durable");
-    let kept: Vec<Bytes> = w
-        .store
-        .inbox_load()
-        .await
-        .expect("inbox")
-        .into_iter()
-        .map(|m| m.body)
-        .collect();
     assert_eq!(
-        kept,
+        w.kept().await,
         [push("acked late")],
         "only the one not done is written"
     );
