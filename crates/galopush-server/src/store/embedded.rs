@@ -362,18 +362,20 @@ fn write_loop(
 type Boxes = HashMap<Terminal, bool>;
 type BatchOutcome = (Vec<Result<Vec<u64>, StoreError>>, Boxes);
 
+/// Hands out the next sequence number.
+fn new_id(next_id: &mut u64) -> u64 {
+    *next_id += 1;
+    *next_id
+}
+
 /// A batch of appends none of whose messages is written: their numbers, and no transaction.
 fn number_only(ops: &[&Op], next_id: &mut u64) -> BatchOutcome {
     let results = ops
         .iter()
         .map(|op| match op {
-            Op::QueueAppend(_, messages, _) => Ok(messages
-                .iter()
-                .map(|_| {
-                    *next_id += 1;
-                    *next_id
-                })
-                .collect()),
+            Op::QueueAppend(_, messages, _) => {
+                Ok(messages.iter().map(|_| new_id(next_id)).collect())
+            }
             _ => Ok(Vec::new()),
         })
         .collect();
@@ -392,10 +394,7 @@ fn apply_batch(
     let mut boxes = Boxes::new();
     {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
-        let mut new_id = || {
-            *next_id += 1;
-            *next_id
-        };
+        let mut new_id = || new_id(next_id);
         for (op, taken) in ops.iter().zip(taken) {
             let result = match op {
                 Op::SetLogin(uid, term, record) => {
