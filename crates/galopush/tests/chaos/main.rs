@@ -1,19 +1,24 @@
-//! The chaos run (issue 17): a local cluster — two routers, two comets, a Redis with persistence,
-//! the embedded bus and its webhook — under a steady load of pushes, callbacks and IMs down and
+//! The chaos runs (issue 17): a gateway under a steady load of pushes, callbacks and IMs down and
 //! IMs up from terminals that reconnect whenever they are dropped, while a seeded schedule
-//! SIGKILLs and restarts each part, pauses one past the ack timeout (SIGSTOP/SIGCONT), takes
-//! the webhook away, and drops terminals in the middle of a frame. At the end it waits for quiet,
-//! brings back the terminals it kept away, has every terminal register once more, and accounts
-//! for every message: delivered (once, or more), coalesced into a later push, stored for a
-//! terminal that was away and delivered when it came back, stored while its terminal was online
-//! and delivered only at its next REGISTER (late, not lost) — or lost. The test fails when
+//! SIGKILLs and restarts its processes, pauses one past the ack timeout (SIGSTOP/SIGCONT), takes
+//! the bus's webhook away, and drops terminals in the middle of a frame. At the end it waits for
+//! quiet, brings back the terminals it kept away, has every terminal register once more, and
+//! accounts for every message: delivered (once, or more), coalesced into a later push, stored for
+//! a terminal that was away and delivered when it came back, stored while its terminal was
+//! online and delivered only at its next REGISTER (late, not lost) — or lost. A run fails when
 //! anything is lost.
 //!
-//! `.ci/run` runs the short form (60 s, seed 1, 600 terminals). The long one, and any seed:
-//! `CHAOS_SECS=1800 CHAOS_SEED=7 CHAOS_TERMINALS=3000 CHAOS_RATE=1000 cargo test --release -p
-//! galopush --test chaos -- --nocapture` (README, "Proof of nothing lost"). The same seed
-//! replays the same schedule of faults, targets and messages; what the processes do in between
-//! is up to the machine.
+//! Two gateways are put through it: a local cluster — two routers, two comets, a Redis with
+//! persistence, the embedded bus and its webhook — and one `galopush standalone` on its embedded
+//! store, killed and restarted on the same data directory. The ledger counts a message delivered
+//! when its terminal receives it, so a run proves what a user would see; that the inbox replays
+//! what was applied but not retired is the deterministic restart tests' part (RELIABILITY.md).
+//!
+//! `.ci/run` runs the short forms (60 s, seed 1, 600 terminals, both at once). The long one, and
+//! any seed: `CHAOS_SECS=1800 CHAOS_SEED=7 CHAOS_TERMINALS=3000 CHAOS_RATE=1000 cargo test
+//! --release -p galopush --test chaos -- --nocapture` (README, "Proof of nothing lost"; add a
+//! test's name, `cluster` or `standalone`, to run one). The same seed replays the same schedule
+//! of faults, targets and messages; what the processes do in between is up to the machine.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -31,14 +36,16 @@ use galopush_client::Dispatcher;
 use tokio::time::Instant;
 
 use business::{Publisher, Webhook};
-use common::process::free_port;
+use common::process::{api_client, free_port, metric};
 use common::redis::OwnRedis;
 use ledger::{Ledger, Phase};
-use parts::{Part, common_settings};
+use parts::{Part, cluster_store_settings, common_settings};
 use terminals::{Behaviour, Control, Spec};
 
 /// The ack timeout of the run's cluster; a pause lasts longer than this.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The series counting the messages the embedded inbox never wrote.
+const UNWRITTEN: &str = "galopush_inbox_unwritten_total";
 /// How long nothing may happen for the run to call it quiet.
 const QUIET: Duration = Duration::from_secs(6);
 /// The longest the end of a run may take to become quiet.
@@ -73,12 +80,37 @@ impl Settings {
     }
 }
 
-/// The parts under chaos.
-struct Cluster {
-    redis: OwnRedis,
+/// The gateway under chaos.
+enum Gateway {
+    /// Two routers and two comets over a Redis of their own.
+    Cluster {
+        redis: OwnRedis,
+        routers: Vec<Part>,
+        comets: Vec<Part>,
+    },
+    /// One `galopush standalone` on its embedded store, restarted on the same data directory;
+    /// its business API at `api`, and how many messages its lives before the current one never
+    /// wrote to the inbox because they were retired first (`galopush_inbox_unwritten_total`).
+    Standalone {
+        gateway: Part,
+        api: String,
+        unwritten: f64,
+    },
+}
+
+impl Gateway {
+    fn name(&self) -> &'static str {
+        match self {
+            Gateway::Cluster { .. } => "two routers, two comets, Redis",
+            Gateway::Standalone { .. } => "standalone, embedded store",
+        }
+    }
+}
+
+/// What a run breaks: the gateway, and the webhook its bus posts IMs up to.
+struct Parts {
+    gateway: Gateway,
     webhook: Webhook,
-    routers: Vec<Part>,
-    comets: Vec<Part>,
 }
 
 /// The faults the schedule picks from.
@@ -91,16 +123,24 @@ enum Fault {
     PauseComet,
     PauseRouter,
     DropMidFrame,
+    KillStandalone,
+    PauseStandalone,
 }
 
 impl Fault {
-    const ALL: [Fault; 7] = [
+    const CLUSTER: [Fault; 7] = [
         Fault::KillComet,
         Fault::KillRouter,
         Fault::KillRedis,
         Fault::WebhookAway,
         Fault::PauseComet,
         Fault::PauseRouter,
+        Fault::DropMidFrame,
+    ];
+    const STANDALONE: [Fault; 4] = [
+        Fault::KillStandalone,
+        Fault::WebhookAway,
+        Fault::PauseStandalone,
         Fault::DropMidFrame,
     ];
 
@@ -113,63 +153,97 @@ impl Fault {
             Fault::PauseComet => "SIGSTOP a comet past the ack timeout, SIGCONT",
             Fault::PauseRouter => "SIGSTOP a router past the ack timeout, SIGCONT",
             Fault::DropMidFrame => "terminals drop their connection mid-frame",
+            Fault::KillStandalone => "SIGKILL + restart the standalone gateway",
+            Fault::PauseStandalone => {
+                "SIGSTOP the standalone gateway past the ack timeout, SIGCONT"
+            }
         }
     }
 }
 
-impl Cluster {
+impl Parts {
+    /// The faults the schedule picks from for this gateway.
+    fn faults(&self) -> &'static [Fault] {
+        match self.gateway {
+            Gateway::Cluster { .. } => &Fault::CLUSTER,
+            Gateway::Standalone { .. } => &Fault::STANDALONE,
+        }
+    }
+
     async fn inject(&mut self, fault: Fault, rng: &mut fastrand::Rng, controls: &[Arc<Control>]) {
         let outage = Duration::from_millis(200 + rng.u64(0..1800));
         let pause = ACK_TIMEOUT + Duration::from_millis(500 + rng.u64(0..1500));
-        match fault {
-            Fault::KillComet => {
-                let comet = rng.usize(0..self.comets.len());
-                self.comets[comet].kill().await;
-                tokio::time::sleep(outage).await;
-                self.comets[comet].start().await;
+        match (fault, &mut self.gateway) {
+            (Fault::KillComet, Gateway::Cluster { comets, .. }) => {
+                let comet = rng.usize(0..comets.len());
+                comets[comet].kill_for(outage).await;
             }
-            Fault::KillRouter => {
-                let router = rng.usize(0..self.routers.len());
-                self.routers[router].kill().await;
-                tokio::time::sleep(outage).await;
-                self.routers[router].start().await;
+            (Fault::KillRouter, Gateway::Cluster { routers, .. }) => {
+                let router = rng.usize(0..routers.len());
+                routers[router].kill_for(outage).await;
             }
-            Fault::KillRedis => {
-                self.redis.kill().await;
-                tokio::time::sleep(outage).await;
-                self.redis.run().await.expect("redis-server restarts");
+            (
+                Fault::KillStandalone,
+                Gateway::Standalone {
+                    gateway,
+                    api,
+                    unwritten,
+                },
+            ) => {
+                *unwritten += metric(&api_client(), api, UNWRITTEN).await;
+                gateway.kill_for(outage).await;
             }
-            Fault::WebhookAway => {
+            (Fault::KillRedis, Gateway::Cluster { redis, .. }) => {
+                redis.kill().await;
+                tokio::time::sleep(outage).await;
+                redis.run().await.expect("redis-server restarts");
+            }
+            (Fault::WebhookAway, _) => {
                 self.webhook.down();
                 tokio::time::sleep(Duration::from_millis(1000 + rng.u64(0..3000))).await;
                 self.webhook.up().await;
             }
-            Fault::PauseComet => {
-                let comet = &self.comets[rng.usize(0..self.comets.len())];
-                comet.signal("STOP");
-                tokio::time::sleep(pause).await;
-                comet.signal("CONT");
+            (Fault::PauseComet, Gateway::Cluster { comets, .. }) => {
+                comets[rng.usize(0..comets.len())].pause_for(pause).await;
             }
-            Fault::PauseRouter => {
-                let router = &self.routers[rng.usize(0..self.routers.len())];
-                router.signal("STOP");
-                tokio::time::sleep(pause).await;
-                router.signal("CONT");
+            (Fault::PauseRouter, Gateway::Cluster { routers, .. }) => {
+                routers[rng.usize(0..routers.len())].pause_for(pause).await;
             }
-            Fault::DropMidFrame => {
+            (Fault::PauseStandalone, Gateway::Standalone { gateway, .. }) => {
+                gateway.pause_for(pause).await;
+            }
+            (Fault::DropMidFrame, _) => {
                 for _ in 0..rng.usize(1..20) {
                     controls[rng.usize(0..controls.len())]
                         .drop_mid_frame
                         .store(true, Ordering::Relaxed);
                 }
             }
+            (fault, _) => panic!("{fault:?} is not among this gateway's faults"),
         }
     }
 
-    /// The parts' logs, for a run that lost something.
+    /// For a standalone gateway, how many messages the run's inbox never wrote because they were
+    /// retired before its writer took them, over all of the gateway's lives.
+    async fn unwritten(&self) -> Option<f64> {
+        match &self.gateway {
+            Gateway::Cluster { .. } => None,
+            Gateway::Standalone { api, unwritten, .. } => {
+                Some(unwritten + metric(&api_client(), api, UNWRITTEN).await)
+            }
+        }
+    }
+
+    /// The processes' logs, for a run that lost something.
     fn logs(&self) -> String {
+        let processes: Vec<&Part> = match &self.gateway {
+            Gateway::Cluster {
+                routers, comets, ..
+            } => routers.iter().chain(comets).collect(),
+            Gateway::Standalone { gateway, .. } => vec![gateway],
+        };
         let mut out = String::new();
-        for part in self.routers.iter().chain(&self.comets) {
+        for part in processes {
             let log = part.log_text();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             out.push_str(&format!("--- {} (last lines) ---\n", part.name));
@@ -206,59 +280,105 @@ async fn quiet(ledger: &Ledger, controls: &[Arc<Control>]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_is_lost_under_stacked_faults() {
-    let settings = Settings::from_env();
+async fn a_cluster_loses_nothing_under_stacked_faults() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(redis) = OwnRedis::start(Some(dir.path())).await else {
         return;
     };
     let ledger = Arc::new(Ledger::default());
     let webhook = Webhook::start(ledger.clone()).await;
-    let common = common_settings(
-        &redis.url(),
-        &webhook.url(),
-        &format!("{}s", ACK_TIMEOUT.as_secs()),
-    );
+    let common = [
+        common_settings(&webhook.url(), ACK_TIMEOUT),
+        cluster_store_settings(&redis.url()),
+    ]
+    .concat();
 
-    let addr = |port: u16| format!("127.0.0.1:{port}");
     let routers: Vec<(String, String, String)> = (0..2)
-        .map(|_| (addr(free_port()), addr(free_port()), addr(free_port())))
+        .map(|_| (fixed_port(), fixed_port(), fixed_port()))
         .collect();
     let rpcs: Vec<String> = routers.iter().map(|(_, _, rpc)| rpc.clone()).collect();
-    let mut cluster = Cluster {
-        redis,
-        webhook,
-        routers: routers
-            .iter()
-            .enumerate()
-            .map(|(i, (http, api, rpc))| {
-                Part::router(&format!("router-{i}"), dir.path(), &common, http, api, rpc)
-            })
-            .collect(),
-        comets: (0..2)
-            .map(|i| {
-                let (tcp, http) = (addr(free_port()), addr(free_port()));
-                Part::comet(
-                    &format!("comet-{i}"),
-                    dir.path(),
-                    &common,
-                    &tcp,
-                    &http,
-                    &rpcs,
-                )
-            })
-            .collect(),
-    };
-    for part in cluster.routers.iter_mut().chain(cluster.comets.iter_mut()) {
+    let mut router_parts: Vec<Part> = routers
+        .iter()
+        .enumerate()
+        .map(|(i, (http, api, rpc))| {
+            Part::router(&format!("router-{i}"), dir.path(), &common, http, api, rpc)
+        })
+        .collect();
+    let mut comets: Vec<Part> = (0..2)
+        .map(|i| {
+            let (tcp, http) = (fixed_port(), fixed_port());
+            Part::comet(
+                &format!("comet-{i}"),
+                dir.path(),
+                &common,
+                &tcp,
+                &http,
+                &rpcs,
+            )
+        })
+        .collect();
+    for part in router_parts.iter_mut().chain(comets.iter_mut()) {
         part.start().await;
     }
-    let apis: Vec<String> = routers
+    let parts = Parts {
+        gateway: Gateway::Cluster {
+            redis,
+            routers: router_parts,
+            comets,
+        },
+        webhook,
+    };
+    let apis = routers
         .iter()
         .map(|(_, api, _)| format!("http://{api}"))
         .collect();
-    let dispatchers: Arc<[Dispatcher]> = routers
+    let dispatchers = routers
         .iter()
-        .map(|(http, _, _)| Dispatcher::new(&format!("http://{http}")).expect("dispatcher"))
+        .map(|(http, _, _)| format!("http://{http}"))
+        .collect();
+    run(parts, apis, dispatchers, ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_gateway_loses_nothing_when_it_crashes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = Arc::new(Ledger::default());
+    let webhook = Webhook::start(ledger.clone()).await;
+    let common = common_settings(&webhook.url(), ACK_TIMEOUT);
+    let (http, api) = (fixed_port(), fixed_port());
+    let mut gateway = Part::standalone(
+        "standalone",
+        dir.path(),
+        &common,
+        &http,
+        &api,
+        &fixed_port(),
+    );
+    gateway.start().await;
+    let api = format!("http://{api}");
+    let parts = Parts {
+        gateway: Gateway::Standalone {
+            gateway,
+            api: api.clone(),
+            unwritten: 0.0,
+        },
+        webhook,
+    };
+    run(parts, vec![api], vec![format!("http://{http}")], ledger).await;
+}
+
+/// A loopback address whose port a killed process can bind again when it restarts.
+fn fixed_port() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Runs the load and the faults against `parts`, whose business API is at `apis` and whose
+/// dispatchers are at `dispatchers`, then waits for quiet and accounts for every message.
+async fn run(mut parts: Parts, apis: Vec<String>, dispatchers: Vec<String>, ledger: Arc<Ledger>) {
+    let settings = Settings::from_env();
+    let dispatchers: Arc<[Dispatcher]> = dispatchers
+        .iter()
+        .map(|url| Dispatcher::new(url).expect("dispatcher"))
         .collect();
 
     // Every terminal's login, then every terminal registered, before the load starts.
@@ -322,8 +442,9 @@ async fn nothing_is_lost_under_stacked_faults() {
             }
             away_sent = true;
         }
-        let fault = Fault::ALL[rng.usize(0..Fault::ALL.len())];
-        cluster.inject(fault, &mut rng, &controls).await;
+        let faults = parts.faults();
+        let fault = faults[rng.usize(0..faults.len())];
+        parts.inject(fault, &mut rng, &controls).await;
         ledger.fault(fault.name());
     }
 
@@ -360,7 +481,8 @@ async fn nothing_is_lost_under_stacked_faults() {
 
     let account = ledger.account();
     println!(
-        "chaos run: seed {}, {:?}, {} terminals, {} down-messages/s, REGISTERs refused and retried: {}\n\n{}",
+        "chaos run ({}): seed {}, {:?}, {} terminals, {} down-messages/s, REGISTERs refused and retried: {}\n\n{}",
+        parts.gateway.name(),
         settings.seed,
         settings.duration,
         settings.terminals,
@@ -372,8 +494,17 @@ async fn nothing_is_lost_under_stacked_faults() {
         account.lost() == 0 && account.unexpected.is_empty(),
         "the chaos run lost messages:\n{}\n{}",
         account.table(),
-        cluster.logs()
+        parts.logs()
     );
+    if let Some(unwritten) = parts.unwritten().await {
+        println!(
+            "messages retired before the inbox's writer took them, never written: {unwritten}"
+        );
+        assert!(
+            unwritten > 0.0,
+            "no message was retired before its inbox write: the run did not try that path"
+        );
+    }
 }
 
 /// Publishes every terminal's login record and waits until the router applied them all.

@@ -1,8 +1,10 @@
-//! The `galopush` processes a chaos run breaks — routers and comets as child processes on
-//! ports fixed for the whole run, so that a killed part comes back where the others look for
-//! it — and the settings they share. (Its Redis is `common::redis::OwnRedis`, persistent.)
+//! The `galopush` processes a chaos run breaks — routers and comets, or one standalone gateway,
+//! as child processes on ports fixed for the whole run, so that a killed part comes back where
+//! the others look for it — and the settings they share. (A cluster's Redis is
+//! `common::redis::OwnRedis`, persistent.)
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::common::process::{API_TOKEN, Process, env_name, unique};
 
@@ -66,6 +68,34 @@ impl Part {
         Part::new(name, "comet", dir, env)
     }
 
+    /// A standalone gateway with its dispatcher on `http`, its business API on `api`, its
+    /// terminals on `tcp`, and its embedded store in a directory it keeps across restarts.
+    pub fn standalone(
+        name: &str,
+        dir: &Path,
+        common: &[(String, String)],
+        http: &str,
+        api: &str,
+        tcp: &str,
+    ) -> Part {
+        let mut env = common.to_vec();
+        for (k, v) in [
+            ("router.http_addr", http.to_owned()),
+            ("api.addr", api.to_owned()),
+            ("comet.tcp_addr", tcp.to_owned()),
+            ("comet.advertise_tcp", tcp.to_owned()),
+            ("comet.ws_addr", "127.0.0.1:0".to_owned()),
+            ("comet.advertise_ws", "127.0.0.1:0".to_owned()),
+            (
+                "store.path",
+                dir.join(format!("{name}-store")).display().to_string(),
+            ),
+        ] {
+            env.push((env_name(k), v));
+        }
+        Part::new(name, "standalone", dir, env)
+    }
+
     fn new(name: &str, role: &'static str, dir: &Path, env: Vec<(String, String)>) -> Part {
         Part {
             name: name.to_owned(),
@@ -88,8 +118,21 @@ impl Part {
         }
     }
 
-    /// SIGSTOP or SIGCONT.
-    pub fn signal(&self, name: &str) {
+    /// SIGKILL, and a restart after `outage`.
+    pub async fn kill_for(&mut self, outage: Duration) {
+        self.kill().await;
+        tokio::time::sleep(outage).await;
+        self.start().await;
+    }
+
+    /// SIGSTOP, and SIGCONT after `pause`.
+    pub async fn pause_for(&self, pause: Duration) {
+        self.signal("STOP");
+        tokio::time::sleep(pause).await;
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
         if let Some(process) = &self.process {
             process.signal(name);
         }
@@ -104,16 +147,15 @@ impl Part {
     }
 }
 
-/// The settings every part of a chaos cluster shares.
-pub fn common_settings(redis_url: &str, webhook: &str, ack_timeout: &str) -> Vec<(String, String)> {
+/// The settings every process of a chaos run shares.
+pub fn common_settings(webhook: &str, ack_timeout: Duration) -> Vec<(String, String)> {
+    let ack_timeout = format!("{}ms", ack_timeout.as_millis());
     [
         ("api.token", API_TOKEN),
-        ("store.kind", "redis"),
-        ("store.redis_url", redis_url),
         ("bus.webhook_url", webhook),
         ("log.level", "info"),
-        ("delivery.ack_timeout", ack_timeout),
-        ("delivery.callback_ack_timeout", ack_timeout),
+        ("delivery.ack_timeout", &ack_timeout),
+        ("delivery.callback_ack_timeout", &ack_timeout),
         // The run counts every callback and IM, so none may be pushed out of a full offline
         // list: the lists are made long enough for the longest absence of a run.
         ("delivery.max_offline_callbacks", "100000"),
@@ -122,4 +164,12 @@ pub fn common_settings(redis_url: &str, webhook: &str, ack_timeout: &str) -> Vec
     .into_iter()
     .map(|(k, v)| (env_name(k), v.to_owned()))
     .collect()
+}
+
+/// A cluster's store: the Redis at `redis_url`, shared by its routers.
+pub fn cluster_store_settings(redis_url: &str) -> Vec<(String, String)> {
+    [("store.kind", "redis"), ("store.redis_url", redis_url)]
+        .into_iter()
+        .map(|(k, v)| (env_name(k), v.to_owned()))
+        .collect()
 }
