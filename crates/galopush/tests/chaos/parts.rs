@@ -27,21 +27,23 @@ impl Part {
         api: &str,
         rpc: &str,
     ) -> Part {
-        let mut env = common.to_vec();
-        for (k, v) in [
-            ("router.http_addr", http.to_owned()),
-            ("api.addr", api.to_owned()),
-            ("router.rpc_addr", rpc.to_owned()),
-            (
-                "store.path",
-                dir.join(format!("{name}-{}", unique()))
-                    .display()
-                    .to_string(),
-            ),
-        ] {
-            env.push((env_name(k), v));
-        }
-        Part::new(name, "router", dir, env)
+        Part::new(
+            name,
+            "router",
+            dir,
+            common,
+            [
+                ("router.http_addr", http.to_owned()),
+                ("api.addr", api.to_owned()),
+                ("router.rpc_addr", rpc.to_owned()),
+                (
+                    "store.path",
+                    dir.join(format!("{name}-{}", unique()))
+                        .display()
+                        .to_string(),
+                ),
+            ],
+        )
     }
 
     /// A comet named `name` with terminals on `tcp`, its metrics on `http`, joining `routers`.
@@ -53,19 +55,21 @@ impl Part {
         http: &str,
         routers: &[String],
     ) -> Part {
-        let mut env = common.to_vec();
-        for (k, v) in [
-            ("comet.id", name.to_owned()),
-            ("comet.tcp_addr", tcp.to_owned()),
-            ("comet.advertise_tcp", tcp.to_owned()),
-            ("comet.ws_addr", "127.0.0.1:0".to_owned()),
-            ("comet.advertise_ws", "127.0.0.1:0".to_owned()),
-            ("comet.http_addr", http.to_owned()),
-            ("comet.router_rpc", routers.join(",")),
-        ] {
-            env.push((env_name(k), v));
-        }
-        Part::new(name, "comet", dir, env)
+        Part::new(
+            name,
+            "comet",
+            dir,
+            common,
+            [
+                ("comet.id", name.to_owned()),
+                ("comet.tcp_addr", tcp.to_owned()),
+                ("comet.advertise_tcp", tcp.to_owned()),
+                ("comet.ws_addr", "127.0.0.1:0".to_owned()),
+                ("comet.advertise_ws", "127.0.0.1:0".to_owned()),
+                ("comet.http_addr", http.to_owned()),
+                ("comet.router_rpc", routers.join(",")),
+            ],
+        )
     }
 
     /// A standalone gateway with its dispatcher on `http`, its business API on `api`, its
@@ -78,30 +82,40 @@ impl Part {
         api: &str,
         tcp: &str,
     ) -> Part {
-        let mut env = common.to_vec();
-        for (k, v) in [
-            ("router.http_addr", http.to_owned()),
-            ("api.addr", api.to_owned()),
-            ("comet.tcp_addr", tcp.to_owned()),
-            ("comet.advertise_tcp", tcp.to_owned()),
-            ("comet.ws_addr", "127.0.0.1:0".to_owned()),
-            ("comet.advertise_ws", "127.0.0.1:0".to_owned()),
-            (
-                "store.path",
-                dir.join(format!("{name}-store")).display().to_string(),
-            ),
-        ] {
-            env.push((env_name(k), v));
-        }
-        Part::new(name, "standalone", dir, env)
+        Part::new(
+            name,
+            "standalone",
+            dir,
+            common,
+            [
+                ("router.http_addr", http.to_owned()),
+                ("api.addr", api.to_owned()),
+                ("comet.tcp_addr", tcp.to_owned()),
+                ("comet.advertise_tcp", tcp.to_owned()),
+                ("comet.ws_addr", "127.0.0.1:0".to_owned()),
+                ("comet.advertise_ws", "127.0.0.1:0".to_owned()),
+                (
+                    "store.path",
+                    dir.join(format!("{name}-store")).display().to_string(),
+                ),
+            ],
+        )
     }
 
-    fn new(name: &str, role: &'static str, dir: &Path, env: Vec<(String, String)>) -> Part {
+    /// A `galopush <role>` with the run's `common` settings and its `own` (by key).
+    fn new<const N: usize>(
+        name: &str,
+        role: &'static str,
+        dir: &Path,
+        common: &[(String, String)],
+        own: [(&str, String); N],
+    ) -> Part {
+        let own = own.into_iter().map(|(k, v)| (env_name(k), v));
         Part {
             name: name.to_owned(),
             role,
             dir: dir.to_owned(),
-            env,
+            env: common.iter().cloned().chain(own).collect(),
             process: None,
         }
     }
