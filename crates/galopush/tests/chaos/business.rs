@@ -84,6 +84,47 @@ async fn hook(
     axum::http::StatusCode::OK
 }
 
+/// The `/mpub` body of `messages` (kind, terminal, body), one line each.
+fn mpub_body(terminals: &[Spec], messages: &[(Kind, usize, String)]) -> String {
+    let lines: Vec<String> = messages
+        .iter()
+        .map(|(_, t, body)| {
+            let spec = &terminals[*t];
+            serde_json::json!({
+                "receivers": [{"uid": spec.uid, "termtype": spec.term.bit()}],
+                "flag": 0,
+                "body": body,
+            })
+            .to_string()
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// Publishes `count` messages of one kind, to terminals picked by `rng`, in one `/mpub` to
+/// `api`, and returns once it is answered: the messages count as sent when it is `200`.
+pub async fn burst(
+    api: &str,
+    terminals: &[Spec],
+    ledger: &Ledger,
+    rng: &mut fastrand::Rng,
+    count: usize,
+) {
+    let kind = Kind::ALL[rng.usize(0..3)];
+    let messages: Vec<(Kind, usize, String)> = (0..count)
+        .map(|_| (kind, rng.usize(0..terminals.len()), ledger.body(kind)))
+        .collect();
+    let at = Instant::now();
+    let answer = crate::common::process::api_client()
+        .post(format!("{api}/mpub?topic={}", kind.topic()))
+        .body(mpub_body(terminals, &messages))
+        .send()
+        .await;
+    if answer.is_ok_and(|r| r.status().is_success()) {
+        ledger.sent(&messages, at);
+    }
+}
+
 /// Publishes `rate` down-messages a second, each to one terminal, until `stop`.
 pub struct Publisher {
     pub apis: Vec<String>,
@@ -123,19 +164,7 @@ impl Publisher {
                     .push((kind, terminal, self.ledger.body(kind)));
             }
             for (kind, messages) in batch {
-                let lines: Vec<String> = messages
-                    .iter()
-                    .map(|(_, t, body)| {
-                        let spec = &self.terminals[*t];
-                        serde_json::json!({
-                            "receivers": [{"uid": spec.uid, "termtype": spec.term.bit()}],
-                            "flag": 0,
-                            "body": body,
-                        })
-                        .to_string()
-                    })
-                    .collect();
-                let body = lines.join("\n");
+                let body = mpub_body(&self.terminals, &messages);
                 let first_attempt = Instant::now();
                 // Until a router takes it: the other one first, then again after a pause.
                 loop {

@@ -11,8 +11,11 @@
 //! Two gateways are put through it: a local cluster — two routers, two comets, a Redis with
 //! persistence, the embedded bus and its webhook — and one `galopush standalone` on its embedded
 //! store, killed and restarted on the same data directory. The ledger counts a message delivered
-//! when its terminal receives it, so a run proves what a user would see; that the inbox replays
-//! what was applied but not retired is the deterministic restart tests' part (RELIABILITY.md).
+//! when its terminal receives it, and a live gateway hands a message to its terminal within
+//! milliseconds, so a kill at a random moment seldom finds an accepted message still inside the
+//! process; the standalone run therefore also kills the gateway the moment it answers a large
+//! `/mpub`, when most of that request's messages have yet to reach their terminals and must come
+//! back from the inbox after the restart.
 //!
 //! `.ci/run` runs the short forms (60 s, seed 1, 600 terminals, both at once). The long one, and
 //! any seed: `CHAOS_SECS=1800 CHAOS_SEED=7 CHAOS_TERMINALS=3000 CHAOS_RATE=1000 cargo test
@@ -44,6 +47,8 @@ use terminals::{Behaviour, Control, Spec};
 
 /// The ack timeout of the run's cluster; a pause lasts longer than this.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many messages the burst before a kill publishes in one `/mpub`.
+const BURST: usize = 2000;
 /// The series counting the messages the embedded inbox never wrote.
 const UNWRITTEN: &str = "galopush_inbox_unwritten_total";
 /// How long nothing may happen for the run to call it quiet.
@@ -107,6 +112,13 @@ impl Gateway {
     }
 }
 
+/// What the faults reach of a run under way: its terminals' controls and specs, and its ledger.
+struct Running<'a> {
+    controls: &'a [Arc<Control>],
+    terminals: &'a [Spec],
+    ledger: &'a Ledger,
+}
+
 /// What a run breaks: the gateway, and the webhook its bus posts IMs up to.
 struct Parts {
     gateway: Gateway,
@@ -125,6 +137,7 @@ enum Fault {
     DropMidFrame,
     KillStandalone,
     PauseStandalone,
+    BurstThenKillStandalone,
 }
 
 impl Fault {
@@ -137,8 +150,9 @@ impl Fault {
         Fault::PauseRouter,
         Fault::DropMidFrame,
     ];
-    const STANDALONE: [Fault; 4] = [
+    const STANDALONE: [Fault; 5] = [
         Fault::KillStandalone,
+        Fault::BurstThenKillStandalone,
         Fault::WebhookAway,
         Fault::PauseStandalone,
         Fault::DropMidFrame,
@@ -157,6 +171,9 @@ impl Fault {
             Fault::PauseStandalone => {
                 "SIGSTOP the standalone gateway past the ack timeout, SIGCONT"
             }
+            Fault::BurstThenKillStandalone => {
+                "an /mpub of 2,000, SIGKILL the standalone gateway once it is answered, restart"
+            }
         }
     }
 }
@@ -170,7 +187,7 @@ impl Parts {
         }
     }
 
-    async fn inject(&mut self, fault: Fault, rng: &mut fastrand::Rng, controls: &[Arc<Control>]) {
+    async fn inject(&mut self, fault: Fault, rng: &mut fastrand::Rng, run: &Running<'_>) {
         let outage = Duration::from_millis(200 + rng.u64(0..1800));
         let pause = ACK_TIMEOUT + Duration::from_millis(500 + rng.u64(0..1500));
         match (fault, &mut self.gateway) {
@@ -209,12 +226,26 @@ impl Parts {
             (Fault::PauseRouter, Gateway::Cluster { routers, .. }) => {
                 routers[rng.usize(0..routers.len())].pause_for(pause).await;
             }
+            (
+                Fault::BurstThenKillStandalone,
+                Gateway::Standalone {
+                    gateway,
+                    api,
+                    unwritten,
+                },
+            ) => {
+                *unwritten += metric(&api_client(), api, UNWRITTEN).await;
+                // Answered once durable, while most of its messages are still on their way to
+                // their terminals: those must come back from the inbox after the restart.
+                business::burst(api, run.terminals, run.ledger, rng, BURST).await;
+                gateway.kill_for(outage).await;
+            }
             (Fault::PauseStandalone, Gateway::Standalone { gateway, .. }) => {
                 gateway.pause_for(pause).await;
             }
             (Fault::DropMidFrame, _) => {
                 for _ in 0..rng.usize(1..20) {
-                    controls[rng.usize(0..controls.len())]
+                    run.controls[rng.usize(0..run.controls.len())]
                         .drop_mid_frame
                         .store(true, Ordering::Relaxed);
                 }
@@ -444,7 +475,12 @@ async fn run(mut parts: Parts, apis: Vec<String>, dispatchers: Vec<String>, ledg
         }
         let faults = parts.faults();
         let fault = faults[rng.usize(0..faults.len())];
-        parts.inject(fault, &mut rng, &controls).await;
+        let running = Running {
+            controls: &controls,
+            terminals: &specs,
+            ledger: &ledger,
+        };
+        parts.inject(fault, &mut rng, &running).await;
         ledger.fault(fault.name());
     }
 
