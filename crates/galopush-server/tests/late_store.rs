@@ -5,6 +5,11 @@
 //! each other. Found by the chaos run (RELIABILITY.md): such a message waited in the store until
 //! the terminal's next REGISTER. Now the router that stored it sends it when it hears of the
 //! session.
+//!
+//! The same after a router's restart: it replays its inbox as it starts, before the comets
+//! (which kept their terminals) have joined it again, so a message for a terminal online on a
+//! comet is stored. Found by the chaos run's burst-then-kill fault (RELIABILITY.md); the router
+//! now sends such messages when the comet joins with the session.
 
 mod common;
 
@@ -14,14 +19,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use galopush_protocol::TermType;
 use galopush_server::bus::{Ticket, Topic};
-use galopush_server::link::{CometCommand, CometLink, Registration, SessionInfo};
+use galopush_server::link::{CometCommand, CometInfo, CometLink, Registration, SessionInfo};
 use galopush_server::store::Store;
 use galopush_server::store::memory::MemoryStore;
 use galopush_server::store::offline::OfflineLimits;
 
-/// A comet with no sessions at first; records the bodies delivered to it.
+/// A comet with `live` sessions (none by default); records the bodies delivered to it.
 #[derive(Default)]
 struct Comet {
+    live: Vec<SessionInfo>,
     delivered: Mutex<Vec<Bytes>>,
 }
 
@@ -35,7 +41,7 @@ impl CometLink for Comet {
     }
 
     fn live_sessions(&self) -> Vec<SessionInfo> {
-        Vec::new()
+        self.live.clone()
     }
 }
 
@@ -126,4 +132,52 @@ async fn a_session_another_router_registered_gets_nothing_when_this_one_stored_n
     other.opened(other_comet, &session);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(comet.delivered.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn a_message_stored_before_a_comet_joins_reaches_the_session_it_joins_with() {
+    let store = Arc::new(MemoryStore::new(OfflineLimits::default()));
+    store
+        .set_login("di", TermType::Pc, Some(common::logged_in("d", "")))
+        .await
+        .expect("login");
+    // A router just restarted: one comet is back, the one di is on is not yet.
+    let (router, _) = common::router_with(store.clone(), Arc::new(Comet::default()));
+    let push = serde_json::json!({
+        "receivers": [{"uid": "di", "termtype": 16}], "flag": 0, "body": "replayed before the join"
+    })
+    .to_string();
+    router
+        .apply(Topic::Callback, push.as_bytes(), Ticket::detached())
+        .await;
+    // di's comet joins with the session it kept: the stored callback goes to it.
+    let comet = Arc::new(Comet {
+        live: vec![SessionInfo {
+            session: 9,
+            uid: Arc::from("di"),
+            term: TermType::Pc,
+            token: Arc::from("d"),
+        }],
+        ..Comet::default()
+    });
+    let info = CometInfo {
+        id: "kept".into(),
+        tcp: "127.0.0.1:3".into(),
+        ws: "127.0.0.1:4".into(),
+        tls: None,
+        wss: None,
+    };
+    router.join(info, comet.clone(), 1).expect("a second comet");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while comet.delivered.lock().expect("lock").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stored callback never reached the session its comet joined with"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        *comet.delivered.lock().expect("lock"),
+        [Bytes::from("replayed before the join")]
+    );
 }

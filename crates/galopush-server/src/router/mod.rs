@@ -67,24 +67,28 @@ pub struct Router {
     reports: Reports,
     /// The phones' push services, for terminals that are not live (SPEC §12).
     phones: Phones,
-    /// Terminals this router stored a message for lately, and when: with several routers, the
-    /// ones to look at again when another router's REGISTER of them is reported (`opened`).
-    /// Kept only once another router has been heard of, at most [`STORED_LATELY_PER_SHARD`] per
-    /// shard (a broadcast to many offline users fills it; those beyond wait for their next
-    /// REGISTER, as before); entries older than [`LATE_STORE_WINDOW`] are dropped by
-    /// `housekeeping`.
+    /// Terminals this router stored a message for lately, and when: the ones to look at again
+    /// when another router's REGISTER of them is reported (`opened`), or when a comet joins with
+    /// them live (after this router's restart, its inbox may have been replayed before the
+    /// comets rejoined). Kept while there are several routers or for [`LATE_STORE_WINDOW`]
+    /// after this router started, at most [`STORED_LATELY_PER_SHARD`] per shard (a broadcast to
+    /// many offline users fills it; those beyond wait for their next REGISTER, as before);
+    /// entries older than [`LATE_STORE_WINDOW`] are dropped by `housekeeping`.
     stored_lately: ShardedMap<(Arc<str>, TermType), Instant>,
     /// Whether another router has reported a REGISTER (`opened`): there are several routers.
     several_routers: AtomicBool,
+    /// When this router started.
+    started: Instant,
 }
 
 /// Entries of `stored_lately` per shard, at most: 131,072 in all, a few MiB.
 const STORED_LATELY_PER_SHARD: usize = 2048;
 
 /// How long after storing a message for a terminal this router still looks for it when another
-/// router reports the terminal's REGISTER. The race it closes lasts from that REGISTER's read
-/// of the stored messages until this router hears of the session: milliseconds, or the length of
-/// a pause of this router.
+/// router reports the terminal's REGISTER or a comet joins with it live. The race it closes lasts
+/// from that REGISTER's read of the stored messages until this router hears of the session:
+/// milliseconds, or the length of a pause of this router; after this router's restart, until
+/// the comets have joined again.
 const LATE_STORE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Router {
@@ -124,6 +128,7 @@ impl Router {
             pending: Pending::new(reported),
             stored_lately: ShardedMap::default(),
             several_routers: AtomicBool::new(false),
+            started: Instant::now(),
         })
     }
 
@@ -135,11 +140,12 @@ impl Router {
         &self.settings.topics
     }
 
-    /// A comet joined: remember it and take its live sessions as they are. `incarnation` tells
+    /// A comet joined: remember it and take its live sessions as they are, sending each the
+    /// messages this router stored for it lately (see `take_live_again`). `incarnation` tells
     /// a rejoin of the same comet process from a second comet with a taken id, which is
     /// refused.
     pub fn join(
-        &self,
+        self: &Arc<Self>,
         info: CometInfo,
         link: Arc<dyn CometLink>,
         incarnation: u64,
@@ -152,7 +158,7 @@ impl Router {
         let live = link.live_sessions();
         tracing::info!(comet = %info.id, sessions = live.len(), "comet joined");
         for s in &live {
-            self.record(idx, s);
+            self.take_live_again(idx, s);
         }
         Ok(idx)
     }
@@ -174,11 +180,6 @@ impl Router {
         for taken in unsettled {
             self.finish(taken);
         }
-    }
-
-    /// Records a live session; kicks whatever session held the same (uid, type) before.
-    fn record(&self, comet: CometIdx, s: &SessionInfo) {
-        self.take_live(comet, s, || ());
     }
 
     /// Takes session `s` on `comet` as live and runs `also` under the same lock of the user (a
@@ -357,11 +358,18 @@ impl Router {
     /// Another router authenticated a session on this comet: take it as live. If this router
     /// stored a message for the terminal lately, it may have done so after that REGISTER read
     /// the stored messages (routers' writes are not ordered with each other) and before it heard
-    /// of the session: it reads them again, after its own writes, and sends them to the session.
-    /// What the REGISTER already sent comes twice (at least once); nothing waits in the store
-    /// while the terminal is online.
+    /// of the session: see `take_live_again`.
     pub fn opened(self: &Arc<Self>, comet: CometIdx, s: &SessionInfo) {
         self.several_routers.store(true, Ordering::Relaxed);
+        self.take_live_again(comet, s);
+    }
+
+    /// Takes a session this router did not authenticate as live. If this router stored a
+    /// message for the terminal lately — while it did not know of the session — it reads the
+    /// terminal's stored messages again, after its own writes, and sends them to the session.
+    /// What the session already had comes twice (at least once); nothing waits in the store
+    /// while the terminal is online.
+    fn take_live_again(self: &Arc<Self>, comet: CometIdx, s: &SessionInfo) {
         // As in `register`: the read is issued under the user's lock with the session live, so
         // a message planned here either sees the session or is stored before this read.
         let read = self.take_live(comet, s, || {
@@ -383,7 +391,7 @@ impl Router {
                 Ok(offline) => {
                     let deliveries = router.stored_deliveries(comet, &s, offline);
                     if !deliveries.is_empty() {
-                        tracing::debug!(uid = %s.uid, term = %s.term, messages = deliveries.len(), "stored messages sent to a session another router registered");
+                        tracing::debug!(uid = %s.uid, term = %s.term, messages = deliveries.len(), "stored messages sent to a session this router did not register");
                         router.send(
                             comet,
                             deliveries.into_iter().map(CometCommand::Deliver).collect(),
@@ -400,7 +408,9 @@ impl Router {
 
     /// Notes that a message was stored for `uid`'s terminal of `term` (see `opened`).
     fn stored_for(&self, uid: &Arc<str>, term: TermType) {
-        if !self.several_routers.load(Ordering::Relaxed) {
+        if !self.several_routers.load(Ordering::Relaxed)
+            && self.started.elapsed() >= LATE_STORE_WINDOW
+        {
             return;
         }
         let key = (uid.clone(), term);
