@@ -87,10 +87,11 @@ impl Settings {
 
 /// The gateway under chaos.
 enum Gateway {
-    /// Two routers and two comets over a Redis of their own.
+    /// Two routers (their business APIs at `apis`) and two comets over a Redis of their own.
     Cluster {
         redis: OwnRedis,
         routers: Vec<Part>,
+        apis: Vec<String>,
         comets: Vec<Part>,
     },
     /// One `galopush standalone` on its embedded store, restarted on the same data directory;
@@ -138,12 +139,14 @@ enum Fault {
     KillStandalone,
     PauseStandalone,
     BurstThenKillStandalone,
+    BurstThenKillRouter,
 }
 
 impl Fault {
-    const CLUSTER: [Fault; 7] = [
+    const CLUSTER: [Fault; 8] = [
         Fault::KillComet,
         Fault::KillRouter,
+        Fault::BurstThenKillRouter,
         Fault::KillRedis,
         Fault::WebhookAway,
         Fault::PauseComet,
@@ -170,6 +173,9 @@ impl Fault {
             Fault::KillStandalone => "SIGKILL + restart the standalone gateway",
             Fault::PauseStandalone => {
                 "SIGSTOP the standalone gateway past the ack timeout, SIGCONT"
+            }
+            Fault::BurstThenKillRouter => {
+                "an /mpub of 2,000 to a router, SIGKILL it once it is answered, restart"
             }
             Fault::BurstThenKillStandalone => {
                 "an /mpub of 2,000, SIGKILL the standalone gateway once it is answered, restart"
@@ -209,6 +215,11 @@ impl Parts {
             ) => {
                 *unwritten += metric(&api_client(), api, UNWRITTEN).await;
                 gateway.kill_for(outage).await;
+            }
+            (Fault::BurstThenKillRouter, Gateway::Cluster { routers, apis, .. }) => {
+                let router = rng.usize(0..routers.len());
+                business::burst(&apis[router], run.terminals, run.ledger, rng, BURST).await;
+                routers[router].kill_for(outage).await;
             }
             (Fault::KillRedis, Gateway::Cluster { redis, .. }) => {
                 redis.kill().await;
@@ -351,18 +362,19 @@ async fn a_cluster_loses_nothing_under_stacked_faults() {
     for part in router_parts.iter_mut().chain(comets.iter_mut()) {
         part.start().await;
     }
+    let apis: Vec<String> = routers
+        .iter()
+        .map(|(_, api, _)| format!("http://{api}"))
+        .collect();
     let parts = Parts {
         gateway: Gateway::Cluster {
             redis,
             routers: router_parts,
+            apis: apis.clone(),
             comets,
         },
         webhook,
     };
-    let apis = routers
-        .iter()
-        .map(|(_, api, _)| format!("http://{api}"))
-        .collect();
     let dispatchers = routers
         .iter()
         .map(|(http, _, _)| format!("http://{http}"))
