@@ -31,6 +31,21 @@ struct Comet {
     delivered: Mutex<Vec<Bytes>>,
 }
 
+impl Comet {
+    /// Waits until something was delivered, then checks it was `body` alone.
+    async fn wait_delivered(&self, body: &'static str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.delivered.lock().expect("lock").is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stored message {body:?} never reached the live session"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*self.delivered.lock().expect("lock"), [Bytes::from(body)]);
+    }
+}
+
 impl CometLink for Comet {
     fn send(&self, commands: Vec<CometCommand>) {
         for c in commands {
@@ -86,18 +101,7 @@ async fn a_message_stored_by_another_router_during_a_register_reaches_the_sessio
     assert!(comet.delivered.lock().expect("lock").is_empty());
     // Now it hears of the session: the stored push goes to it.
     other.opened(other_comet, &session);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while comet.delivered.lock().expect("lock").is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stored push never reached the live session"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(
-        *comet.delivered.lock().expect("lock"),
-        [Bytes::from("while registering")]
-    );
+    comet.wait_delivered("while registering").await;
 }
 
 #[tokio::test]
@@ -168,16 +172,5 @@ async fn a_message_stored_before_a_comet_joins_reaches_the_session_it_joins_with
         wss: None,
     };
     router.join(info, comet.clone(), 1).expect("a second comet");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while comet.delivered.lock().expect("lock").is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stored callback never reached the session its comet joined with"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(
-        *comet.delivered.lock().expect("lock"),
-        [Bytes::from("replayed before the join")]
-    );
+    comet.wait_delivered("replayed before the join").await;
 }
