@@ -102,7 +102,8 @@ fn mpub_body(terminals: &[Spec], messages: &[(Kind, usize, String)]) -> String {
 }
 
 /// Publishes `count` messages of one kind, to terminals picked by `rng`, in one `/mpub` to
-/// `api`, and returns once it is answered: the messages count as sent when it is `200`.
+/// `api`, and returns once it is answered (or after 30 s, as not taken): the messages count as
+/// sent when it is `200`.
 pub async fn burst(
     api: &str,
     terminals: &[Spec],
@@ -118,6 +119,7 @@ pub async fn burst(
     let answer = crate::common::process::api_client()
         .post(format!("{api}/mpub?topic={}", kind.topic()))
         .body(mpub_body(terminals, &messages))
+        .timeout(Duration::from_secs(30))
         .send()
         .await;
     if answer.is_ok_and(|r| r.status().is_success()) {
